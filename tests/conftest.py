@@ -1,0 +1,97 @@
+"""Shared fixtures and hypothesis strategies."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.core import FrozenDict
+from hypothesis import settings
+from hypothesis import strategies as st
+
+settings.register_profile('ci', max_examples=60, deadline=None)
+settings.register_profile('long', max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
+
+Pair = collections.namedtuple('Pair', ['first', 'second'])
+
+DTYPES = ['float32', 'bfloat16', 'float16', 'int8', 'bool']
+
+
+@pytest.fixture(params=['eager', 'jit'])
+def maybe_jit(request):
+    """Runs a function as is and under ``jax.jit``."""
+    return (lambda f: f) if request.param == 'eager' else jax.jit
+
+
+@pytest.fixture
+def mlp_params():
+    """The D2L MLP's params: Dense(8), relu, Dense(1) on a (2, 4) input."""
+    net = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(1)])
+    return net.init(jax.random.key(0), jnp.ones((2, 4)))
+
+
+def _array(draw, dtype: str) -> np.ndarray:
+    shape = draw(st.lists(st.integers(0, 3), min_size=0, max_size=2).map(tuple))
+    size = int(np.prod(shape))
+    if dtype == 'bool':
+        vals = draw(st.lists(st.booleans(), min_size=size, max_size=size))
+        return np.array(vals, dtype=bool).reshape(shape)
+    if dtype == 'int8':
+        vals = draw(st.lists(st.integers(-128, 127), min_size=size, max_size=size))
+        return np.array(vals, dtype=np.int8).reshape(shape)
+    vals = draw(
+        st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=16), min_size=size, max_size=size)
+    )
+    return np.array(vals, dtype=np.float32).astype(jnp.dtype(dtype)).reshape(shape)
+
+
+@st.composite
+def leaves(draw):
+    dtype = draw(st.sampled_from(DTYPES))
+    arr = _array(draw, dtype)
+    if draw(st.booleans()):
+        return jnp.asarray(arr)
+    return arr
+
+
+KEYS = st.text('abcxyz_0123', min_size=1, max_size=4)
+
+
+@st.composite
+def trees(draw, max_depth: int = 3):
+    """Random nested dict/FrozenDict/list/tuple/namedtuple trees of arrays."""
+    if max_depth == 0 or draw(st.integers(0, 3)) == 0:
+        return draw(leaves())
+    kind = draw(st.sampled_from(['dict', 'frozen', 'list', 'tuple', 'pair']))
+    child = trees(max_depth=max_depth - 1)
+    if kind in ('dict', 'frozen'):
+        d = draw(st.dictionaries(KEYS, child, min_size=1, max_size=3))
+        return FrozenDict(d) if kind == 'frozen' else d
+    if kind == 'pair':
+        return Pair(draw(child), draw(child))
+    items = draw(st.lists(child, min_size=1, max_size=3))
+    return items if kind == 'list' else tuple(items)
+
+
+def containers(tree):
+    """The container types of a tree, in flatten order (for type checks)."""
+    out = []
+
+    def rec(node):
+        if isinstance(node, (dict, FrozenDict, list, tuple)):
+            out.append(type(node))
+        if isinstance(node, (dict, FrozenDict)):
+            for k in sorted(node):
+                rec(node[k])
+        elif isinstance(node, (list, tuple)):
+            for x in node:
+                rec(x)
+
+    rec(tree)
+    return out
