@@ -1,8 +1,21 @@
 """pytreeparams: reach, read, share and watch the parameters of JAX models."""
 
 from ._errors import FormatError as FormatError
+from ._errors import NonFiniteError as NonFiniteError
 from ._errors import PathError as PathError
 from ._errors import StructureError as StructureError
+from ._grads import GRAD_STAT_NAMES as GRAD_STAT_NAMES
+from ._grads import GradStats as GradStats
+from ._grads import History as History
+from ._grads import Inspection as Inspection
+from ._grads import LayerFlags as LayerFlags
+from ._grads import assert_finite as assert_finite
+from ._grads import dead_units as dead_units
+from ._grads import find_nonfinite as find_nonfinite
+from ._grads import first_nonfinite_activation as first_nonfinite_activation
+from ._grads import flag_layers as flag_layers
+from ._grads import grad_stats as grad_stats
+from ._grads import inspect as inspect
 from ._paths import combine as combine
 from ._paths import describe as describe
 from ._paths import flatten as flatten
@@ -16,6 +29,17 @@ from ._paths import select as select
 from ._paths import set as set  # noqa: A004
 from ._paths import unflatten as unflatten
 from ._paths import update as update
+from ._stats import STAT_NAMES as STAT_NAMES
+from ._stats import Stats as Stats
+from ._stats import stats as stats
+from ._summary import DiffReport as DiffReport
+from ._summary import Row as Row
+from ._summary import Summary as Summary
+from ._summary import count as count
+from ._summary import diff as diff
+from ._summary import nbytes as nbytes
+from ._summary import shapes as shapes
+from ._summary import summary as summary
 
 __version__ = '0.1.0'
 
@@ -36,4 +60,28 @@ __all__ = [
     'set',
     'unflatten',
     'update',
+    'STAT_NAMES',
+    'Stats',
+    'stats',
+    'DiffReport',
+    'Row',
+    'Summary',
+    'count',
+    'diff',
+    'nbytes',
+    'shapes',
+    'summary',
+    'NonFiniteError',
+    'GRAD_STAT_NAMES',
+    'GradStats',
+    'History',
+    'Inspection',
+    'LayerFlags',
+    'assert_finite',
+    'dead_units',
+    'find_nonfinite',
+    'first_nonfinite_activation',
+    'flag_layers',
+    'grad_stats',
+    'inspect',
 ]

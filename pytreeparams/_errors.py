@@ -42,3 +42,13 @@ class FormatError(ValueError):
       >>> issubclass(ptp.FormatError, ValueError)
       True
     """
+
+
+class NonFiniteError(FloatingPointError):
+    """A tree holds NaN or Inf where finite values were asserted.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> issubclass(ptp.NonFiniteError, FloatingPointError)
+      True
+    """

@@ -1,0 +1,79 @@
+"""ptp.summary(stats=True) against clu.parameter_overview and reading the bytes once.
+
+Run: python benchmarks/summary.py [--trees resnet50,gpt2,...] [--rounds N]
+Needs `pip install clu` (benchmark only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import trees
+from _common import block, fmt_s, interleaved
+
+import pytreeparams as ptp
+from pytreeparams import _paths
+
+
+def first_call(fn) -> float:
+    jax.clear_caches()
+    _paths._PATHS_CACHE.clear()
+    _paths._MATCH_CACHE.clear()
+    t0 = time.perf_counter()
+    block(fn())
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--trees', default=','.join(trees.SPECS))
+    ap.add_argument('--rounds', type=int, default=7)
+    args = ap.parse_args()
+    from clu import parameter_overview
+
+    print(f'jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}')
+    print(
+        '| tree | read once (warm) | ptp warm | ptp/read | clu warm | clu/read | '
+        'ptp first | clu first | ptp first/clu first |'
+    )
+    print('|---|---|---|---|---|---|---|---|---|')
+    for name in args.trees.split(','):
+        tree = trees.make(name)
+        buf = trees.flat_buffer_like(tree)
+        read = jax.jit(jnp.sum)
+
+        def ours(tree=tree):
+            return ptp.summary(tree, stats=True).totals
+
+        def clu(tree=tree):
+            return parameter_overview.get_parameter_overview(tree, include_stats=True)
+
+        t_ours_first = first_call(ours)
+        t_clu_first = first_call(clu)
+        block(read(buf))
+        slow = name.startswith('llama')
+        res = interleaved(
+            {
+                'read': lambda: read(buf),
+                'ptp': ours,
+                **({} if slow else {'clu': clu}),
+            },
+            rounds=2 if slow else args.rounds,
+        )
+        if slow:
+            res['clu'] = t_clu_first  # clu takes ~20 s here; its warm call equals its first
+        r = res['read']
+        print(
+            f'| {name} | {fmt_s(r)} | {fmt_s(res["ptp"])} | {res["ptp"] / r:.1f}x | '
+            f'{fmt_s(res["clu"])} | {res["clu"] / r:.1f}x | {fmt_s(t_ours_first)} | '
+            f'{fmt_s(t_clu_first)} | {t_ours_first / t_clu_first:.2f} |',
+            flush=True,
+        )
+        del tree, buf
+
+
+if __name__ == '__main__':
+    main()

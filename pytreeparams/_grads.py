@@ -1,0 +1,699 @@
+"""Gradient inspection: per-layer statistics inside a jitted step, NaN hunting.
+
+``grad_stats`` is designed to ride along in a jitted training step: per leaf
+it does one fused pass over the gradient (sum, sum of squares, max |g|, exact
+zeros) plus one sum of squares over the parameters and the updates, and
+returns everything as one small stacked array, cheap to return and fetch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+
+from ._errors import NonFiniteError, StructureError
+from ._paths import _flatten, _quote_list, compile_pattern, unbox
+from ._stats import eager_leaf_stats, is_array
+from ._typing import Pattern, PyTree
+
+__all__ = [
+    'GRAD_STAT_NAMES',
+    'GradStats',
+    'History',
+    'LayerFlags',
+    'Inspection',
+    'assert_finite',
+    'dead_units',
+    'find_nonfinite',
+    'first_nonfinite_activation',
+    'flag_layers',
+    'grad_stats',
+    'inspect',
+]
+
+GRAD_STAT_NAMES = (
+    'grad_norm',
+    'grad_rms',
+    'grad_max',
+    'grad_mean',
+    'grad_zero_frac',
+    'grad_nonfinite',
+    'param_norm',
+    'grad_to_param',
+    'update_norm',
+    'update_to_param',
+)
+_RAW = 8  # n, sum, sumsq, max|g|, zeros, nonfinite, param sumsq, update sumsq
+_ROW = 1024
+
+
+def _grad_raw(g: jax.Array) -> list[jax.Array]:
+    """[sum, sumsq, max|g|, zeros, nonfinite] of one gradient leaf, one pass."""
+    g = jnp.asarray(g)
+    n = math.prod(g.shape)
+    if n == 0:
+        z = jnp.zeros((), jnp.float32)
+        return [z, z, z, z, z]
+    gf = g.astype(jnp.float32)
+    k = math.gcd(n, _ROW)
+    if k >= 32:
+        y = gf.reshape(n // k, k)
+        zero = jnp.zeros((), jnp.float32)
+
+        def combine(a: Any, b: Any) -> Any:
+            return (a[0] + b[0], a[1] + b[1], jnp.maximum(a[2], b[2]), a[3] + b[3])
+
+        parts = lax.reduce(
+            (y, y * y, jnp.abs(y), (y == 0).astype(jnp.float32)),
+            (zero, zero, zero, zero),
+            combine,
+            (1,),
+        )
+        s, ss, mx, zeros = (
+            jnp.sum(parts[0]),
+            jnp.sum(parts[1]),
+            jnp.max(parts[2]),
+            jnp.sum(parts[3]),
+        )
+    else:
+        s, ss = jnp.sum(gf), jnp.sum(gf * gf)
+        mx, zeros = jnp.max(jnp.abs(gf)), jnp.sum((gf == 0).astype(jnp.float32))
+    nonfinite = lax.cond(
+        jnp.isfinite(ss),
+        lambda: jnp.zeros((), jnp.float32),
+        lambda: jnp.sum((~jnp.isfinite(gf)).astype(jnp.float32)),
+    )
+    return [s, ss, jnp.where(jnp.isnan(s), jnp.nan, mx), zeros, nonfinite]
+
+
+def _sumsq(x: Any) -> jax.Array:
+    x = jnp.asarray(x).astype(jnp.float32)
+    return jnp.sum(x * x)
+
+
+@struct.dataclass
+class GradStats:
+    """Per-layer gradient statistics as device arrays (returned from ``jit``).
+
+    Attributes:
+      table: ``(len(paths), len(GRAD_STAT_NAMES))`` float32 array; parameter and
+        update columns are NaN when those trees were not given.
+      global_norm: The L2 norm of all gradients (as ``optax.global_norm``).
+      paths: Leaf paths, or group prefixes with ``depth`` (static).
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> gs = ptp.grad_stats({'w': jnp.array([3.0, 4.0])})
+      >>> float(gs['grad_norm'][0]), float(gs.global_norm)
+      (5.0, 5.0)
+    """
+
+    table: jax.Array
+    global_norm: jax.Array
+    paths: tuple[str, ...] = struct.field(pytree_node=False)
+
+    def __getitem__(self, name: str) -> jax.Array:
+        """The column ``name`` (one of ``GRAD_STAT_NAMES``) over layers."""
+        return self.table[:, GRAD_STAT_NAMES.index(name)]
+
+    def to_dict(self) -> dict[str, float]:
+        """``{'path/stat': float}`` plus ``'global_norm'``, fetched in one transfer."""
+        table, gn = jax.device_get((self.table, self.global_norm))
+        out = {
+            f'{p}/{s}': float(table[i, j])
+            for i, p in enumerate(self.paths)
+            for j, s in enumerate(GRAD_STAT_NAMES)
+        }
+        out['global_norm'] = float(gn)
+        return out
+
+
+def _leaf_lists(tree: PyTree, what: str, paths_ref: tuple[str, ...] | None = None):
+    leaves, _, paths_ = _flatten(tree)
+    if paths_ref is not None and paths_ != paths_ref:
+        missing = [p for p in paths_ref if p not in set(paths_)]
+        extra = [p for p in paths_ if p not in set(paths_ref)]
+        raise StructureError(
+            f'grad_stats: `{what}` does not match the gradients: missing '
+            f'{_quote_list(missing) or "none"}; unexpected {_quote_list(extra) or "none"}'
+        )
+    return [unbox(x) for x in leaves], paths_
+
+
+def grad_stats(
+    grads: PyTree,
+    params: PyTree | None = None,
+    updates: PyTree | None = None,
+    *,
+    depth: int | None = None,
+) -> GradStats:
+    """Per-leaf (or per-module) gradient statistics. Jittable.
+
+    Per leaf: gradient L2 norm, RMS, max |g|, mean, fraction of exact zeros,
+    number of non-finite values; with ``params`` the parameter norm and the
+    ratio ``||g|| / ||p||``; with ``updates`` the ratio ``||u|| / ||p||``.
+    With ``depth``, leaves sharing their first ``depth`` keys are combined
+    exactly (norms as root of summed squares, means weighted by size).
+
+    Args:
+      grads: The gradient tree.
+      params: Optional parameters of the same structure.
+      updates: Optional optimizer updates of the same structure.
+      depth: Optional grouping depth.
+
+    Returns:
+      A :class:`GradStats` (one stacked array and the global norm).
+
+    Raises:
+      StructureError: If ``params`` or ``updates`` differ in structure.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pytreeparams as ptp
+      >>> g = {'a': {'w': jnp.array([3.0, 0.0]), 'b': jnp.array([4.0])}}
+      >>> p = {'a': {'w': jnp.array([1.0, 0.0]), 'b': jnp.array([0.0])}}
+      >>> gs = jax.jit(ptp.grad_stats, static_argnames='depth')(g, p, depth=1)
+      >>> gs.paths, float(gs['grad_norm'][0]), float(gs['grad_to_param'][0])
+      (('a',), 5.0, 5.0)
+    """
+    g_leaves, paths_ = _leaf_lists(grads, 'grads')
+    keep = [i for i, g in enumerate(g_leaves) if is_array(g)]
+    p_leaves = _leaf_lists(params, 'params', paths_)[0] if params is not None else None
+    u_leaves = _leaf_lists(updates, 'updates', paths_)[0] if updates is not None else None
+    nan = jnp.array(jnp.nan, jnp.float32)
+    raws = []
+    for i in keep:
+        g = g_leaves[i]
+        r = [jnp.array(float(math.prod(np.shape(g))), jnp.float32), *_grad_raw(g)]
+        r.append(_sumsq(p_leaves[i]) if p_leaves is not None else nan)
+        r.append(_sumsq(u_leaves[i]) if u_leaves is not None else nan)
+        raws.append(jnp.stack(r))
+    names = tuple(paths_[i] for i in keep)
+    raw = jnp.stack(raws) if raws else jnp.zeros((0, _RAW), jnp.float32)
+    global_norm = jnp.sqrt(jnp.sum(raw[:, 2]))
+    if depth is not None:
+        groups: dict[str, int] = {}
+        seg = [groups.setdefault('/'.join(p.split('/')[:depth]), len(groups)) for p in names]
+        ids = jnp.asarray(seg, jnp.int32)
+        summed = jax.ops.segment_sum(raw, ids, num_segments=len(groups))
+        maxed = jax.ops.segment_max(raw[:, 3], ids, num_segments=len(groups))
+        raw = summed.at[:, 3].set(maxed)
+        names = tuple(groups)
+    n, s, ss, mx, zeros, nonfinite, pss, uss = (raw[:, j] for j in range(_RAW))
+    gnorm = jnp.sqrt(ss)
+    pnorm = jnp.sqrt(pss)
+    table = jnp.stack(
+        [
+            gnorm,
+            jnp.sqrt(ss / jnp.maximum(n, 1)),
+            mx,
+            s / jnp.maximum(n, 1),
+            zeros / jnp.maximum(n, 1),
+            nonfinite,
+            pnorm,
+            gnorm / pnorm,
+            jnp.sqrt(uss),
+            jnp.sqrt(uss) / pnorm,
+        ],
+        axis=1,
+    )
+    return GradStats(table=table, global_norm=global_norm, paths=names)
+
+
+# --------------------------------------------------------------------------
+# Flags.
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFlags:
+    """Layers whose gradients look wrong (see :func:`flag_layers`).
+
+    Attributes:
+      vanishing: Paths whose gradient norm is below ``vanishing`` x the median.
+      exploding: Paths whose gradient norm is above ``exploding`` x the median.
+      nonfinite: Paths with NaN or Inf gradients.
+      median: The median layer gradient norm.
+    """
+
+    vanishing: list[str]
+    exploding: list[str]
+    nonfinite: list[str]
+    median: float
+
+    def __bool__(self) -> bool:
+        return bool(self.vanishing or self.exploding or self.nonfinite)
+
+
+def flag_layers(stats: GradStats, *, vanishing: float = 1e-3, exploding: float = 1e3) -> LayerFlags:
+    """Flags vanishing, exploding and non-finite layers (on the host).
+
+    Args:
+      stats: From :func:`grad_stats` (per leaf or per module).
+      vanishing: A layer is vanishing below this multiple of the median norm
+        (an all-zero gradient always is).
+      exploding: A layer is exploding above this multiple of the median norm.
+
+    Returns:
+      A :class:`LayerFlags`.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> g = {'a': jnp.ones(4), 'b': jnp.ones(4), 'c': jnp.zeros(4), 'd': 1e5 * jnp.ones(4)}
+      >>> f = ptp.flag_layers(ptp.grad_stats(g))
+      >>> f.vanishing, f.exploding
+      (['c'], ['d'])
+    """
+    table = np.asarray(jax.device_get(stats.table))
+    norms = table[:, GRAD_STAT_NAMES.index('grad_norm')]
+    nonfinite_col = table[:, GRAD_STAT_NAMES.index('grad_nonfinite')]
+    finite = np.isfinite(norms)
+    median = float(np.median(norms[finite])) if finite.any() else float('nan')
+    van, exp, bad = [], [], []
+    for p, nrm, nf in zip(stats.paths, norms, nonfinite_col):
+        if nf > 0 or not np.isfinite(nrm):
+            bad.append(p)
+        elif nrm == 0 or nrm < vanishing * median:
+            van.append(p)
+        elif nrm > exploding * median:
+            exp.append(p)
+    return LayerFlags(van, exp, bad, median)
+
+
+def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.Array]:
+    """Counts output units whose whole gradient column is exactly zero. Jittable.
+
+    A ReLU unit that never activates gets no gradient: its column of the
+    kernel (last axis) is all zeros.
+
+    Args:
+      grads: Gradients of the parameters.
+      pattern: Which leaves are kernels with units on the last axis.
+
+    Returns:
+      ``{path: number of dead units}`` as device int32 scalars.
+
+    Raises:
+      PathError: If ``pattern`` matches no leaf.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> g = {'dense': {'kernel': jnp.array([[1.0, 0.0, 0.0], [2.0, 0.0, 1.0]])}}
+      >>> int(ptp.dead_units(g)['dense/kernel'])
+      1
+    """
+    from ._paths import select
+
+    out = {}
+    for p, g in select(grads, pattern).items():
+        g = jnp.asarray(g)
+        cols = g.reshape(-1, g.shape[-1]) if g.ndim else g.reshape(1, 1)
+        out[p] = jnp.sum(jnp.all(cols == 0, axis=0)).astype(jnp.int32)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Non-finite values.
+
+
+def _nonfinite_counts(tree: PyTree) -> list[tuple[str, int]]:
+    leaves, _, paths_ = _flatten(tree)
+    leaves = [unbox(x) for x in leaves]
+    stats = eager_leaf_stats(leaves)
+    return [(p, int(s[5])) for p, s in zip(paths_, stats) if s is not None and s[5] > 0]
+
+
+def find_nonfinite(tree: PyTree) -> list[str]:
+    """The paths of leaves holding NaN or Inf, in flatten order.
+
+    Args:
+      tree: Any pytree of concrete arrays (use outside ``jit``).
+
+    Returns:
+      The paths, empty if everything is finite.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> ptp.find_nonfinite({'a': jnp.ones(2), 'b': jnp.array([1.0, jnp.inf])})
+      ['b']
+    """
+    return [p for p, _ in _nonfinite_counts(tree)]
+
+
+def assert_finite(tree: PyTree) -> None:
+    """Raises if any leaf holds NaN or Inf (for use outside ``jit``).
+
+    Args:
+      tree: Any pytree of concrete arrays.
+
+    Raises:
+      NonFiniteError: Naming each non-finite path with its count of NaN/Inf.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> ptp.assert_finite({'a': jnp.ones(2)})
+      >>> try:
+      ...   ptp.assert_finite({'a': jnp.array([jnp.nan, 1.0, jnp.nan])})
+      ... except ptp.NonFiniteError as e:
+      ...   print(e)
+      1 leaf holds NaN/Inf: 'a' (2 of 3 values)
+    """
+    bad = _nonfinite_counts(tree)
+    if bad:
+        sizes = {p: math.prod(np.shape(x)) for p, x in zip(_flatten(tree)[2], _flatten(tree)[0])}
+        parts = [f'{p!r} ({n} of {sizes[p]} values)' for p, n in bad[:12]]
+        more = f', ... ({len(bad) - 12} more)' if len(bad) > 12 else ''
+        noun = 'leaf holds' if len(bad) == 1 else 'leaves hold'
+        raise NonFiniteError(f'{len(bad)} {noun} NaN/Inf: ' + ', '.join(parts) + more)
+
+
+def first_nonfinite_activation(
+    module: Any, variables: PyTree, *args: Any, **kwargs: Any
+) -> str | None:
+    """Names the first Flax linen sub-module whose output is non-finite.
+
+    Runs the forward pass once with ``capture_intermediates`` and checks the
+    outputs in the order the calls finished, so the answer is the layer where
+    a NaN or Inf is born, not every layer it reached.
+
+    Args:
+      module: A ``flax.linen.Module``.
+      variables: Its variables (``{'params': ...}``).
+      *args: Inputs of ``module.apply``.
+      **kwargs: Keyword inputs of ``module.apply``.
+
+    Returns:
+      The sub-module path (``'layers_2'``; ``''`` for the module itself, with
+      ``/__call__`` omitted; other methods as ``'path/method'``), or None if
+      every output is finite.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn, pytreeparams as ptp
+      >>> net = nn.Sequential([nn.Dense(2), nn.Dense(1)])
+      >>> v = net.init(jax.random.key(0), jnp.ones((1, 3)))
+      >>> v = ptp.set(v, 'params/layers_1/bias', jnp.array([jnp.nan]))
+      >>> ptp.first_nonfinite_activation(net, v, jnp.ones((1, 3)))
+      'layers_1'
+    """
+    order: list[tuple[tuple[str, ...], str]] = []
+
+    def record(mdl: Any, method_name: str) -> bool:
+        order.append((tuple(mdl.path), method_name))
+        return True
+
+    _, state = module.apply(
+        variables, *args, capture_intermediates=record, mutable=['intermediates'], **kwargs
+    )
+    inter = state['intermediates']
+    seen = set()
+    for path, method in order:
+        if (path, method) in seen:
+            continue
+        seen.add((path, method))
+        node = inter
+        for k in path:
+            node = node[k]
+        outs = node.get(method, ())
+        for out in outs:
+            leaves = [x for x in jax.tree_util.tree_leaves(out) if is_array(x)]
+            if any(not bool(jnp.all(jnp.isfinite(x))) for x in leaves):
+                name = '/'.join(path)
+                return name if method == '__call__' else f'{name}/{method}'.lstrip('/')
+    return None
+
+
+# --------------------------------------------------------------------------
+# inspect: loss, grads and their statistics in one call.
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """The result of :func:`inspect`.
+
+    Attributes:
+      loss: The loss value.
+      grads: The gradient tree.
+      aux: The auxiliary output (with ``has_aux``), else None.
+      stats: The :class:`GradStats` of the gradients against the parameters.
+      table: A ``ptp.Summary`` of the parameters with gradient columns beside.
+      jitted: Whether the computation ran under ``jax.jit``.
+    """
+
+    loss: jax.Array
+    grads: PyTree
+    aux: Any
+    stats: GradStats
+    table: Any
+    jitted: bool
+
+    def __str__(self) -> str:
+        return f'loss {float(self.loss):.6g}\n{self.table}'
+
+    def _repr_html_(self) -> str:
+        return f'<p>loss {float(self.loss):.6g}</p>' + self.table._repr_html_()
+
+    def __rich__(self) -> Any:
+        return self.table.__rich__()
+
+
+_TRACE_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+def inspect(
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    *args: Any,
+    has_aux: bool = False,
+    jit: bool | None = None,
+    depth: int | None = None,
+) -> Inspection:
+    """Loss, gradients and per-layer statistics of both, in one jitted call.
+
+    Args:
+      loss_fn: ``loss_fn(params, *args)`` returning a scalar (or ``(loss, aux)``
+        with ``has_aux``).
+      params: The parameters to differentiate.
+      *args: Further arguments of ``loss_fn`` (a batch, ...).
+      has_aux: Whether ``loss_fn`` returns ``(loss, aux)``.
+      jit: None: try ``jax.jit`` and fall back to eager evaluation with a
+        warning when ``loss_fn`` cannot be traced (Python control flow on
+        values); True: require ``jit`` and raise a clear error instead;
+        False: run eagerly.
+      depth: Optional grouping depth for the statistics table.
+
+    Returns:
+      An :class:`Inspection`; print it for the table.
+
+    Raises:
+      ValueError: If ``jit=True`` and ``loss_fn`` cannot be traced.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> r = ptp.inspect(lambda p, x: jnp.sum(p['w'] * x), {'w': jnp.ones(3)}, jnp.arange(3.0))
+      >>> float(r.loss), r.grads['w'].tolist(), float(r.stats['grad_norm'][0])
+      (3.0, [0.0, 1.0, 2.0], 2.2360680103302)
+    """
+    from ._summary import summary
+
+    def compute(p: PyTree, *a: Any) -> Any:
+        out, g = jax.value_and_grad(loss_fn, has_aux=has_aux)(p, *a)
+        loss, aux = out if has_aux else (out, None)
+        return loss, aux, g, grad_stats(g, p, depth=depth)
+
+    jitted = jit is not False
+    if jitted:
+        try:
+            loss, aux, grads, gs = jax.jit(compute)(params, *args)
+        except _TRACE_ERRORS as e:
+            if jit:
+                raise ValueError(
+                    'inspect(jit=True): loss_fn cannot be traced by jax.jit (it uses Python '
+                    'control flow on array values, e.g. `if x.sum() > 0` or `while ...`). '
+                    'Rewrite it with jax.lax.cond/while_loop, or pass jit=None to fall back '
+                    f'to eager evaluation. JAX said: {type(e).__name__}'
+                ) from e
+            warnings.warn(
+                'inspect: loss_fn cannot be traced by jax.jit (Python control flow on '
+                'values); evaluating eagerly instead. Pass jit=False to silence this.',
+                stacklevel=2,
+            )
+            jitted = False
+    if not jitted:
+        loss, aux, grads, gs = compute(params, *args)
+    base = summary(params, stats=True, depth=depth)
+    table = np.asarray(jax.device_get(gs.table))
+    body = base.groups if depth is not None else base.rows
+    index = {p: i for i, p in enumerate(gs.paths)}
+    cols = ('grad_norm', 'grad_rms', 'grad_max', 'grad_nonfinite', 'grad_to_param')
+    new_rows = []
+    for r in body:
+        i = index.get(r.path)
+        extra = tuple(
+            (c, float(table[i, GRAD_STAT_NAMES.index(c)]) if i is not None else float('nan'))
+            for c in cols
+        )
+        new_rows.append(dataclasses.replace(r, extra=extra))
+    gn = float(gs.global_norm)
+    totals = dataclasses.replace(
+        base.totals, extra=(('grad_norm', gn),) + tuple((c, None) for c in cols[1:])
+    )
+    if depth is not None:
+        base = dataclasses.replace(base, groups=tuple(new_rows), totals=totals)
+    else:
+        base = dataclasses.replace(base, rows=tuple(new_rows), totals=totals)
+    return Inspection(loss, grads, aux, gs, base, jitted)
+
+
+# --------------------------------------------------------------------------
+# History over training.
+
+
+class History:
+    """Statistics of many steps, kept on device and fetched in bulk.
+
+    ``append`` stores the (device) statistics without a host sync; the first
+    read (``steps``, ``array``, ``plot``) fetches everything at once.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> h = ptp.History()
+      >>> for step in range(3):
+      ...   h.append(step, ptp.grad_stats({'w': jnp.full(4, step + 1.0)}))
+      >>> h.array('w', 'grad_norm').tolist()
+      [2.0, 4.0, 6.0]
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[int] = []
+        self._pending: list[Any] = []
+        self._tables: list[np.ndarray] = []
+        self._global: list[float] = []
+        self.paths: tuple[str, ...] | None = None
+        self.columns: tuple[str, ...] = GRAD_STAT_NAMES
+
+    def append(self, step: int, stats: Any) -> None:
+        """Records ``stats`` (a :class:`GradStats` or ``ptp.Stats``) for ``step``.
+
+        Raises:
+          StructureError: If the paths differ from earlier steps.
+        """
+        from ._stats import STAT_NAMES, Stats
+
+        columns = STAT_NAMES if isinstance(stats, Stats) else GRAD_STAT_NAMES
+        if self.paths is None:
+            self.paths, self.columns = stats.paths, columns
+        elif stats.paths != self.paths or columns != self.columns:
+            raise StructureError('History.append: statistics of another tree or kind than before')
+        self._steps.append(int(step))
+        gn = getattr(stats, 'global_norm', jnp.array(jnp.nan))
+        self._pending.append((stats.table, gn))
+
+    def _fetch(self) -> None:
+        if self._pending:
+            fetched = jax.device_get(self._pending)
+            self._tables += [np.asarray(t) for t, _ in fetched]
+            self._global += [float(g) for _, g in fetched]
+            self._pending = []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """The recorded step numbers."""
+        return np.asarray(self._steps)
+
+    def array(self, path: str, stat: str) -> np.ndarray:
+        """The values of ``stat`` at ``path`` over the recorded steps.
+
+        Raises:
+          KeyError: For an unknown path or statistic.
+        """
+        self._fetch()
+        if self.paths is None or path not in self.paths:
+            raise KeyError(f'History has no path {path!r}; it has {_quote_list(self.paths or ())}')
+        if stat not in self.columns:
+            raise KeyError(f'History has no statistic {stat!r}; it has {list(self.columns)}')
+        i, j = self.paths.index(path), self.columns.index(stat)
+        return np.array([t[i, j] for t in self._tables])
+
+    def global_norm(self) -> np.ndarray:
+        """The global gradient norm over the recorded steps."""
+        self._fetch()
+        return np.asarray(self._global)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """``{'path/stat': values over steps}`` for every path and statistic."""
+        self._fetch()
+        stacked = np.stack(self._tables) if self._tables else np.zeros((0, 0, 0))
+        return {
+            f'{p}/{s}': stacked[:, i, j]
+            for i, p in enumerate(self.paths or ())
+            for j, s in enumerate(self.columns)
+        }
+
+    def plot(
+        self,
+        file: str | None = None,
+        stats: Sequence[str] = ('grad_norm', 'param_norm', 'update_to_param'),
+        paths: Pattern | None = None,
+    ) -> Any:
+        """Plots per-layer curves of ``stats`` against the step (log scale).
+
+        Args:
+          file: Where to save a PNG (or any format matplotlib knows), if given.
+          stats: One panel per statistic; panels whose values are all NaN
+            (e.g. updates not given) are left out.
+          paths: Optional pattern for the layers to draw.
+
+        Returns:
+          The matplotlib ``Figure``.
+
+        Raises:
+          ImportError: Without matplotlib (``pip install pytreeparams[plot]``).
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use('Agg', force=False)
+            import matplotlib.pyplot as plt
+        except ImportError as e:  # pragma: no cover
+            raise ImportError(
+                'History.plot needs matplotlib: pip install pytreeparams[plot]'
+            ) from e
+        self._fetch()
+        chosen = list(self.paths or ())
+        if paths is not None:
+            pred = compile_pattern(paths)
+            chosen = [p for p in chosen if pred(p)]
+        panels = [
+            s for s in stats if any(np.isfinite(self.array(p, s)).any() for p in chosen)
+        ] or list(stats[:1])
+        fig, axes = plt.subplots(
+            len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True, squeeze=False
+        )
+        for ax, stat in zip(axes[:, 0], panels):
+            for p in chosen:
+                ax.plot(self.steps, self.array(p, stat), label=p)
+            ax.set_yscale('log')
+            ax.set_ylabel(stat)
+            ax.grid(True, alpha=0.3)
+        axes[0, 0].legend(fontsize='small', loc='best')
+        axes[-1, 0].set_xlabel('step')
+        fig.tight_layout()
+        if file is not None:
+            fig.savefig(file, dpi=100)
+        plt.close(fig)
+        return fig

@@ -1,0 +1,264 @@
+"""Statistics kernels: per-leaf moments computed where the data lives.
+
+Every leaf gives one row of ``STAT_NAMES``: mean, std, min, max, L2 norm,
+number of non-finite values and fraction of exact zeros. Accumulation is in
+float32 (float64 for float64 leaves), with the data shifted by its first
+element so that the variance does not cancel for leaves with a large mean
+(LayerNorm scales near 1). The L2 norm is derived from mean and variance
+(``sqrt(n * (var + mean**2))``) instead of a further pass over the data.
+
+The non-finite count costs a slow pass on XLA:CPU, so it only runs (under
+``lax.cond``) when the sum or the sum of squares is not finite.
+
+A leaf that holds NaN reports NaN for mean, std, min, max and L2 (and a
+leaf with Inf reports inf or NaN there); its ``nonfinite`` count is exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+
+from ._paths import _flatten, unbox
+from ._typing import PyTree
+
+__all__ = ['STAT_NAMES', 'Stats', 'stats']
+
+STAT_NAMES = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
+_ROW = 1024  # elements per row of the fused single-pass reduction
+_SMALL = 1 << 16  # CPU-resident leaves up to this size are reduced in stacked batches
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is an array-like leaf with a numeric or bool dtype."""
+    dtype = getattr(x, 'dtype', None)
+    if dtype is None or not hasattr(x, 'shape'):
+        return isinstance(x, (bool, int, float, complex, np.generic))
+    try:
+        return bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
+    except TypeError:  # pragma: no cover - exotic dtypes
+        return False
+
+
+def _acc_dtype(dtype: Any) -> Any:
+    return jnp.float64 if np.dtype(dtype) == np.float64 else jnp.float32
+
+
+def _nan_row(n: int) -> jax.Array:
+    zero_frac = jnp.nan if n == 0 else 0.0
+    return jnp.array([jnp.nan] * 5 + [0.0, zero_frac], jnp.float32)
+
+
+def leaf_stats(x: jax.Array, fused: bool = True) -> jax.Array:
+    """The ``STAT_NAMES`` of one array as a float array of shape (7,). Traceable.
+
+    Args:
+      x: A numeric or bool array.
+      fused: Use one variadic reduction over rows of ``_ROW`` elements (one pass
+        over the data); False uses separate reductions that SPMD partitions
+        without moving data (for sharded arrays).
+
+    Returns:
+      ``[mean, std, min, max, l2, nonfinite, zero_frac]``.
+    """
+    x = jnp.asarray(x)
+    n = math.prod(x.shape)
+    if n == 0:
+        return _nan_row(0)
+    if jnp.iscomplexobj(x):
+        x = jnp.abs(x)
+    acc = _acc_dtype(x.dtype)
+    xf = x.astype(acc)
+    shift = lax.stop_gradient(xf.reshape(-1)[0] if fused else xf[(0,) * xf.ndim])
+    k = math.gcd(n, _ROW)
+    if fused and k >= 32:
+        y = xf.reshape(n // k, k)
+        d = y - shift
+        zero = jnp.zeros((), acc)
+        init = (zero, zero, jnp.array(jnp.inf, acc), jnp.array(-jnp.inf, acc), zero)
+
+        def combine(a: Any, b: Any) -> Any:
+            return (
+                a[0] + b[0],
+                a[1] + b[1],
+                jnp.minimum(a[2], b[2]),
+                jnp.maximum(a[3], b[3]),
+                a[4] + b[4],
+            )
+
+        parts = lax.reduce((d, d * d, y, y, (y == 0).astype(acc)), init, combine, (1,))
+        sd, sdd = jnp.sum(parts[0]), jnp.sum(parts[1])
+        mn, mx, zeros = jnp.min(parts[2]), jnp.max(parts[3]), jnp.sum(parts[4])
+        # min/max of a NaN-holding row: the variadic reduce drops NaN; restore it.
+        has_nan = jnp.isnan(sd)
+        mn = jnp.where(has_nan, jnp.nan, mn)
+        mx = jnp.where(has_nan, jnp.nan, mx)
+    else:
+        d = xf - shift
+        sd, sdd = jnp.sum(d), jnp.sum(d * d)
+        mn, mx = jnp.min(xf), jnp.max(xf)
+        zeros = jnp.sum((xf == 0).astype(acc))
+    mean_d = sd / n
+    mean = shift + mean_d
+    var = jnp.maximum(sdd / n - mean_d * mean_d, 0)
+    l2 = jnp.sqrt(n * (var + mean * mean))
+    finite = jnp.isfinite(sd) & jnp.isfinite(sdd)
+    nonfinite = lax.cond(
+        finite,
+        lambda: jnp.zeros((), acc),
+        lambda: jnp.sum((~jnp.isfinite(xf)).astype(acc)),
+    )
+    row = jnp.stack([mean, jnp.sqrt(var), mn, mx, l2, nonfinite, zeros / n])
+    return row.astype(jnp.float32) if acc == jnp.float32 else row
+
+
+def host_stats_batch(a: np.ndarray) -> np.ndarray:
+    """``leaf_stats`` of each row of a 2-D host array, in float64 NumPy."""
+    k, n = a.shape
+    if n == 0:
+        return np.tile(np.array([np.nan] * 5 + [0.0, np.nan]), (k, 1))
+    if np.iscomplexobj(a):
+        a = np.abs(a)
+    a = a.astype(np.float64, copy=False)
+    with np.errstate(all='ignore'):
+        mean = a.mean(axis=1)
+        var = np.mean((a - mean[:, None]) ** 2, axis=1)
+        l2 = np.sqrt(np.einsum('ij,ij->i', a, a))
+        nonfinite = np.zeros(k)
+        bad = ~np.isfinite(l2)
+        if bad.any():
+            nonfinite[bad] = np.count_nonzero(~np.isfinite(a[bad]), axis=1)
+        zeros = np.count_nonzero(a == 0, axis=1) / n
+        return np.stack([mean, np.sqrt(var), a.min(axis=1), a.max(axis=1), l2, nonfinite, zeros], 1)
+
+
+def host_stats(x: Any) -> np.ndarray:
+    """``leaf_stats`` with NumPy in float64, for one host-resident leaf."""
+    a = np.asarray(x)
+    return host_stats_batch(a.reshape(1, a.size))[0]
+
+
+@functools.partial(jax.jit, static_argnames='fused')
+def _leaf_kernel(x: jax.Array, fused: bool = True) -> jax.Array:
+    return leaf_stats(x, fused)
+
+
+def _is_sharded(x: Any) -> bool:
+    sharding = getattr(x, 'sharding', None)
+    return sharding is not None and len(sharding.device_set) > 1
+
+
+def _on_host(x: Any) -> bool:
+    if isinstance(x, (np.ndarray, np.generic, bool, int, float, complex)):
+        return True
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return not _is_sharded(x) and all(d.platform == 'cpu' for d in x.devices())
+    return False
+
+
+def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
+    """Statistics of concrete leaves, each computed where it lives.
+
+    Small CPU-resident leaves (the host is their device) use NumPy with no
+    compilation: leaves of one size and dtype are stacked and reduced together.
+    Larger leaves and leaves on an accelerator use one jitted single-pass
+    kernel per shape and dtype, shared by all leaves alike, fetched in one
+    transfer; sharded arrays use reductions that
+    run on each shard and combine only scalars. Non-array leaves give None.
+    """
+    out: list[Any] = [None] * len(leaves)
+    pending: list[tuple[int, jax.Array]] = []
+    batches: dict[tuple[int, Any], list[int]] = {}
+    for i, x in enumerate(leaves):
+        if not is_array(x) or isinstance(x, jax.ShapeDtypeStruct):
+            continue
+        if _on_host(x):
+            size = math.prod(np.shape(x))
+            if size <= _SMALL:
+                batches.setdefault(
+                    (size, np.dtype(getattr(x, 'dtype', None) or np.asarray(x).dtype)), []
+                ).append(i)
+            else:
+                out[i] = host_stats(x)
+        else:
+            pending.append((i, _leaf_kernel(x, fused=not _is_sharded(x))))
+    for (size, _), idx in batches.items():
+        stacked = np.stack([np.asarray(leaves[i]).reshape(size) for i in idx])
+        for i, row in zip(idx, host_stats_batch(stacked)):
+            out[i] = row
+    fetched = jax.device_get([r for _, r in pending])
+    for (i, _), r in zip(pending, fetched):
+        out[i] = np.asarray(r, np.float64)
+    return out
+
+
+@struct.dataclass
+class Stats:
+    """Per-leaf statistics as one device array, cheap to return from ``jit``.
+
+    Attributes:
+      paths: The leaf paths (static), in flatten order.
+      table: A ``(len(paths), 7)`` array, columns in ``STAT_NAMES`` order.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> s = ptp.stats({'w': jnp.array([3.0, 4.0])})
+      >>> float(s['l2'][0]), s.paths
+      (5.0, ('w',))
+    """
+
+    table: jax.Array
+    paths: tuple[str, ...] = struct.field(pytree_node=False)
+
+    def __getitem__(self, name: str) -> jax.Array:
+        """The column ``name`` (one of ``STAT_NAMES``) as an array over leaves."""
+        return self.table[:, STAT_NAMES.index(name)]
+
+    def to_dict(self) -> dict[str, float]:
+        """``{'path/stat': float}`` on the host (one transfer)."""
+        t = np.asarray(jax.device_get(self.table))
+        return {
+            f'{p}/{s}': float(t[i, j])
+            for i, p in enumerate(self.paths)
+            for j, s in enumerate(STAT_NAMES)
+        }
+
+
+def stats(tree: PyTree) -> Stats:
+    """Computes per-leaf statistics of ``tree`` as device arrays. Jittable.
+
+    For every array leaf: mean, std, min, max, L2 norm, the number of
+    non-finite values (NaN/Inf) and the fraction of exact zeros, accumulated
+    in float32 (float64 for float64 leaves) in a single pass where possible.
+    Use it inside a jitted training step and fetch the one ``(L, 7)`` array.
+    Non-array leaves are skipped; a NaN-holding leaf reports NaN moments and
+    its exact non-finite count.
+
+    Args:
+      tree: Any pytree of arrays (boxes are transparent).
+
+    Returns:
+      A :class:`Stats` with the paths of the array leaves and their table.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pytreeparams as ptp
+      >>> s = jax.jit(ptp.stats)({'a': jnp.array([1.0, jnp.nan]), 'b': jnp.zeros(4)})
+      >>> s.paths, s['nonfinite'].tolist(), s['zero_frac'].tolist()
+      (('a', 'b'), [1.0, 0.0], [0.0, 1.0])
+    """
+    leaves, _, paths_ = _flatten(tree)
+    rows, names = [], []
+    for p, x in zip(paths_, leaves):
+        x = unbox(x)
+        if is_array(x) and not isinstance(x, jax.ShapeDtypeStruct):
+            rows.append(leaf_stats(x).astype(jnp.float32))
+            names.append(p)
+    table = jnp.stack(rows) if rows else jnp.zeros((0, len(STAT_NAMES)), jnp.float32)
+    return Stats(table=table, paths=tuple(names))

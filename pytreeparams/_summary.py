@@ -1,0 +1,529 @@
+"""Summaries of parameter trees: rows of data, grouped subtotals, renderers.
+
+Data and presentation are apart (as in flax ``linen/summary.py``): a
+:class:`Summary` holds :class:`Row` objects; ``str()``, ``__rich__`` and
+``_repr_html_`` render them, ``to_dict`` flattens them for metric loggers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._paths import _flatten, compile_pattern, describe, no_match_message, unbox
+from ._stats import STAT_NAMES, eager_leaf_stats, is_array
+from ._typing import Pattern, PyTree
+
+__all__ = ['Row', 'Summary', 'summary', 'count', 'nbytes', 'shapes', 'diff', 'DiffReport']
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One leaf, or one group of leaves, of a :class:`Summary`.
+
+    Attributes:
+      path: The leaf path, the group prefix, or ``'total'``.
+      shape: The leaf shape (None for groups and non-array leaves).
+      dtype: The dtype name (``'mixed'`` for groups of several dtypes).
+      size: Number of elements, an exact Python int.
+      nbytes: Bytes, an exact Python int.
+      mean, std, min, max, l2: Statistics (None without statistics).
+      nonfinite: Number of NaN/Inf values (None without statistics).
+      zero_frac: Fraction of exact zeros (None without statistics).
+      leaves: Number of leaves the row covers.
+      sharding: A description of the sharding, when asked for.
+      note: Free text, e.g. ``'alias of ...'`` for tied leaves.
+      extra: Further ``(column, value)`` pairs, e.g. gradient statistics.
+    """
+
+    path: str
+    shape: tuple[int, ...] | None
+    dtype: str
+    size: int
+    nbytes: int
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    l2: float | None = None
+    nonfinite: int | None = None
+    zero_frac: float | None = None
+    leaves: int = 1
+    sharding: str | None = None
+    note: str = ''
+    extra: tuple[tuple[str, float | None], ...] = ()
+
+    @property
+    def type(self) -> str:
+        """``'float32[4,8]'`` style description (dtype alone for groups)."""
+        if self.shape is None:
+            return self.dtype
+        return f'{self.dtype}[{",".join(str(d) for d in self.shape)}]'
+
+    def stats(self) -> dict[str, float | None]:
+        """The statistics as a dict in ``STAT_NAMES`` order."""
+        return {k: getattr(self, k) for k in STAT_NAMES}
+
+
+def _sharding_str(x: Any) -> str | None:
+    s = getattr(x, 'sharding', None)
+    if s is None:
+        return None
+    spec = getattr(s, 'spec', None)
+    n = len(s.device_set)
+    return f'{spec} on {n} devices' if spec is not None else f'{type(s).__name__} ({n})'
+
+
+def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool) -> Row:
+    if is_array(x):
+        shape = tuple(int(d) for d in np.shape(x))
+        dtype = np.dtype(getattr(x, 'dtype', None) or np.asarray(x).dtype)
+        size = math.prod(shape)
+        row = Row(path, shape, dtype.name, size, size * dtype.itemsize)
+    else:
+        row = Row(path, None, describe(x), 0, 0, leaves=1)
+    if st is not None:
+        vals = [float(v) for v in st]
+        row = dataclasses.replace(
+            row,
+            mean=vals[0],
+            std=vals[1],
+            min=vals[2],
+            max=vals[3],
+            l2=vals[4],
+            nonfinite=int(vals[5]),
+            zero_frac=vals[6],
+        )
+    if sharding:
+        row = dataclasses.replace(row, sharding=_sharding_str(x))
+    return row
+
+
+def combine_rows(path: str, rows: Sequence[Row]) -> Row:
+    """One row for a group: sums, pooled mean/std, min/max, root-sum-square L2.
+
+    The pooled variance is ``sum(n_i * (var_i + (mean_i - mean)**2)) / N``
+    computed in float64, the exact variance of all the group's elements.
+    """
+    size = sum(r.size for r in rows)
+    dtypes = {r.dtype for r in rows if r.shape is not None}
+    row = Row(
+        path,
+        None,
+        dtypes.pop() if len(dtypes) == 1 else ('mixed' if dtypes else ''),
+        size,
+        sum(r.nbytes for r in rows),
+        leaves=sum(r.leaves for r in rows),
+    )
+    with_stats = [r for r in rows if r.mean is not None and r.size > 0]
+    if not with_stats:
+        return row
+    n = np.array([r.size for r in with_stats], np.float64)
+    means = np.array([r.mean for r in with_stats], np.float64)
+    stds = np.array([r.std for r in with_stats], np.float64)
+    with np.errstate(all='ignore'):
+        mean = float(np.sum(n * means) / n.sum())
+        var = float(np.sum(n * (stds**2 + (means - mean) ** 2)) / n.sum())
+        l2 = float(np.sqrt(np.sum(np.array([r.l2 for r in with_stats], np.float64) ** 2)))
+        zeros = float(np.sum(n * np.array([r.zero_frac for r in with_stats])) / n.sum())
+    return dataclasses.replace(
+        row,
+        mean=mean,
+        std=math.sqrt(var) if var == var else float('nan'),
+        min=float(np.min([r.min for r in with_stats])),
+        max=float(np.max([r.max for r in with_stats])),
+        l2=l2,
+        nonfinite=sum(r.nonfinite or 0 for r in with_stats),
+        zero_frac=zeros,
+    )
+
+
+def _fmt_int(n: int) -> str:
+    return f'{n:,}'
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
+        if n < 1000 or unit == 'TB':
+            return f'{n} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def _fmt_float(v: float | None) -> str:
+    if v is None:
+        return ''
+    if v != v:
+        return 'nan'
+    if v == 0:
+        return '0'
+    if abs(v) >= 1e5 or abs(v) < 1e-3:
+        return f'{v:.3e}'
+    return f'{v:.4f}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """A summary of a parameter tree: rows, optional group rows, totals.
+
+    Attributes:
+      rows: One :class:`Row` per leaf, in flatten order.
+      groups: With ``depth``: one subtotal row per group of leaves sharing their
+        first ``depth`` keys, in order of first appearance; else empty.
+      totals: A row summing the whole tree (exact Python ints).
+      depth: The grouping depth, or None.
+      has_stats: Whether statistics were computed.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> s = ptp.summary({'a': {'w': jnp.ones((2, 3))}, 'b': jnp.zeros(4)})
+      >>> s.totals.size, s.totals.nbytes, s.rows[0].type
+      (10, 40, 'float32[2,3]')
+    """
+
+    rows: tuple[Row, ...]
+    groups: tuple[Row, ...]
+    totals: Row
+    depth: int | None = None
+    has_stats: bool = True
+    show_sharding: bool = False
+
+    def _columns(self) -> list[tuple[str, Any]]:
+        cols: list[tuple[str, Any]] = [
+            ('path', lambda r: r.path),
+            ('type', lambda r: r.type if r.shape is not None else r.dtype),
+            ('size', lambda r: _fmt_int(r.size)),
+            ('bytes', lambda r: _fmt_bytes(r.nbytes)),
+        ]
+        if self.depth is not None:
+            cols.insert(2, ('leaves', lambda r: str(r.leaves)))
+        if self.has_stats:
+            for name in ('mean', 'std', 'min', 'max', 'l2'):
+                cols.append((name, lambda r, n=name: _fmt_float(getattr(r, n))))
+            cols.append(('nonfinite', lambda r: '' if r.nonfinite is None else str(r.nonfinite)))
+            cols.append(('zeros', lambda r: _fmt_float(r.zero_frac)))
+        body = self.groups if self.depth is not None else self.rows
+        if body and body[0].extra:
+            for j, (name, _) in enumerate(body[0].extra):
+                cols.append(
+                    (name, lambda r, j=j: _fmt_float(r.extra[j][1]) if len(r.extra) > j else '')
+                )
+        if self.show_sharding:
+            cols.append(('sharding', lambda r: r.sharding or ''))
+        if any(r.note for r in self.rows):
+            cols.append(('note', lambda r: r.note))
+        return cols
+
+    def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
+        cols = self._columns()
+        body = self.groups if self.depth is not None else self.rows
+        header = [c for c, _ in cols]
+        cells = [[f(r) for _, f in cols] for r in body]
+        total = [f(self.totals) for _, f in cols]
+        total[1] = f'{self.totals.leaves} leaves'
+        return header, cells, total
+
+    def __str__(self) -> str:
+        header, cells, total = self._table()
+        widths = [max(len(x) for x in col) for col in zip(header, *cells, total)]
+        right = {i for i, h in enumerate(header) if h not in ('path', 'type', 'sharding', 'note')}
+
+        def line(vals: Sequence[str]) -> str:
+            parts = [
+                v.rjust(w) if i in right else v.ljust(w)
+                for i, (v, w) in enumerate(zip(vals, widths))
+            ]
+            return '  '.join(parts).rstrip()
+
+        rule = '-' * len(line(header))
+        return '\n'.join([line(header), rule, *(line(c) for c in cells), rule, line(total)])
+
+    def __rich__(self) -> Any:
+        try:
+            from rich.table import Table
+        except ImportError as e:  # pragma: no cover - only reached through rich
+            raise ImportError('rich tables need `pip install pytreeparams[rich]`') from e
+        header, cells, total = self._table()
+        title = 'Parameters' + (f' by module (depth {self.depth})' if self.depth else '')
+        table = Table(title=title, show_footer=True)
+        for i, h in enumerate(header):
+            justify = 'left' if h in ('path', 'type', 'sharding', 'note') else 'right'
+            table.add_column(h, footer=total[i], justify=justify, no_wrap=h in ('path', 'type'))
+        for c in cells:
+            table.add_row(*c)
+        return table
+
+    def _repr_html_(self) -> str:
+        header, cells, total = self._table()
+        esc = html.escape
+        head = ''.join(f'<th>{esc(h)}</th>' for h in header)
+        body = ''.join('<tr>' + ''.join(f'<td>{esc(v)}</td>' for v in c) + '</tr>' for c in cells)
+        foot = '<tr>' + ''.join(f'<td><b>{esc(v)}</b></td>' for v in total) + '</tr>'
+        return (
+            '<table class="pytreeparams-summary"><thead><tr>'
+            f'{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>'
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f'Summary({len(self.rows)} leaves, {_fmt_int(self.totals.size)} parameters, '
+            f'{_fmt_bytes(self.totals.nbytes)})'
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        """Flat ``{'path/stat': float}`` (groups with ``depth``), plus ``total/...``.
+
+        Returns:
+          Sizes, bytes and (with statistics) every statistic, for loggers such as
+          TensorBoard.
+        """
+        out: dict[str, float] = {}
+        body = self.groups if self.depth is not None else self.rows
+        for r in (*body, self.totals):
+            out[f'{r.path}/size'] = float(r.size)
+            out[f'{r.path}/nbytes'] = float(r.nbytes)
+            if self.has_stats and r.mean is not None:
+                for k, v in r.stats().items():
+                    out[f'{r.path}/{k}'] = float(v)
+            for k, v in r.extra:
+                if v is not None:
+                    out[f'{r.path}/{k}'] = float(v)
+        return out
+
+
+def summary(
+    tree: PyTree,
+    *,
+    stats: bool = True,
+    depth: int | None = None,
+    select: Pattern | None = None,
+    sharding: bool = False,
+    notes: dict[str, str] | None = None,
+) -> Summary:
+    """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
+
+    Statistics are computed where each array lives (see ``ptp.stats``), in
+    float32 or better for every dtype; a sharded array is reduced shard by
+    shard and never gathered. Abstract trees (``jax.ShapeDtypeStruct``
+    leaves) give names, shapes, counts and bytes instantly. Counts are exact
+    Python ints. A leaf holding NaN shows NaN mean/std/min/max/L2 and its
+    exact ``nonfinite`` count.
+
+    Args:
+      tree: Any pytree.
+      stats: Whether to compute value statistics.
+      depth: Group leaves by their first ``depth`` keys, with pooled subtotals
+        (sums of counts and bytes, the mean and std of all the group's
+        elements, min/max, L2 as the root of summed squares).
+      select: Only leaves whose path matches this pattern.
+      sharding: Add a column describing each array's sharding.
+      notes: Optional ``{path: text}`` shown in a ``note`` column.
+
+    Returns:
+      A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
+
+    Raises:
+      PathError: If ``select`` matches no leaf.
+      ValueError: If ``depth`` is not a positive integer.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> params = {'dense': {'kernel': jnp.ones((4, 8)), 'bias': jnp.zeros(8)}}
+      >>> s = ptp.summary(params)
+      >>> [(r.path, r.size) for r in s.rows], s.totals.size
+      ([('dense/bias', 8), ('dense/kernel', 32)], 40)
+      >>> s.rows[1].mean, s.rows[0].zero_frac
+      (1.0, 1.0)
+    """
+    if depth is not None and (not isinstance(depth, int) or depth < 1):
+        raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
+    leaves, _, paths_ = _flatten(tree)
+    leaves = [unbox(x) for x in leaves]
+    if select is not None:
+        pred = compile_pattern(select)
+        keep = [i for i, p in enumerate(paths_) if pred(p)]
+        if not keep:
+            from ._errors import PathError
+
+            raise PathError(no_match_message(select, paths_))
+        leaves = [leaves[i] for i in keep]
+        paths_ = tuple(paths_[i] for i in keep)
+    concrete = stats and any(
+        is_array(x) and not isinstance(x, jax.ShapeDtypeStruct) for x in leaves
+    )
+    st = eager_leaf_stats(leaves) if concrete else [None] * len(leaves)
+    notes = notes or {}
+    rows = tuple(
+        dataclasses.replace(_leaf_row(p, x, s, sharding), note=notes.get(p, ''))
+        for p, x, s in zip(paths_, leaves, st)
+    )
+    groups: tuple[Row, ...] = ()
+    if depth is not None:
+        buckets: dict[str, list[Row]] = {}
+        for r in rows:
+            buckets.setdefault('/'.join(r.path.split('/')[:depth]), []).append(r)
+        groups = tuple(combine_rows(k, v) for k, v in buckets.items())
+    counted = [r for r in rows if not r.note.startswith('alias of')]
+    totals = dataclasses.replace(combine_rows('total', counted), leaves=len(rows))
+    return Summary(rows, groups, totals, depth, concrete, sharding)
+
+
+def count(tree: PyTree) -> int:
+    """The number of array elements in ``tree``, as an exact Python int.
+
+    Args:
+      tree: Any pytree; Python scalars count 1, non-array leaves 0.
+
+    Returns:
+      The total element count (no int32 overflow).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pytreeparams as ptp
+      >>> ptp.count({'w': jax.ShapeDtypeStruct((70_000, 1_000_000), jnp.bfloat16)})
+      70000000000
+    """
+    return sum(math.prod(np.shape(x)) for x in _array_leaves(tree))
+
+
+def nbytes(tree: PyTree) -> int:
+    """The number of bytes of the arrays in ``tree``, as an exact Python int.
+
+    Args:
+      tree: Any pytree; abstract leaves count their would-be bytes.
+
+    Returns:
+      Total bytes.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> ptp.nbytes({'w': jnp.zeros((4, 8)), 'b': jnp.zeros(8, jnp.bfloat16)})
+      144
+    """
+    total = 0
+    for x in _array_leaves(tree):
+        dtype = np.dtype(getattr(x, 'dtype', None) or np.asarray(x).dtype)
+        total += math.prod(np.shape(x)) * dtype.itemsize
+    return total
+
+
+def _array_leaves(tree: PyTree) -> list[Any]:
+    return [x for x in (unbox(v) for v in _flatten(tree)[0]) if is_array(x)]
+
+
+def shapes(tree: PyTree) -> PyTree:
+    """A tree of shapes in ``tree``'s own containers.
+
+    Args:
+      tree: Any pytree.
+
+    Returns:
+      What ``jax.tree.map(lambda x: x.shape, tree)`` gives, with boxes kept and
+      ``()`` for Python scalars.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> ptp.shapes({'w': jnp.zeros((4, 8)), 'b': [jnp.zeros(8)]})
+      {'b': [(8,)], 'w': (4, 8)}
+    """
+    from ._paths import map_with_path
+
+    return map_with_path(lambda _, x: tuple(np.shape(x)) if is_array(x) else None, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffReport:
+    """What differs between two trees (see :func:`diff`).
+
+    Attributes:
+      only_a: Paths only in the first tree.
+      only_b: Paths only in the second tree.
+      changed: ``{path: (type in a, type in b)}`` where shape or dtype differ.
+      rel_change: ``{path: ||a - b|| / ||a||}`` for common leaves of equal type
+        (``inf`` where ``a`` is zero and ``b`` is not).
+    """
+
+    only_a: tuple[str, ...]
+    only_b: tuple[str, ...]
+    changed: dict[str, tuple[str, str]]
+    rel_change: dict[str, float]
+
+    @property
+    def same(self) -> bool:
+        """True when structure, types and values are identical."""
+        return (
+            not self.only_a
+            and not self.only_b
+            and not self.changed
+            and all(v == 0 for v in self.rel_change.values())
+        )
+
+    def moved(self, tol: float = 0.0) -> list[str]:
+        """Paths whose relative change exceeds ``tol``."""
+        return [p for p, v in self.rel_change.items() if not v <= tol]
+
+    def __str__(self) -> str:
+        lines = []
+        for p in self.only_a:
+            lines.append(f'- {p}  (only in a)')
+        for p in self.only_b:
+            lines.append(f'+ {p}  (only in b)')
+        for p, (ta, tb) in self.changed.items():
+            lines.append(f'~ {p}  {ta} -> {tb}')
+        for p, v in self.rel_change.items():
+            if v != 0:
+                lines.append(f'  {p}  relative change {v:.3e}')
+        same = sum(1 for v in self.rel_change.values() if v == 0)
+        lines.append(
+            f'{len(self.only_a)} only in a, {len(self.only_b)} only in b, '
+            f'{len(self.changed)} changed type, {len(self.rel_change) - same} changed value, '
+            f'{same} identical'
+        )
+        return '\n'.join(lines)
+
+
+def diff(a: PyTree, b: PyTree) -> DiffReport:
+    """Compares two trees path by path.
+
+    Args:
+      a: The reference tree (e.g. parameters before a step).
+      b: The other tree.
+
+    Returns:
+      A :class:`DiffReport`: paths only in ``a`` / only in ``b``, changed shape
+      or dtype, and the relative change ``||a-b|| / ||a||`` of common leaves
+      (computed in float64 on the host).
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> r = ptp.diff({'w': jnp.ones(4), 'b': 0.0}, {'w': jnp.ones(4) * 1.5, 'c': 0.0})
+      >>> r.only_a, r.only_b, r.rel_change
+      (('b',), ('c',), {'w': 0.5})
+    """
+    fa = {p: unbox(x) for p, x in zip(_flatten(a)[2], _flatten(a)[0])}
+    fb = {p: unbox(x) for p, x in zip(_flatten(b)[2], _flatten(b)[0])}
+    only_a = tuple(p for p in fa if p not in fb)
+    only_b = tuple(p for p in fb if p not in fa)
+    changed: dict[str, tuple[str, str]] = {}
+    rel: dict[str, float] = {}
+    for p, xa in fa.items():
+        if p not in fb:
+            continue
+        xb = fb[p]
+        if describe(xa) != describe(xb):
+            changed[p] = (describe(xa), describe(xb))
+            continue
+        if not (is_array(xa) and is_array(xb)):
+            rel[p] = 0.0 if xa == xb else float('inf')
+            continue
+        va = np.asarray(jax.device_get(xa)).astype(np.float64)
+        vb = np.asarray(jax.device_get(xb)).astype(np.float64)
+        num = float(np.linalg.norm((va - vb).ravel()))
+        den = float(np.linalg.norm(va.ravel()))
+        rel[p] = num / den if den > 0 else (0.0 if num == 0 else float('inf'))
+    return DiffReport(only_a, only_b, changed, rel)

@@ -1,0 +1,290 @@
+"""Tests for stats, summary, count/nbytes/shapes, renderers and diff."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.core import freeze
+
+import pytreeparams as ptp
+
+
+def ref_stats(x) -> dict[str, float]:
+    a = np.asarray(x).astype(np.float64).ravel()
+    return {
+        'mean': a.mean(),
+        'std': a.std(),
+        'min': a.min(),
+        'max': a.max(),
+        'l2': np.sqrt(np.sum(a * a)),
+        'nonfinite': float(np.sum(~np.isfinite(a))),
+        'zero_frac': float(np.mean(a == 0)),
+    }
+
+
+def test_mlp_rows_and_totals_exact(mlp_params):
+    s = ptp.summary(mlp_params)
+    assert [(r.path, r.shape, r.dtype, r.size, r.nbytes) for r in s.rows] == [
+        ('params/layers_0/bias', (8,), 'float32', 8, 32),
+        ('params/layers_0/kernel', (4, 8), 'float32', 32, 128),
+        ('params/layers_2/bias', (1,), 'float32', 1, 4),
+        ('params/layers_2/kernel', (8, 1), 'float32', 8, 32),
+    ]
+    assert (s.totals.size, s.totals.nbytes, s.totals.leaves) == (49, 196, 4)
+    assert isinstance(s.totals.size, int)
+    k = np.asarray(mlp_params['params']['layers_0']['kernel'])
+    ref = ref_stats(k)
+    row = s.rows[1]
+    for name in ptp.STAT_NAMES:
+        np.testing.assert_allclose(getattr(row, name), ref[name], rtol=1e-6, atol=1e-7)
+
+
+class ResNetLike(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(8, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        for i in range(2):
+            y = nn.Conv(8, (3, 3), name=f'block{i}_conv')(x)
+            y = nn.BatchNorm(use_running_average=not train, name=f'block{i}_bn')(y)
+            x = nn.relu(x + y)
+        return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+
+def test_resnet_like_subtotals_match_recomputation():
+    variables = ResNetLike().init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+    variables = jax.tree_util.tree_map(
+        lambda x: x + jax.random.normal(jax.random.key(1), x.shape), variables
+    )
+    s = ptp.summary(variables, depth=2)
+    flat = ptp.flatten(variables)
+    assert s.totals.size == sum(x.size for x in flat.values())
+    assert s.totals.nbytes == sum(x.nbytes for x in flat.values())
+    for g in s.groups:
+        members = [np.asarray(v).ravel() for p, v in flat.items() if p.startswith(g.path + '/')]
+        ref = ref_stats(np.concatenate(members))
+        assert g.size == sum(m.size for m in members)
+        assert g.leaves == len(members)
+        for name in ptp.STAT_NAMES:
+            np.testing.assert_allclose(getattr(g, name), ref[name], rtol=2e-5, atol=1e-6)
+    assert {g.path for g in s.groups} >= {'params/block0_conv', 'batch_stats/block1_bn'}
+    ref = ref_stats(np.concatenate([np.asarray(v).ravel() for v in flat.values()]))
+    np.testing.assert_allclose(s.totals.std, ref['std'], rtol=2e-5)
+
+
+@pytest.mark.parametrize(
+    'dtype', ['float32', 'float16', 'bfloat16', 'int8', 'int32', 'uint8', 'bool', 'float64']
+)
+def test_stats_every_dtype_against_float64_reference(dtype, maybe_jit):
+    rng = np.random.default_rng(0)
+    if dtype == 'bool':
+        x = rng.random(5000) < 0.3
+    elif dtype.startswith(('int', 'uint')):
+        info = np.iinfo(dtype)
+        x = rng.integers(max(info.min, -100), min(info.max, 100), 5000).astype(dtype)
+    else:
+        # mean near 1 (LayerNorm-scale-like) stresses cancellation in the variance
+        x = (1.0 + 0.01 * rng.standard_normal((50, 100))).astype(jnp.dtype(dtype))
+    if dtype == 'float64':
+        x = x.astype(np.float32)  # jax without x64 keeps float32
+    arr = jnp.asarray(x)
+    ref = ref_stats(np.asarray(arr))
+    got = maybe_jit(ptp.stats)({'x': arr})
+    for name in ptp.STAT_NAMES:
+        np.testing.assert_allclose(float(got[name][0]), ref[name], rtol=1e-3, atol=1e-6)
+    # the eager summary path agrees too (host path and kernel path)
+    for big in (False, True):
+        leaf = jnp.tile(arr.ravel(), 20) if big else arr
+        r = ptp.summary({'x': leaf}).rows[0]
+        ref2 = ref_stats(np.asarray(leaf))
+        for name in ptp.STAT_NAMES:
+            np.testing.assert_allclose(getattr(r, name), ref2[name], rtol=1e-3, atol=1e-6)
+
+
+def test_bfloat16_std_within_1e3_of_float64():
+    x = jnp.asarray(
+        (1.0 + 0.02 * np.random.default_rng(1).standard_normal(1 << 18)).astype(jnp.bfloat16)
+    )
+    ref = np.asarray(x).astype(np.float64)
+    row = ptp.summary({'x': x}).rows[0]
+    assert abs(row.std - ref.std()) / ref.std() < 1e-3
+    assert abs(row.mean - ref.mean()) / abs(ref.mean()) < 1e-6
+
+
+def test_nan_and_inf_planted():
+    x = np.ones(2048, np.float32)
+    x[[3, 100]] = np.nan
+    x[7] = np.inf
+    tree = {'a': jnp.asarray(x), 'b': jnp.ones(3), 'c': jnp.asarray(x[:200])}
+    s = ptp.summary(tree)
+    rows = {r.path: r for r in s.rows}
+    assert rows['a'].nonfinite == 3 and np.isnan(rows['a'].mean)
+    assert rows['c'].nonfinite == 3
+    assert rows['b'].nonfinite == 0
+    assert s.totals.nonfinite == 6
+    st = jax.jit(ptp.stats)(tree)
+    assert st['nonfinite'].tolist() == [3.0, 0.0, 3.0]
+
+
+def test_abstract_tree_and_70b_count(mlp_params):
+    abstract = jax.eval_shape(lambda: mlp_params)
+    s = ptp.summary(abstract)
+    assert (s.totals.size, s.totals.nbytes, s.has_stats) == (49, 196, False)
+    assert s.rows[0].mean is None
+    layers = 80
+    llama70 = {
+        'embed': jax.ShapeDtypeStruct((128256, 8192), jnp.bfloat16),
+        'layers': [
+            {
+                'wq': jax.ShapeDtypeStruct((8192, 8192), jnp.bfloat16),
+                'wkv': jax.ShapeDtypeStruct((8192, 2048), jnp.bfloat16),
+                'wo': jax.ShapeDtypeStruct((8192, 8192), jnp.bfloat16),
+                'mlp': jax.ShapeDtypeStruct((3, 8192, 28672), jnp.bfloat16),
+                'norms': jax.ShapeDtypeStruct((2, 8192), jnp.bfloat16),
+            }
+            for _ in range(layers)
+        ],
+        'head': jax.ShapeDtypeStruct((8192, 128256), jnp.bfloat16),
+    }
+    per_layer = 2 * 8192 * 8192 + 8192 * 2048 + 3 * 8192 * 28672 + 2 * 8192
+    expected = 2 * 128256 * 8192 + layers * per_layer
+    assert expected > 2**36
+    assert ptp.count(llama70) == expected
+    assert ptp.summary(llama70).totals.size == expected
+    assert ptp.nbytes(llama70) == 2 * expected
+
+
+def test_empty_and_non_array_trees():
+    s = ptp.summary({})
+    assert s.rows == () and (s.totals.size, s.totals.nbytes) == (0, 0)
+    assert 'total' in str(s)
+    s = ptp.summary({'name': 'relu', 'w': jnp.ones(2), 'n': 3, 'empty': jnp.zeros((0, 4))})
+    rows = {r.path: r for r in s.rows}
+    assert rows['name'].dtype == 'str' and rows['name'].size == 0
+    assert rows['n'].size == 1 and rows['n'].mean == 3.0
+    assert rows['empty'].size == 0 and np.isnan(rows['empty'].mean)
+    assert s.totals.size == 3
+    assert 'relu' not in str(s) and 'str' in str(s)
+    st = ptp.stats({'name': 'relu', 'w': jnp.ones(2)})
+    assert st.paths == ('w',)
+
+
+def test_count_nbytes_shapes_describe(mlp_params):
+    assert ptp.count(mlp_params) == 49
+    assert ptp.nbytes(mlp_params) == 196
+    sh = ptp.shapes(freeze(mlp_params))
+    assert sh == freeze(jax.tree_util.tree_map(lambda x: x.shape, mlp_params))
+    assert type(sh).__name__ == 'FrozenDict'
+
+
+def test_select_and_depth_validation(mlp_params):
+    s = ptp.summary(mlp_params, select='**/kernel')
+    assert [r.path for r in s.rows] == ['params/layers_0/kernel', 'params/layers_2/kernel']
+    assert s.totals.size == 40
+    with pytest.raises(ptp.PathError, match='matches none'):
+        ptp.summary(mlp_params, select='**/scale')
+    with pytest.raises(ValueError, match='positive integer'):
+        ptp.summary(mlp_params, depth=0)
+
+
+def test_renderers_and_to_dict(mlp_params):
+    s = ptp.summary(mlp_params, depth=2)
+    text = str(s)
+    assert 'params/layers_0' in text and '4 leaves' in text and '196 B' in text
+    assert text.splitlines()[0].split()[:3] == ['path', 'type', 'leaves']
+    html = s._repr_html_()
+    assert html.startswith('<table') and '<th>mean</th>' in html and 'params/layers_2' in html
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(s)
+    out = console.export_text()
+    assert 'Parameters by module (depth 2)' in out and 'params/layers_2' in out
+    d = s.to_dict()
+    assert d['total/size'] == 49.0 and d['params/layers_0/size'] == 40.0
+    assert set(d) >= {'params/layers_2/l2', 'total/nonfinite'}
+    json.dumps(d)
+    leaf_d = ptp.summary(mlp_params).to_dict()
+    assert 'params/layers_0/kernel/std' in leaf_d
+    assert repr(s) == 'Summary(4 leaves, 49 parameters, 196 B)'
+
+
+def test_stats_to_dict_and_jit(mlp_params, maybe_jit):
+    st = maybe_jit(ptp.stats)(mlp_params)
+    chex.assert_shape(st.table, (4, 7))
+    d = st.to_dict()
+    ref = ref_stats(mlp_params['params']['layers_2']['kernel'])
+    np.testing.assert_allclose(d['params/layers_2/kernel/l2'], ref['l2'], rtol=1e-6)
+
+
+def test_diff_reports_missing_extra_reshaped_and_moved():
+    a = {'w': jnp.ones((2, 3)), 'b': jnp.zeros(3), 'old': jnp.ones(1), 'same': jnp.ones(2)}
+    b = {'w': jnp.ones((3, 2)), 'b': jnp.ones(3), 'new': jnp.ones(1), 'same': jnp.ones(2)}
+    r = ptp.diff(a, b)
+    assert r.only_a == ('old',) and r.only_b == ('new',)
+    assert r.changed == {'w': ('float32[2,3]', 'float32[3,2]')}
+    assert r.rel_change['b'] == float('inf') and r.rel_change['same'] == 0.0
+    assert r.moved() == ['b'] and not r.same
+    text = str(r)
+    assert '- old  (only in a)' in text and '~ w  float32[2,3] -> float32[3,2]' in text
+    c = {'w': jnp.array([3.0, 4.0])}
+    np.testing.assert_allclose(ptp.diff(c, {'w': jnp.array([3.0, 5.0])}).rel_change['w'], 0.2)
+    assert ptp.diff(c, c).same
+
+
+SHARDED = textwrap.dedent(
+    """
+    import os
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    import json, jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import pytreeparams as ptp
+    assert len(jax.devices()) == 8
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('data', 'model'))
+    rng = np.random.default_rng(0)
+    tree = {
+        'w': jnp.asarray(rng.standard_normal((64, 32)), jnp.float32),
+        'e': jnp.asarray(1 + rng.standard_normal((128, 16)), jnp.bfloat16),
+        'b': jnp.asarray(rng.standard_normal(32), jnp.float32),
+    }
+    specs = {'w': P('data', 'model'), 'e': P('data', None), 'b': P('model')}
+    sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+    assert len(sharded['w'].sharding.device_set) == 8
+    a = ptp.summary(tree)
+    b = ptp.summary(sharded, sharding=True)
+    c = jax.jit(ptp.stats)(sharded)
+    out = {
+        'plain': [r.stats() for r in a.rows],
+        'sharded': [r.stats() for r in b.rows],
+        'jit': np.asarray(c.table).tolist(),
+        'sharding': [r.sharding for r in b.rows],
+        'text': str(b),
+    }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_sharded_summary_on_8_devices():
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    proc = subprocess.run(
+        [sys.executable, '-c', SHARDED], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for plain, sharded, jitted in zip(out['plain'], out['sharded'], out['jit']):
+        for i, name in enumerate(ptp.STAT_NAMES):
+            np.testing.assert_allclose(sharded[name], plain[name], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(jitted[i], plain[name], rtol=1e-5, atol=1e-6)
+    assert "P('data', 'model') on 8 devices" in out['sharding']
+    assert 'sharding' in out['text']
