@@ -57,7 +57,7 @@ def main() -> None:
         slow = name.startswith('llama')
         res = interleaved(
             {
-                'read': lambda: read(buf),
+                'read': lambda read=read, buf=buf: read(buf),
                 'ptp': ours,
                 **({} if slow else {'clu': clu}),
             },
