@@ -40,6 +40,15 @@ from ._summary import diff as diff
 from ._summary import nbytes as nbytes
 from ._summary import shapes as shapes
 from ._summary import summary as summary
+from ._tying import SharedModule as SharedModule
+from ._tying import TieGroup as TieGroup
+from ._tying import Ties as Ties
+from ._tying import find_ties as find_ties
+from ._tying import shared_modules as shared_modules
+from ._tying import tie as tie
+from ._tying import tied_grads as tied_grads
+from ._tying import transpose as transpose
+from ._tying import untie as untie
 
 __version__ = '0.1.0'
 
@@ -84,4 +93,13 @@ __all__ = [
     'flag_layers',
     'grad_stats',
     'inspect',
+    'SharedModule',
+    'TieGroup',
+    'Ties',
+    'find_ties',
+    'shared_modules',
+    'tie',
+    'tied_grads',
+    'transpose',
+    'untie',
 ]

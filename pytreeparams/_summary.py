@@ -305,6 +305,7 @@ def summary(
     select: Pattern | None = None,
     sharding: bool = False,
     notes: dict[str, str] | None = None,
+    ties: Any = None,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
 
@@ -324,6 +325,8 @@ def summary(
       select: Only leaves whose path matches this pattern.
       sharding: Add a column describing each array's sharding.
       notes: Optional ``{path: text}`` shown in a ``note`` column.
+      ties: Optional ``ptp.Ties``: aliases are marked ``alias of ...`` and
+        counted once in the totals.
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
@@ -358,7 +361,9 @@ def summary(
         is_array(x) and not isinstance(x, jax.ShapeDtypeStruct) for x in leaves
     )
     st = eager_leaf_stats(leaves) if concrete else [None] * len(leaves)
-    notes = notes or {}
+    notes = dict(notes or {})
+    if ties is not None:
+        notes.update(ties.notes(tree))
     rows = tuple(
         dataclasses.replace(_leaf_row(p, x, s, sharding), note=notes.get(p, ''))
         for p, x, s in zip(paths_, leaves, st)

@@ -1,0 +1,213 @@
+"""Tests for Ties, tie/untie, tied_grads, find_ties and shared_modules."""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.core import FrozenDict, freeze
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pytreeparams as ptp
+
+VOCAB, D = 50, 16
+
+
+class TinyGPT(nn.Module):
+    """GPT-2-like: embedding, one MLP block, LayerNorm, output projection."""
+
+    tied_by_attend: bool = False
+
+    @nn.compact
+    def __call__(self, tokens):
+        wte = nn.Embed(VOCAB, D, name='wte')
+        x = wte(tokens)
+        h = nn.Dense(4 * D, name='fc')(nn.LayerNorm(name='ln_1')(x))
+        x = x + nn.Dense(D, name='proj')(nn.gelu(h))
+        x = nn.LayerNorm(name='ln_f')(x)
+        if self.tied_by_attend:
+            return wte.attend(x)
+        return nn.Dense(VOCAB, use_bias=False, name='lm_head')(x)
+
+
+TIES = ptp.Ties({'params/lm_head/kernel': ('params/wte/embedding', ptp.transpose)})
+
+
+def loss_of(model, params, tokens):
+    logits = model.apply(params, tokens)
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+
+
+def test_gpt_tied_head_matches_embed_attend(maybe_jit):
+    tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, VOCAB)
+    ref_model, model = TinyGPT(tied_by_attend=True), TinyGPT()
+    ref_params = ref_model.init(jax.random.key(0), tokens)
+    compact = ref_params  # Embed.attend's params have no lm_head: already compact
+    full = maybe_jit(lambda c: ptp.tie(c, TIES))(compact)
+    assert ptp.paths(full) == sorted(ptp.paths(compact) + ['params/lm_head/kernel'])
+    chex.assert_trees_all_close(
+        model.apply(full, tokens), ref_model.apply(ref_params, tokens), atol=1e-6
+    )
+
+    g_ref = jax.grad(lambda p: loss_of(ref_model, p, tokens))(ref_params)
+    g = maybe_jit(jax.grad(lambda c: loss_of(model, ptp.tie(c, TIES), tokens)))(compact)
+    chex.assert_trees_all_close(g, g_ref, atol=1e-6, rtol=1e-5)
+
+    full_grads = jax.grad(lambda p: loss_of(model, p, tokens))(full)
+    parts = ptp.tied_grads(full_grads, TIES)['params/wte/embedding']
+    assert set(parts) == {'params/wte/embedding', 'params/lm_head/kernel', 'sum'}
+    chex.assert_trees_all_close(
+        parts['params/lm_head/kernel'], full_grads['params']['lm_head']['kernel'].T
+    )
+    chex.assert_trees_all_close(
+        parts['params/wte/embedding'] + full_grads['params']['lm_head']['kernel'].T,
+        g['params']['wte']['embedding'],
+        atol=1e-6,
+    )
+    chex.assert_trees_all_close(parts['sum'], g['params']['wte']['embedding'], atol=1e-6)
+
+
+class TwoDense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(4, name='a')(x))
+        x = nn.relu(nn.Dense(4, name='b')(x))
+        return nn.Dense(1, name='out')(x)
+
+
+def test_two_separate_dense_layers_tied_against_untied_twin():
+    x = jax.random.normal(jax.random.key(2), (3, 4))
+    model = TwoDense()
+    params = model.init(jax.random.key(0), x)
+    ties = ptp.Ties({'params/b': 'params/a'})
+    twin = ptp.set(params, 'params/b', ptp.get(params, 'params/a'))
+    compact = ptp.untie(twin, ties)
+    assert 'b' not in compact['params']
+    loss = lambda p: jnp.sum(model.apply(p, x) ** 2)  # noqa: E731
+    g_twin = jax.grad(loss)(twin)
+    g = jax.grad(lambda c: loss(ptp.tie(c, ties)))(compact)
+    for leaf in ('kernel', 'bias'):
+        chex.assert_trees_all_close(
+            g['params']['a'][leaf],
+            g_twin['params']['a'][leaf] + g_twin['params']['b'][leaf],
+            atol=1e-6,
+        )
+    # Optimizer state holds one copy; a few adam steps keep the alias equal to its source.
+    tx = optax.adam(0.1)
+    opt = tx.init(compact)
+    assert ptp.count(opt) == 2 * ptp.count(compact) + 1
+    for _ in range(3):
+        grads = jax.grad(lambda c: loss(ptp.tie(c, ties)))(compact)
+        upd, opt = tx.update(grads, opt, compact)
+        compact = optax.apply_updates(compact, upd)
+    full = ptp.tie(compact, ties)
+    chex.assert_trees_all_equal(full['params']['a'], full['params']['b'])
+    # Changing the source changes both uses.
+    changed = ptp.tie(ptp.update(compact, 'params/a/bias', lambda b: b + 1), ties)
+    chex.assert_trees_all_equal(changed['params']['b']['bias'], full['params']['a']['bias'] + 1)
+    # Summaries count a tie once and mark the alias.
+    s = ptp.summary(full, ties=ties)
+    assert s.totals.size == ptp.count(compact)
+    notes = {r.path: r.note for r in s.rows}
+    assert notes['params/b/kernel'] == 'alias of params/a/kernel'
+    assert 'alias of' in str(s)
+
+
+def test_declaration_errors():
+    with pytest.raises(ptp.StructureError, match="'b' is an alias .* and also a source .* a chain"):
+        ptp.Ties({'b': 'a', 'c': 'b'})
+    with pytest.raises(ptp.StructureError, match='a cycle'):
+        ptp.Ties({'a': 'b', 'b': 'a'})
+    with pytest.raises(ptp.StructureError, match='tied to itself'):
+        ptp.Ties({'a': 'a'})
+    with pytest.raises(ptp.StructureError, match='overlaps'):
+        ptp.Ties({'x/y': 'a', 'x': 'b'})
+    tree = {'a': jnp.ones((2, 3)), 'b': jnp.ones((2, 3))}
+    with pytest.raises(ptp.PathError, match="no key 'z'"):
+        ptp.untie(tree, ptp.Ties({'b': 'z'}))
+    with pytest.raises(
+        ptp.StructureError,
+        match=r'transform gives float32\[3, 2\] but the alias holds float32\[2, 3\]',
+    ):
+        ptp.untie(tree, ptp.Ties({'b': ('a', ptp.transpose)}))
+    with pytest.raises(ptp.StructureError, match="1 alias\\(es\\) differ from their source: 'b'"):
+        ptp.untie({'a': jnp.ones(2), 'b': jnp.zeros(2)}, ptp.Ties({'b': 'a'}))
+    loose = ptp.untie({'a': jnp.ones(2), 'b': jnp.zeros(2)}, ptp.Ties({'b': 'a'}), check=False)
+    assert ptp.paths(loose) == ['a']
+
+
+def test_frozen_containers_kept():
+    tree = freeze({'p': {'a': jnp.ones(2), 'b': jnp.ones(2)}})
+    ties = ptp.Ties({'p/b': 'p/a'})
+    compact = ptp.untie(tree, ties)
+    assert isinstance(compact, FrozenDict) and ptp.paths(compact) == ['p/a']
+    full = jax.jit(lambda c: ptp.tie(c, ties))(compact)
+    assert isinstance(full, FrozenDict) and ptp.paths(full) == ['p/a', 'p/b']
+
+
+@given(st.integers(1, 4), st.integers(1, 4), st.booleans())
+def test_tie_untie_round_trip(n, m, frozen):
+    w = jnp.arange(n * m, dtype=jnp.float32).reshape(n, m)
+    tree = {
+        'enc': {'w': w, 'b': jnp.ones(m)},
+        'dec': {'w': w.T, 'b2': jnp.ones(m)},
+        'x': jnp.ones(1),
+    }
+    tree = freeze(tree) if frozen else tree
+    ties = ptp.Ties({'dec/w': ('enc/w', ptp.transpose), 'dec/b2': 'enc/b'})
+    back = ptp.tie(ptp.untie(tree, ties), ties)
+    assert type(back) is type(tree)
+    chex.assert_trees_all_equal(back, tree)
+
+
+def test_find_ties():
+    w = jnp.arange(12.0).reshape(3, 4)
+    tree = {'a': w, 'b': w + 0, 'c': w.T, 'd': w + 1, 'e': jnp.ones(3), 'f': jnp.ones(3), 'same': w}
+    groups = ptp.find_ties(tree, transposed=True)
+    assert groups == [
+        ptp.TieGroup('a', ('b', 'same'), ('c',)),
+        ptp.TieGroup('e', ('f',), ()),
+    ]
+    assert ptp.find_ties(tree)[0] == ptp.TieGroup('a', ('b', 'same'), ())
+    ties = groups[0].to_ties()
+    chex.assert_trees_all_equal(ptp.tie(ptp.untie(tree, ties), ties), tree)
+
+
+def test_find_ties_5000_leaves_is_bucketed():
+    rng = np.random.default_rng(0)
+    tree = {f'l{i}': rng.standard_normal(16).astype(np.float32) for i in range(5000)}
+    tree['dup'] = tree['l4321'].copy()
+    groups = ptp.find_ties(tree)
+    assert groups == [ptp.TieGroup('dup', ('l4321',), ())]  # flatten order: 'dup' < 'l4321'
+
+
+def test_shared_modules_linen_chapter_network():
+    shared = nn.Dense(8)
+    net = nn.Sequential([nn.Dense(8), nn.relu, shared, nn.relu, shared, nn.relu, nn.Dense(1)])
+    x = jnp.ones((2, 4))
+    params = net.init(jax.random.key(0), x)
+    assert len(params['params']) == 3
+    (m,) = ptp.shared_modules(net, x)
+    assert m.path == 'layers_2' and m.calls == 2
+    assert m.call_sites == ('<root> #2', '<root> #3')
+    assert m.param_paths == ('params/layers_2/bias', 'params/layers_2/kernel')
+
+
+def test_shared_modules_nnx():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.first = nnx.Linear(4, 4, rngs=rngs)
+            self.shared = nnx.Linear(4, 4, rngs=rngs)
+            self.layers = nnx.List([self.first, self.shared, self.shared])
+
+    found = ptp.shared_modules(Net(nnx.Rngs(0)))
+    by_path = {m.path: m for m in found}
+    assert by_path['shared'].call_sites == ('shared', 'layers/1', 'layers/2')
+    assert by_path['first'].calls == 2
+    assert by_path['shared'].param_paths == ('shared/bias', 'shared/kernel')
