@@ -565,9 +565,11 @@ def _shared_nnx(module: Any) -> list[SharedModule]:
     walk(module, '')
     state_paths = _flatten(nnx.state(module))[2]
     out = []
-    for node, paths_ in seen.values():
+    for _node, paths_ in seen.values():
         if len(paths_) > 1:
             first = paths_[0]
-            owned = tuple(p for p in state_paths if p == first or p.startswith(first + '/'))
+            owned = tuple(
+                p for p in state_paths if any(p == q or p.startswith(q + '/') for q in paths_)
+            )
             out.append(SharedModule(first, len(paths_), tuple(paths_), owned))
     return out
