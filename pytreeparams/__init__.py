@@ -16,6 +16,10 @@ from ._grads import first_nonfinite_activation as first_nonfinite_activation
 from ._grads import flag_layers as flag_layers
 from ._grads import grad_stats as grad_stats
 from ._grads import inspect as inspect
+from ._init import path_key as path_key
+from ._init import reinit as reinit
+from ._load import LoadReport as LoadReport
+from ._load import load_into as load_into
 from ._paths import combine as combine
 from ._paths import describe as describe
 from ._paths import flatten as flatten
@@ -102,4 +106,8 @@ __all__ = [
     'tied_grads',
     'transpose',
     'untie',
+    'path_key',
+    'reinit',
+    'LoadReport',
+    'load_into',
 ]

@@ -1,0 +1,99 @@
+"""Re-initialization by pattern with ``jax.nn.initializers``-style functions."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import PathError
+from ._paths import _flatten, _rules, match_flags, no_match_message, rebox, unbox
+from ._typing import PyTree
+
+__all__ = ['path_key', 'reinit']
+
+Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+
+
+def path_key(key: jax.Array, path: str) -> jax.Array:
+    """A PRNG key for ``path`` derived from ``key`` (independent of other leaves).
+
+    Args:
+      key: The base key.
+      path: The leaf path string.
+
+    Returns:
+      ``jax.random.fold_in(key, crc32(path))``.
+
+    Example:
+      >>> import jax, pytreeparams as ptp
+      >>> k = jax.random.key(0)
+      >>> bool((jax.random.key_data(ptp.path_key(k, 'a')) == jax.random.key_data(ptp.path_key(k, 'a'))).all())
+      True
+    """
+    return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+
+
+def _sharding_of(x: Any) -> Any:
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return getattr(x, 'sharding', None)
+
+
+def reinit(params: PyTree, key: jax.Array, rules: Any) -> PyTree:
+    """Re-initializes the leaves matching each rule's pattern. Jittable.
+
+    Args:
+      params: The parameter tree (concrete, abstract or traced).
+      key: A PRNG key; each leaf's key is ``path_key(key, path)``, so a leaf's
+        new value does not depend on which other leaves exist.
+      rules: An ordered mapping or list of ``(pattern, initializer)``; the
+        initializer has the ``jax.nn.initializers`` signature
+        ``(key, shape, dtype) -> array``. The first matching rule wins;
+        unmatched leaves are kept as they are.
+
+    Returns:
+      A new tree with ``params``' containers, shapes, dtypes and (for concrete
+      arrays or ``ShapeDtypeStruct`` with a sharding) shardings.
+
+    Raises:
+      PathError: If a rule matches no leaf.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, pytreeparams as ptp
+      >>> params = {'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
+      >>> new = ptp.reinit(params, jax.random.key(0), {'**/bias': jax.nn.initializers.zeros})
+      >>> new['dense']['bias'].tolist(), new['dense']['kernel'].tolist()
+      ([0.0, 0.0], [[1.0, 1.0], [1.0, 1.0]])
+    """
+    leaves, treedef, paths_ = _flatten(params)
+    chosen: list[Initializer | None] = [None] * len(leaves)
+    for pattern, init in _rules(rules, 'rules'):
+        flags = match_flags(paths_, pattern)
+        if not any(flags):
+            raise PathError('reinit: rule ' + no_match_message(pattern, paths_))
+        for i, f in enumerate(flags):
+            if f and chosen[i] is None:
+                chosen[i] = init
+    new = []
+    for x, p, init in zip(leaves, paths_, chosen):
+        if init is None:
+            new.append(x)
+            continue
+        old = unbox(x)
+        shape = tuple(np.shape(old))
+        dtype = getattr(old, 'dtype', None) or jnp.asarray(old).dtype
+        value = jnp.asarray(init(path_key(key, p), shape, dtype), dtype)
+        if value.shape != shape:
+            raise ValueError(
+                f'reinit: the initializer for {p!r} returned shape {value.shape}, expected {shape}'
+            )
+        sharding = _sharding_of(old)
+        if sharding is not None and not isinstance(value, jax.core.Tracer):
+            value = jax.device_put(value, sharding)
+        new.append(rebox(x, value))
+    return jax.tree_util.tree_unflatten(treedef, new)

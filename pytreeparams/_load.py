@@ -1,0 +1,195 @@
+"""Partial loading: copy a checkpoint into a (different) model, with a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import StructureError
+from ._paths import _flatten, _quote_list, compile_pattern, describe, rebox, unbox
+from ._typing import Pattern, PyTree
+
+__all__ = ['LoadReport', 'load_into']
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_into` did and what did not fit.
+
+    Attributes:
+      loaded: Target paths filled from the source.
+      missing: Target paths the source does not provide (target value kept).
+      unexpected: Source paths (after renaming) that no target path uses.
+      shape_mismatch: ``{target path: (target type, source type)}``.
+      dtype_mismatch: ``{target path: (target type, source type)}``.
+      skipped: Target paths kept because they match ``skip``.
+      renamed: ``{source path: target path}`` for every rename applied.
+      dropped: Source paths a rename rule mapped to None.
+    """
+
+    loaded: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    shape_mismatch: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    dtype_mismatch: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    renamed: dict[str, str] = dataclasses.field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is missing, unexpected or mismatched."""
+        return not (self.missing or self.unexpected or self.shape_mismatch or self.dtype_mismatch)
+
+    def problems(self) -> list[str]:
+        """One line per kind of problem (empty when ``ok``)."""
+        out = []
+        if self.missing:
+            out.append(f'missing in source ({len(self.missing)}): {_quote_list(self.missing)}')
+        if self.unexpected:
+            out.append(
+                f'unexpected in source ({len(self.unexpected)}): {_quote_list(self.unexpected)}'
+            )
+        for name, d in (('shape', self.shape_mismatch), ('dtype', self.dtype_mismatch)):
+            if d:
+                items = [f'{p!r} (target {a}, source {b})' for p, (a, b) in d.items()]
+                out.append(f'{name} mismatch ({len(d)}): ' + ', '.join(items[:12]))
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            f'loaded {len(self.loaded)}, skipped {len(self.skipped)}, renamed {len(self.renamed)}, '
+            f'dropped {len(self.dropped)}'
+        ]
+        lines += self.problems()
+        return '\n'.join(lines)
+
+
+def _rename(path: str, rules: Sequence[tuple[Any, str | None]]) -> tuple[str | None, bool]:
+    for pattern, repl in rules:
+        rx = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
+        m = rx.fullmatch(path)
+        if m:
+            return (None if repl is None else m.expand(repl)), True
+    return path, False
+
+
+def _put_like(value: Any, target: Any) -> Any:
+    sharding = getattr(target, 'sharding', None)
+    if sharding is not None and not isinstance(target, jax.core.Tracer):
+        return jax.device_put(value, sharding)
+    return jnp.asarray(value) if isinstance(target, jax.Array) else value
+
+
+def load_into(
+    target: PyTree,
+    source: PyTree,
+    *,
+    rename: Sequence[tuple[str | re.Pattern[str], str | None]] = (),
+    skip: Pattern = (),
+    strict: bool = True,
+    cast: bool = False,
+) -> tuple[PyTree, LoadReport]:
+    """Copies ``source`` leaves into ``target`` by path, reporting what differs.
+
+    Args:
+      target: A freshly initialized (or abstract) tree; its structure,
+        containers, boxes and shardings are kept.
+      source: A loaded checkpoint tree.
+      rename: Ordered ``(regex, replacement)`` pairs applied to source paths
+        (``fullmatch``, group references like ``r'\\1'`` allowed, first match
+        wins, ``None`` drops the entry).
+      skip: Patterns of target paths to keep as they are (e.g. a new head).
+      strict: Raise on any missing, unexpected or mismatched entry; else keep
+        the target's value for those and report them.
+      cast: Cast source leaves to the target dtype instead of reporting a
+        dtype mismatch.
+
+    Returns:
+      ``(params, report)``.
+
+    Raises:
+      StructureError: With ``strict``, naming every problem; always when two
+        source paths map to one target path.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> target = {'body': {'w': jnp.zeros(2)}, 'head': {'w': jnp.zeros(3)}}
+      >>> source = {'backbone': {'w': jnp.ones(2)}, 'head': {'w': jnp.ones(10)}}
+      >>> params, report = ptp.load_into(
+      ...     target, source, rename=[(r'backbone/(.*)', r'body/\\1')], skip='head/**')
+      >>> params['body']['w'].tolist(), report.renamed, report.skipped
+      ([1.0, 1.0], {'backbone/w': 'body/w'}, ('head/w',))
+    """
+    t_leaves, t_def, t_paths = _flatten(target)
+    s_leaves, _, s_paths = _flatten(source)
+    rules = list(rename)
+    provided: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    renamed: dict[str, str] = {}
+    dropped: list[str] = []
+    for p, x in zip(s_paths, s_leaves):
+        new, hit = _rename(p, rules)
+        if new is None:
+            dropped.append(p)
+            continue
+        if hit and new != p:
+            renamed[p] = new
+        if new in provided:
+            raise StructureError(
+                f'load_into: source paths {origin[new]!r} and {p!r} both map to {new!r}'
+            )
+        provided[new], origin[new] = unbox(x), p
+    skip_pred = compile_pattern(skip) if skip else (lambda _: False)
+    out, loaded, missing, skipped = [], [], [], []
+    shape_mm: dict[str, tuple[str, str]] = {}
+    dtype_mm: dict[str, tuple[str, str]] = {}
+    for p, x in zip(t_paths, t_leaves):
+        tgt = unbox(x)
+        if skip_pred(p):
+            skipped.append(p)
+            out.append(x)
+            continue
+        if p not in provided:
+            missing.append(p)
+            out.append(x)
+            continue
+        src = provided[p]
+        if tuple(np.shape(src)) != tuple(np.shape(tgt)):
+            shape_mm[p] = (describe(tgt), describe(src))
+            out.append(x)
+            continue
+        t_dtype, s_dtype = getattr(tgt, 'dtype', None), getattr(src, 'dtype', None)
+        if t_dtype is not None and s_dtype is not None and np.dtype(t_dtype) != np.dtype(s_dtype):
+            if not cast:
+                dtype_mm[p] = (describe(tgt), describe(src))
+                out.append(x)
+                continue
+            src = jnp.asarray(src).astype(t_dtype)
+        loaded.append(p)
+        out.append(rebox(x, _put_like(src, tgt)))
+    known = set(t_paths)
+    unexpected = [origin[p] for p in provided if p not in known]
+    report = LoadReport(
+        tuple(loaded),
+        tuple(missing),
+        tuple(unexpected),
+        shape_mm,
+        dtype_mm,
+        tuple(skipped),
+        renamed,
+        tuple(dropped),
+    )
+    if strict and not report.ok:
+        raise StructureError(
+            'load_into(strict=True): the source does not fit the target:\n  '
+            + '\n  '.join(report.problems())
+            + '\nUse rename=, skip= or strict=False (mismatches then keep the target value).'
+        )
+    return jax.tree_util.tree_unflatten(t_def, out), report

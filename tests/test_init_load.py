@@ -1,0 +1,220 @@
+"""Tests for reinit, direct setting and load_into."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import trees
+from flax.core import FrozenDict, freeze
+from hypothesis import given
+
+import pytreeparams as ptp
+
+init = jax.nn.initializers
+
+
+def chapter_custom(key, shape, dtype=jnp.float32):
+    """D2L's custom init: U(5,10) w.p. 1/4, 0 w.p. 1/2, U(-10,-5) w.p. 1/4."""
+    x = jax.random.uniform(key, shape, dtype, -10.0, 10.0)
+    return x * (jnp.abs(x) >= 5)
+
+
+def test_chapter_initializations(mlp_params, maybe_jit):
+    key = jax.random.key(42)
+    normal = maybe_jit(
+        lambda p: ptp.reinit(p, key, [('**/kernel', init.normal(0.01)), ('**/bias', init.zeros)])
+    )(mlp_params)
+    k = np.asarray(ptp.get(normal, 'params/layers_0/kernel'))
+    assert abs(k.std() - 0.01) < 0.006 and not np.array_equal(
+        k, mlp_params['params']['layers_0']['kernel']
+    )
+    np.testing.assert_array_equal(ptp.get(normal, 'params/layers_0/bias'), 0.0)
+    const = ptp.reinit(mlp_params, key, {'**/kernel': init.constant(1.0), '**/bias': init.zeros})
+    np.testing.assert_array_equal(ptp.get(const, 'params/layers_2/kernel'), 1.0)
+    mixed = ptp.reinit(
+        mlp_params,
+        key,
+        [
+            ('params/layers_0/kernel', init.xavier_uniform()),
+            ('params/layers_2/kernel', init.constant(42.0)),
+        ],
+    )
+    np.testing.assert_array_equal(ptp.get(mixed, 'params/layers_2/kernel'), 42.0)
+    bound = np.sqrt(6 / (4 + 8))
+    assert np.abs(np.asarray(ptp.get(mixed, 'params/layers_0/kernel'))).max() <= bound
+    assert ptp.get(mixed, 'params/layers_0/bias') is mlp_params['params']['layers_0']['bias']
+
+
+def test_reinit_jit_equals_eager_and_is_path_keyed(mlp_params):
+    rules = [('**/kernel', init.lecun_normal())]
+    key = jax.random.key(1)
+    eager = ptp.reinit(mlp_params, key, rules)
+    jitted = jax.jit(lambda p: ptp.reinit(p, key, rules))(mlp_params)
+    chex.assert_trees_all_equal(eager, jitted)
+    # a leaf's new value does not depend on which other leaves exist
+    only = ptp.reinit({'params': {'layers_2': mlp_params['params']['layers_2']}}, key, rules)
+    chex.assert_trees_all_equal(
+        only['params']['layers_2']['kernel'], eager['params']['layers_2']['kernel']
+    )
+
+
+def test_reinit_kernels_only_keeps_biases_bit_identical(mlp_params):
+    frozen = freeze(mlp_params)
+    new = ptp.reinit(frozen, jax.random.key(0), {'**/kernel': init.normal(1.0)})
+    assert isinstance(new, FrozenDict)
+    for p in ('params/layers_0/bias', 'params/layers_2/bias'):
+        assert ptp.get(new, p) is ptp.get(frozen, p)
+    assert not np.array_equal(
+        ptp.get(new, 'params/layers_0/kernel'), ptp.get(frozen, 'params/layers_0/kernel')
+    )
+    assert ptp.shapes(new) == ptp.shapes(frozen)
+
+
+def test_reinit_rule_matching_nothing_is_an_error(mlp_params):
+    with pytest.raises(ptp.PathError, match="reinit: rule pattern '\\*\\*/scale' matches none"):
+        ptp.reinit(mlp_params, jax.random.key(0), {'**/scale': init.ones})
+
+
+def test_custom_distribution_fractions():
+    x = np.asarray(chapter_custom(jax.random.key(0), (200_000,)))
+    n = x.size
+    zero, pos, neg = np.mean(x == 0), np.mean(x > 0), np.mean(x < 0)
+    se = np.sqrt(0.25 * 0.75 / n)
+    assert abs(zero - 0.5) < 5 * np.sqrt(0.25 / n)
+    assert abs(pos - 0.25) < 5 * se and abs(neg - 0.25) < 5 * se
+    assert x[x > 0].min() >= 5 and x[x > 0].max() <= 10
+    assert x[x < 0].max() <= -5 and x[x < 0].min() >= -10
+
+
+def test_setting_values_directly_leaves_original_unchanged(mlp_params):
+    before = jax.tree_util.tree_map(np.array, mlp_params)
+    plus = ptp.update(mlp_params, 'params/layers_0/kernel', lambda w: w + 1)
+    set42 = ptp.update(plus, 'params/layers_0/kernel', lambda w: w.at[0, 0].set(42.0))
+    k = np.asarray(ptp.get(set42, 'params/layers_0/kernel'))
+    assert k[0, 0] == 42.0
+    np.testing.assert_allclose(k[1:], before['params']['layers_0']['kernel'][1:] + 1)
+    chex.assert_trees_all_equal(mlp_params, before)
+
+
+class TinyViT(nn.Module):
+    classes: int = 1000
+    cls_token: bool = False
+    pre_logits: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(8, name='embedding')(x)
+        if self.cls_token:
+            cls = self.param('cls', nn.initializers.zeros, (1, 8))
+            x = x + cls
+        x = nn.LayerNorm(name='encoder_norm')(nn.Dense(8, name='encoder_block')(x))
+        if self.pre_logits:
+            x = nn.tanh(nn.Dense(8, name='pre_logits')(x))
+        return nn.Dense(self.classes, name='head')(x)
+
+
+def test_finetune_load_new_head():
+    x = jnp.ones((1, 4))
+    ckpt = TinyViT(1000).init(jax.random.key(0), x)
+    target = TinyViT(10).init(jax.random.key(1), x)
+    with pytest.raises(ptp.StructureError) as e:
+        ptp.load_into(target, ckpt)
+    msg = str(e.value)
+    assert "'params/head/bias' (target float32[10], source float32[1000])" in msg
+    assert "'params/head/kernel' (target float32[8,10], source float32[8,1000])" in msg
+    params, report = ptp.load_into(target, ckpt, skip='params/head/**')
+    assert report.ok and report.skipped == ('params/head/bias', 'params/head/kernel')
+    for p in ptp.paths(ckpt):
+        if p.startswith('params/head'):
+            assert ptp.get(params, p) is ptp.get(target, p)
+        else:
+            np.testing.assert_array_equal(ptp.get(params, p), ptp.get(ckpt, p))
+    loose, rep = ptp.load_into(target, ckpt, strict=False)
+    assert set(rep.shape_mismatch) == {'params/head/bias', 'params/head/kernel'}
+    assert ptp.get(loose, 'params/head/kernel') is ptp.get(target, 'params/head/kernel')
+
+
+def test_missing_cls_and_unexpected_pre_logits():
+    x = jnp.ones((1, 4))
+    ckpt = TinyViT(10, pre_logits=True).init(jax.random.key(0), x)
+    target = TinyViT(10, cls_token=True).init(jax.random.key(1), x)
+    params, report = ptp.load_into(target, ckpt, strict=False)
+    assert report.missing == ('params/cls',)
+    assert report.unexpected == ('params/pre_logits/bias', 'params/pre_logits/kernel')
+    with pytest.raises(ptp.StructureError, match=r"missing in source \(1\): 'params/cls'"):
+        ptp.load_into(target, ckpt)
+    _, report = ptp.load_into(
+        target, ckpt, rename=[(r'params/pre_logits/.*', None)], skip='params/cls'
+    )
+    assert report.ok and report.dropped == ('params/pre_logits/bias', 'params/pre_logits/kernel')
+
+
+def test_rename_with_groups_and_dtype_cast():
+    target = {'blocks': {'0': {'w': jnp.zeros(2)}, '1': {'w': jnp.zeros(2)}}}
+    source = {
+        'layer_0': {'weight': jnp.ones(2)},
+        'layer_1': {'weight': jnp.full(2, 2.0, jnp.bfloat16)},
+    }
+    rules = [(r'layer_(\d+)/weight', r'blocks/\1/w')]
+    with pytest.raises(ptp.StructureError, match=r"dtype mismatch \(1\): 'blocks/1/w'"):
+        ptp.load_into(target, source, rename=rules)
+    params, report = ptp.load_into(target, source, rename=rules, cast=True)
+    assert report.renamed == {'layer_0/weight': 'blocks/0/w', 'layer_1/weight': 'blocks/1/w'}
+    assert params['blocks']['1']['w'].dtype == jnp.float32
+    np.testing.assert_array_equal(params['blocks']['1']['w'], 2.0)
+    with pytest.raises(ptp.StructureError, match='both map to'):
+        ptp.load_into(target, source, rename=[(r'.*', 'blocks/0/w')])
+
+
+def test_abstract_target(mlp_params):
+    abstract = jax.eval_shape(lambda: mlp_params)
+    params, report = ptp.load_into(abstract, mlp_params)
+    assert report.ok
+    chex.assert_trees_all_equal(params, mlp_params)
+
+
+@given(trees())
+def test_load_into_self_is_identity(tree):
+    params, report = ptp.load_into(tree, tree)
+    assert report.ok and report.loaded == tuple(ptp.paths(tree))
+    chex.assert_trees_all_equal(params, tree)
+
+
+SHARDED = textwrap.dedent(
+    """
+    import os
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import pytreeparams as ptp
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('d', 'm'))
+    sh = {'w': NamedSharding(mesh, P('d', 'm')), 'b': NamedSharding(mesh, P('m'))}
+    tree = {'w': jax.device_put(jnp.ones((16, 8)), sh['w']), 'b': jax.device_put(jnp.ones(8), sh['b'])}
+    new = ptp.reinit(tree, jax.random.key(0), {'**': jax.nn.initializers.normal(1.0)})
+    for k in tree:
+        assert new[k].sharding == tree[k].sharding, (k, new[k].sharding)
+        assert not np.array_equal(np.asarray(new[k]), 1.0)
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in tree.items()}
+    loaded, rep = ptp.load_into(abstract, {k: np.asarray(v) for k, v in new.items()})
+    for k in tree:
+        assert loaded[k].sharding == sh[k]
+    print('OK')
+    """
+)
+
+
+def test_sharded_reinit_and_load_keep_sharding():
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    proc = subprocess.run(
+        [sys.executable, '-c', SHARDED], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
