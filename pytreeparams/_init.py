@@ -32,7 +32,8 @@ def path_key(key: jax.Array, path: str) -> jax.Array:
     Example:
       >>> import jax, pytreeparams as ptp
       >>> k = jax.random.key(0)
-      >>> bool((jax.random.key_data(ptp.path_key(k, 'a')) == jax.random.key_data(ptp.path_key(k, 'a'))).all())
+      >>> a, b = ptp.path_key(k, 'dense/kernel'), ptp.path_key(k, 'dense/kernel')
+      >>> bool((jax.random.key_data(a) == jax.random.key_data(b)).all())
       True
     """
     return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)

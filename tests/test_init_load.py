@@ -198,7 +198,8 @@ SHARDED = textwrap.dedent(
     import pytreeparams as ptp
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('d', 'm'))
     sh = {'w': NamedSharding(mesh, P('d', 'm')), 'b': NamedSharding(mesh, P('m'))}
-    tree = {'w': jax.device_put(jnp.ones((16, 8)), sh['w']), 'b': jax.device_put(jnp.ones(8), sh['b'])}
+    tree = {'w': jax.device_put(jnp.ones((16, 8)), sh['w']),
+            'b': jax.device_put(jnp.ones(8), sh['b'])}
     new = ptp.reinit(tree, jax.random.key(0), {'**': jax.nn.initializers.normal(1.0)})
     for k in tree:
         assert new[k].sharding == tree[k].sharding, (k, new[k].sharding)
