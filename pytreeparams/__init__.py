@@ -18,6 +18,8 @@ from ._grads import grad_stats as grad_stats
 from ._grads import inspect as inspect
 from ._init import path_key as path_key
 from ._init import reinit as reinit
+from ._io import load as load
+from ._io import save as save
 from ._load import LoadReport as LoadReport
 from ._load import load_into as load_into
 from ._paths import combine as combine
@@ -44,6 +46,8 @@ from ._summary import diff as diff
 from ._summary import nbytes as nbytes
 from ._summary import shapes as shapes
 from ._summary import summary as summary
+from ._torch import from_torch_state_dict as from_torch_state_dict
+from ._torch import to_torch_state_dict as to_torch_state_dict
 from ._tying import SharedModule as SharedModule
 from ._tying import TieGroup as TieGroup
 from ._tying import Ties as Ties
@@ -110,4 +114,8 @@ __all__ = [
     'reinit',
     'LoadReport',
     'load_into',
+    'load',
+    'save',
+    'from_torch_state_dict',
+    'to_torch_state_dict',
 ]

@@ -1,0 +1,520 @@
+"""Saving and loading parameter trees: safetensors, Flax msgpack, Orbax.
+
+The format follows the path: ``*.safetensors`` (recommended: readable by
+PyTorch and every safetensors reader), ``*.msgpack`` (``flax.serialization``)
+or a directory (an Orbax checkpoint, for sharded and multi-host trees).
+Nothing is ever loaded with pickle. Writes are atomic: a temporary file in
+the same directory, flushed and fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from flax.core import FrozenDict
+
+from ._errors import FormatError, StructureError
+from ._paths import _children, _flatten, describe, unbox, unflatten
+from ._typing import PyTree
+
+__all__ = ['load', 'save']
+
+_META_KEY = 'pytreeparams'
+_FORMAT_VERSION = 1
+_MAX_HEADER = 100 * 1024 * 1024
+
+_ST_DTYPES = {
+    'F64': 'float64',
+    'F32': 'float32',
+    'F16': 'float16',
+    'BF16': 'bfloat16',
+    'I64': 'int64',
+    'I32': 'int32',
+    'I16': 'int16',
+    'I8': 'int8',
+    'U64': 'uint64',
+    'U32': 'uint32',
+    'U16': 'uint16',
+    'U8': 'uint8',
+    'BOOL': 'bool',
+    'F8_E4M3': 'float8_e4m3fn',
+    'F8_E5M2': 'float8_e5m2',
+}
+_ST_SUPPORTED = set(_ST_DTYPES.values())
+
+
+def _format_of(path: str) -> str:
+    p = os.fspath(path)
+    if p.endswith('.safetensors'):
+        return 'safetensors'
+    if p.endswith('.msgpack'):
+        return 'msgpack'
+    if p.endswith(os.sep) or os.path.isdir(p) or not os.path.splitext(p)[1]:
+        return 'orbax'
+    raise ValueError(
+        f'cannot tell the format of {p!r}: use a .safetensors or .msgpack file, '
+        'or a directory (no suffix) for an Orbax checkpoint'
+    )
+
+
+def _np_dtype(name: str) -> np.dtype:
+    import jax.numpy as jnp
+
+    return np.dtype(jnp.dtype(name))
+
+
+# --------------------------------------------------------------------------
+# Atomic writes.
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Writes a file atomically: temp file in the same folder, fsync, rename.
+
+    Args:
+      path: The target file; replaced only once the new content is on disk.
+      write: Called with the open binary temp file.
+
+    Raises:
+      Whatever ``write`` raises; the previous file is then left untouched and
+      the temp file removed.
+    """
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# --------------------------------------------------------------------------
+# Structure encoding (kept in the safetensors metadata).
+
+
+def _encode(node: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+    node = unbox(node)
+    if node is None:
+        return {'t': 'none'}
+    if isinstance(node, (bool, int, float, str)) and not isinstance(node, np.generic):
+        return {'t': 'py', 'v': node}
+    if isinstance(node, (FrozenDict, dict)):
+        kind = 'frozen' if isinstance(node, FrozenDict) else 'dict'
+        items = []
+        for k, v in node.items():
+            child = f'{path}/{k}' if path else str(k)
+            items.append([k if isinstance(k, str) else int(k), _encode(v, child, arrays)])
+        return {'t': kind, 'k': items}
+    if isinstance(node, (list, tuple)) and not hasattr(node, '_fields'):
+        kind = 'list' if isinstance(node, list) else 'tuple'
+        return {
+            't': kind,
+            'c': [
+                _encode(v, f'{path}/{i}' if path else str(i), arrays) for i, v in enumerate(node)
+            ],
+        }
+    if hasattr(node, 'shape') and hasattr(node, 'dtype'):
+        if isinstance(node, jax.ShapeDtypeStruct):
+            raise ValueError(f'save: {path!r} is abstract ({describe(node)}); save concrete arrays')
+        arr = np.asarray(jax.device_get(node))
+        if arr.dtype.name not in _ST_SUPPORTED:
+            raise ValueError(
+                f'save: {path!r} has dtype {arr.dtype.name}, which safetensors cannot hold '
+                f'(supported: {", ".join(sorted(_ST_SUPPORTED))}); nothing was written'
+            )
+        arrays[path] = np.ascontiguousarray(arr)
+        return {'t': 'array', 's': list(arr.shape)}
+    kids = _children(node)
+    if kids is None:
+        raise ValueError(
+            f'save: {path!r} holds a {type(node).__name__}, which safetensors cannot hold'
+        )
+    items = [
+        [k, _encode(v, f'{path}/{k}' if path else k, arrays)] for k, v in zip(kids[0], kids[1])
+    ]
+    return {'t': 'dict', 'k': items, 'was': type(node).__name__}
+
+
+def _decode(spec: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+    t = spec['t']
+    if t == 'none':
+        return None
+    if t == 'py':
+        return spec['v']
+    if t == 'array':
+        if path not in arrays:
+            raise FormatError(f'the structure names a tensor {path!r} the file does not hold')
+        arr = arrays.pop(path)
+        shape = tuple(spec.get('s', arr.shape))
+        if int(np.prod(shape)) != arr.size:
+            raise FormatError(f'tensor {path!r} holds {arr.size} values, not shape {shape}')
+        return arr.reshape(shape)
+    if t in ('dict', 'frozen'):
+        out = {}
+        for k, v in spec['k']:
+            out[k] = _decode(v, f'{path}/{k}' if path else str(k), arrays)
+        return FrozenDict(out) if t == 'frozen' else out
+    if t in ('list', 'tuple'):
+        items = [
+            _decode(v, f'{path}/{i}' if path else str(i), arrays) for i, v in enumerate(spec['c'])
+        ]
+        return items if t == 'list' else tuple(items)
+    raise FormatError(f'unknown node kind {t!r} in the structure metadata')
+
+
+# --------------------------------------------------------------------------
+# safetensors.
+
+
+def _save_safetensors(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
+    from safetensors.numpy import save as st_save
+
+    arrays: dict[str, np.ndarray] = {}
+    spec = _encode(tree, '', arrays)
+    meta = {'version': _FORMAT_VERSION, 'structure': spec, **extra}
+    data = st_save(arrays, metadata={_META_KEY: json.dumps(meta)})
+    atomic_write(path, lambda f: f.write(data))
+
+
+def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    import safetensors
+
+    with open(path, 'rb') as f:
+        raw = f.read()
+    where = f'{path!r} is not a valid safetensors file'
+    if len(raw) < 8:
+        raise FormatError(f'{where}: {len(raw)} bytes, shorter than the 8-byte header length')
+    n = int.from_bytes(raw[:8], 'little')
+    if n > len(raw) - 8 or n > _MAX_HEADER:
+        raise FormatError(
+            f'{where}: the header claims {n:,} bytes but the file has {len(raw) - 8:,} after it'
+        )
+    try:
+        header = json.loads(raw[8 : 8 + n])
+        if not isinstance(header, dict):
+            raise ValueError('the header is not a JSON object')
+        tensors = safetensors.deserialize(raw)
+    except Exception as e:
+        raise FormatError(f'{where}: {e}') from e
+    arrays = {}
+    for name, info in tensors:
+        dtype = _ST_DTYPES.get(info['dtype'])
+        if dtype is None:
+            raise FormatError(f'{where}: tensor {name!r} has unsupported dtype {info["dtype"]}')
+        try:
+            arr = np.frombuffer(bytes(info['data']), _np_dtype(dtype)).reshape(info['shape'])
+        except ValueError as e:
+            raise FormatError(f'{where}: tensor {name!r}: {e}') from e
+        arrays[name] = arr
+    meta = None
+    md = header.get('__metadata__')
+    if isinstance(md, dict) and _META_KEY in md:
+        try:
+            meta = json.loads(md[_META_KEY])
+        except (TypeError, ValueError) as e:
+            raise FormatError(f'{where}: its pytreeparams metadata is not JSON: {e}') from e
+    return arrays, meta
+
+
+def _load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
+    arrays, meta = _read_safetensors(path)
+    if meta is None:  # written by another program: nest by '/' or '.'
+        flat = {k.replace('.', '/') if '/' not in k else k: v for k, v in arrays.items()}
+        return unflatten(flat), {}
+    try:
+        tree = _decode(meta['structure'], '', dict(arrays))
+    except FormatError as e:
+        raise FormatError(f'{path!r}: {e}') from e
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise FormatError(f'{path!r}: its structure metadata is corrupt ({e!r})') from e
+    return tree, meta
+
+
+# --------------------------------------------------------------------------
+# msgpack.
+
+
+def _save_msgpack(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
+    from flax import serialization
+
+    state = serialization.to_state_dict(tree)
+    if extra:
+        state = {'__pytreeparams__': json.dumps(extra), 'tree': state}
+    data = serialization.msgpack_serialize(state)
+    atomic_write(path, lambda f: f.write(data))
+
+
+def _load_msgpack(path: str) -> tuple[PyTree, dict[str, Any]]:
+    from flax import serialization
+
+    with open(path, 'rb') as f:
+        raw = f.read()
+    if not raw:
+        raise FormatError(f'{path!r} is not a valid msgpack checkpoint: the file is empty')
+    try:
+        state = serialization.msgpack_restore(raw)
+    except Exception as e:
+        raise FormatError(f'{path!r} is not a valid msgpack checkpoint: {e}') from e
+    _validate_state(state, path, 0)
+    extra: dict[str, Any] = {}
+    if isinstance(state, dict) and '__pytreeparams__' in state and 'tree' in state:
+        try:
+            extra = json.loads(state['__pytreeparams__'])
+        except (TypeError, ValueError) as e:
+            raise FormatError(f'{path!r}: corrupt pytreeparams record: {e}') from e
+        state = state['tree']
+    return state, extra
+
+
+def _validate_state(node: Any, path: str, depth: int) -> None:
+    """A Flax state dict: nested dicts with string keys over array/scalar leaves."""
+    if depth > 100:
+        raise FormatError(f'{path!r}: the msgpack tree nests more than 100 levels')
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise FormatError(
+                    f'{path!r} is not a valid msgpack checkpoint: a key is {type(k).__name__} '
+                    f'{k!r}, not a string'
+                )
+            _validate_state(v, path, depth + 1)
+    elif not (
+        node is None or isinstance(node, (np.ndarray, np.generic, bool, int, float, str, bytes))
+    ):
+        raise FormatError(
+            f'{path!r} is not a valid msgpack checkpoint: it holds a {type(node).__name__}'
+        )
+
+
+# --------------------------------------------------------------------------
+# Orbax.
+
+
+def _save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
+    import orbax.checkpoint as ocp
+
+    for p, x in zip(_flatten(tree)[2], _flatten(tree)[0]):
+        x = unbox(x)
+        if not (hasattr(x, 'dtype') or isinstance(x, (bool, int, float))):
+            raise ValueError(
+                f'save: {p!r} holds a {type(x).__name__}, which an Orbax checkpoint cannot '
+                'hold (arrays and numbers only); nothing was written'
+            )
+    path = os.path.abspath(path.rstrip(os.sep))
+    parent = os.path.dirname(path)
+    tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(path) + '.', dir=parent)
+    os.rmdir(tmp)  # orbax creates it
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp, tree)
+            ckptr.wait_until_finished()
+        with open(os.path.join(tmp, 'pytreeparams.json'), 'w') as f:
+            json.dump({'version': _FORMAT_VERSION, **extra}, f)
+        backup = None
+        if os.path.exists(path):
+            backup = path + '.old-' + os.path.basename(tmp)
+            os.replace(path, backup)
+        os.replace(tmp, path)
+        if backup:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _orbax_meta(path: str) -> dict[str, Any]:
+    meta_file = os.path.join(os.path.abspath(path.rstrip(os.sep)), 'pytreeparams.json')
+    if not os.path.exists(meta_file):
+        return {}
+    try:
+        with open(meta_file) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise FormatError(f'{path!r}: corrupt pytreeparams.json: {e}') from e
+
+
+def _load_orbax(path: str, like: PyTree) -> PyTree:
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path.rstrip(os.sep))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            if like is None:
+                tree = ckptr.restore(path)
+            else:
+                target = jax.tree_util.tree_map(
+                    lambda x: (
+                        x
+                        if isinstance(x, jax.ShapeDtypeStruct) or not hasattr(x, 'dtype')
+                        else jax.ShapeDtypeStruct(
+                            np.shape(x), x.dtype, sharding=getattr(x, 'sharding', None)
+                        )
+                    ),
+                    like,
+                )
+                tree = ckptr.restore(path, target)
+    except Exception as e:
+        raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+    return tree
+
+
+# --------------------------------------------------------------------------
+# Public API.
+
+
+def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> None:
+    """Saves ``tree``; the format follows the path (see the module docstring).
+
+    Args:
+      path: ``*.safetensors``, ``*.msgpack`` or a directory (Orbax).
+      tree: The tree to save (arrays are fetched to the host for single files).
+      ties: Optional ``ptp.Ties``: each shared array is stored once and the ties
+        are recorded, so :func:`load` gives the tied tree back.
+
+    Raises:
+      ValueError: If a leaf cannot be stored in the format (e.g. complex in
+        safetensors), before anything is written.
+      StructureError: If an alias of ``ties`` differs from its source.
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
+      >>> path = os.path.join(tempfile.mkdtemp(), 'params.safetensors')
+      >>> ptp.save(path, {'dense': {'kernel': jnp.ones((2, 3))}, 'step': 7})
+      >>> ptp.load(path)['step']
+      7
+    """
+    path = os.fspath(path)
+    fmt = _format_of(path)
+    extra: dict[str, Any] = {}
+    if ties is not None:
+        from ._tying import untie
+
+        extra['ties'] = ties.to_json()
+        tree = untie(tree, ties)
+    if fmt == 'safetensors':
+        _save_safetensors(path, tree, extra)
+    elif fmt == 'msgpack':
+        _save_msgpack(path, tree, extra)
+    else:
+        _save_orbax(path, tree, extra)
+
+
+def _check_like(loaded: PyTree, like: PyTree, path: str) -> PyTree:
+    flat = _flatten_loose(loaded)
+    like_leaves, _, like_paths = _flatten(like)
+    missing = [p for p in like_paths if p not in flat]
+    unexpected = [p for p in flat if p not in set(like_paths)]
+    bad = []
+    for p, x in zip(like_paths, like_leaves):
+        x = unbox(x)
+        if p in flat and hasattr(x, 'shape'):
+            y = flat[p]
+            if tuple(np.shape(y)) != tuple(np.shape(x)) or (
+                hasattr(y, 'dtype') and np.dtype(y.dtype) != np.dtype(x.dtype)
+            ):
+                bad.append(f'{p!r} (expected {describe(x)}, file has {describe(y)})')
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f'missing {len(missing)}: ' + ', '.join(map(repr, missing[:12])))
+        if unexpected:
+            parts.append(f'unexpected {len(unexpected)}: ' + ', '.join(map(repr, unexpected[:12])))
+        if bad:
+            parts.append(f'mismatched {len(bad)}: ' + ', '.join(bad[:12]))
+        raise StructureError(
+            f'load: {path!r} does not match `like`: '
+            + '; '.join(parts)
+            + '. For a partial load use ptp.load_into(like, ptp.load(path)).'
+        )
+    out = {}
+    for p, x in zip(like_paths, like_leaves):
+        y = flat[p]
+        target = unbox(x)
+        sharding = getattr(target, 'sharding', None)
+        if sharding is not None and hasattr(y, 'shape'):
+            y = jax.device_put(y, sharding)
+        elif isinstance(target, jax.Array) and hasattr(y, 'shape'):
+            y = jax.numpy.asarray(y)
+        out[p] = y
+    return unflatten(out, like=like)
+
+
+def _flatten_loose(tree: PyTree) -> dict[str, Any]:
+    leaves, _, paths_ = _flatten(tree)
+    return {p: unbox(x) for p, x in zip(paths_, leaves)}
+
+
+def load(path: str | os.PathLike[str], like: PyTree = None) -> PyTree:
+    """Loads a tree saved by :func:`save` (or by another safetensors writer).
+
+    Args:
+      path: ``*.safetensors``, ``*.msgpack`` or an Orbax checkpoint directory.
+      like: Optional tree (concrete, or ``jax.ShapeDtypeStruct`` leaves, with
+        shardings): the result takes its structure and container types, each
+        shape and dtype is checked, and arrays are placed with its shardings.
+
+    Returns:
+      The tree: without ``like``, nested dicts/FrozenDicts/lists/tuples as
+      saved (safetensors), Flax's state dict (msgpack: lists become dicts keyed
+      ``'0'``, ``'1'``...), or Orbax's restored tree. Tied trees come back tied.
+
+    Raises:
+      FileNotFoundError: If ``path`` does not exist.
+      FormatError: If the file is empty, truncated, corrupt or not of its
+        format; never a crash or a huge allocation.
+      StructureError: If it does not match ``like`` (naming every path).
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
+      >>> path = os.path.join(tempfile.mkdtemp(), 'p.msgpack')
+      >>> ptp.save(path, {'w': jnp.arange(3.0)})
+      >>> ptp.load(path, like={'w': jnp.zeros(3)})['w'].tolist()
+      [0.0, 1.0, 2.0]
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no such checkpoint: {path!r}')
+    fmt = _format_of(path)
+    if fmt == 'safetensors':
+        tree, meta = _load_safetensors(path)
+    elif fmt == 'msgpack':
+        tree, meta = _load_msgpack(path)
+    else:
+        meta = _orbax_meta(path)
+    ties = None
+    if meta.get('ties'):
+        from ._tying import Ties, tie, untie
+
+        ties = Ties.from_json(meta['ties'])
+        if like is not None:
+            like = untie(like, ties, check=False)
+    if fmt == 'orbax':
+        # Restored straight into like's shardings: no array is gathered.
+        tree = _load_orbax(path, like)
+    if like is not None:
+        tree = _check_like(tree, like, path)
+    if ties is not None:
+        tree = tie(tree, ties)
+    return tree

@@ -1,0 +1,72 @@
+"""Tests of the installed command line on files written by the tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pytreeparams as ptp
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which('pytreeparams')
+    cmd = [exe] if exe else [sys.executable, '-m', 'pytreeparams']
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def files(tmp_path):
+    a = {
+        'params': {
+            'layers_0': {'kernel': np.ones((4, 8), np.float32), 'bias': np.zeros(8, np.float32)},
+            'layers_2': {'kernel': np.ones((8, 1), np.float32), 'bias': np.zeros(1, np.float32)},
+        }
+    }
+    b = {
+        'params': {
+            'layers_0': dict(a['params']['layers_0'], kernel=np.full((4, 8), 2.0, np.float32))
+        }
+    }
+    pa, pb = tmp_path / 'a.safetensors', tmp_path / 'b.msgpack'
+    ptp.save(pa, a)
+    ptp.save(pb, b)
+    return pa, pb
+
+
+def test_summary_command(files):
+    pa, _ = files
+    r = cli('summary', str(pa), '--depth', '2')
+    assert r.returncode == 0, r.stderr
+    assert '4 leaves, 49 parameters' in r.stdout and 'params/layers_0' in r.stdout
+    r = cli('summary', str(pa), '--select', '**/kernel', '--json')
+    d = json.loads(r.stdout)
+    assert d['total/size'] == 40.0 and d['params/layers_0/kernel/mean'] == 1.0
+    r = cli('summary', str(pa), '--no-stats')
+    assert r.returncode == 0 and 'mean' not in r.stdout and '196 B' in r.stdout
+
+
+def test_diff_command(files):
+    pa, pb = files
+    r = cli('diff', str(pa), str(pb))
+    assert r.returncode == 0, r.stderr
+    assert '- params/layers_2/bias  (only in a)' in r.stdout
+    assert 'params/layers_0/kernel  relative change 1.000e+00' in r.stdout
+
+
+def test_bad_and_missing_files(tmp_path):
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(b'\x05\x00\x00\x00\x00\x00\x00\x00{oops')
+    r = cli('summary', str(bad))
+    assert (
+        r.returncode == 1 and 'pytreeparams: error:' in r.stderr and 'bad.safetensors' in r.stderr
+    )
+    r = cli('summary', str(tmp_path / 'nope.safetensors'))
+    assert r.returncode == 1 and 'no such checkpoint' in r.stderr
+    (tmp_path / 'x.txt').write_text('hello')
+    r = cli('summary', str(tmp_path / 'x.txt'))
+    assert r.returncode == 1 and 'cannot tell the format' in r.stderr

@@ -1,0 +1,341 @@
+"""Tests for save/load: formats, bit-exact round trips, atomicity, fuzzing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax.core import FrozenDict, freeze
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pytreeparams as ptp
+from pytreeparams import _io
+
+ALL_DTYPES = [
+    'float32',
+    'float16',
+    'bfloat16',
+    'float64',
+    'int8',
+    'int16',
+    'int32',
+    'int64',
+    'uint8',
+    'bool',
+]
+
+
+@st.composite
+def arrays(draw):
+    name = draw(st.sampled_from(ALL_DTYPES))
+    dtype = np.dtype(jnp.dtype(name))
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+    n = int(np.prod(shape))
+    raw = draw(st.binary(min_size=n * dtype.itemsize, max_size=n * dtype.itemsize))
+    if name == 'bool':
+        return np.frombuffer(bytes(b & 1 for b in raw), np.bool_).reshape(shape).copy()
+    return np.frombuffer(raw, dtype).reshape(shape).copy()  # any bit pattern, NaNs included
+
+
+KEYS = st.text('abcdxyz_', min_size=1, max_size=4)
+
+
+@st.composite
+def trees(draw, depth=3):
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        return draw(arrays())
+    kind = draw(st.sampled_from(['dict', 'frozen', 'list', 'tuple']))
+    child = trees(depth=depth - 1)
+    if kind in ('dict', 'frozen'):
+        d = draw(st.dictionaries(KEYS, child, min_size=1, max_size=3))
+        return FrozenDict(d) if kind == 'frozen' else d
+    items = draw(st.lists(child, min_size=1, max_size=3))
+    return items if kind == 'list' else tuple(items)
+
+
+def bits_equal(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def assert_bit_exact(got, want):
+    fg, fw = ptp.flatten(got), ptp.flatten(want)
+    assert list(fg) == list(fw)
+    for k in fw:
+        assert bits_equal(fg[k], fw[k]), k
+
+
+def types_of(tree):
+    return [
+        type(x).__name__ for x in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: x is None)
+    ] + [str(jax.tree_util.tree_structure(tree))]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees())
+def test_safetensors_round_trip_bit_exact(tmp_path, tree):
+    path = tmp_path / 't.safetensors'
+    ptp.save(path, tree)
+    back = ptp.load(path)
+    assert_bit_exact(back, tree)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(tree)
+    assert_bit_exact(ptp.load(path, like=tree), tree)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees())
+def test_msgpack_round_trip_bit_exact(tmp_path, tree):
+    path = tmp_path / 't.msgpack'
+    ptp.save(path, tree)
+    back = ptp.load(path, like=tree)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(tree)
+    assert_bit_exact(back, tree)
+
+
+def test_orbax_round_trip_every_dtype(tmp_path):
+    rng = np.random.default_rng(0)
+    tree = {name: (rng.standard_normal(5) * 100).astype(jnp.dtype(name)) for name in ALL_DTYPES}
+    tree['scalar'] = np.array(3.5, np.float32)
+    path = tmp_path / 'ckpt'
+    ptp.save(path, tree)
+    assert_bit_exact(ptp.load(path, like=tree), tree)
+    ptp.save(path, jax.tree_util.tree_map(lambda x: x * 0, tree))  # overwrite atomically
+    assert os.listdir(tmp_path) == ['ckpt']
+
+
+def test_safetensors_readable_by_other_readers(tmp_path):
+    from safetensors import safe_open
+
+    tree = {'params': {'dense': {'kernel': np.arange(6, dtype=np.float32).reshape(2, 3)}}}
+    path = str(tmp_path / 'p.safetensors')
+    ptp.save(path, tree)
+    with safe_open(path, framework='np') as f:
+        assert list(f.keys()) == ['params/dense/kernel']
+        np.testing.assert_array_equal(
+            f.get_tensor('params/dense/kernel'), tree['params']['dense']['kernel']
+        )
+
+
+def test_safetensors_loaded_by_pytorch(tmp_path):
+    torch = pytest.importorskip('torch')
+    from safetensors.torch import load_file
+
+    tree = {'w': np.arange(4, dtype=np.float32), 'b': np.ones(2, ml_dtypes.bfloat16)}
+    path = str(tmp_path / 'p.safetensors')
+    ptp.save(path, tree)
+    sd = load_file(path)
+    assert sd['w'].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert sd['b'].dtype == torch.bfloat16
+
+
+def test_foreign_safetensors_file_nests_keys(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / 'foreign.safetensors')
+    save_file({'0.weight': np.ones((2, 2), np.float32), '0.bias': np.zeros(2, np.float32)}, path)
+    assert ptp.paths(ptp.load(path)) == ['0/bias', '0/weight']
+
+
+def test_unsupported_dtype_fails_before_writing(tmp_path):
+    path = tmp_path / 'c.safetensors'
+    ptp.save(path, {'w': np.ones(2, np.float32)})
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="'z' has dtype complex64, which safetensors cannot hold"):
+        ptp.save(path, {'w': np.ones(2, np.float32), 'z': np.ones(2, np.complex64)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['c.safetensors']
+
+
+def test_load_like_mismatch_names_every_path(tmp_path):
+    path = tmp_path / 'p.safetensors'
+    ptp.save(path, {'a': np.ones(2, np.float32), 'b': np.ones(3, np.float32), 'x': np.ones(1)})
+    like = {'a': jnp.ones(3), 'b': jnp.ones(3, jnp.int32), 'c': jnp.ones(1)}
+    with pytest.raises(ptp.StructureError) as e:
+        ptp.load(path, like=like)
+    msg = str(e.value)
+    assert "missing 1: 'c'" in msg and "unexpected 1: 'x'" in msg
+    assert "'a' (expected float32[3], file has float32[2])" in msg
+    assert "'b' (expected int32[3], file has float32[3])" in msg
+    assert 'ptp.load_into' in msg
+
+
+def test_load_like_keeps_frozen_and_jax_arrays(tmp_path, mlp_params):
+    frozen = freeze(mlp_params)
+    path = tmp_path / 'm.safetensors'
+    ptp.save(path, frozen)
+    back = ptp.load(path, like=frozen)
+    assert isinstance(back, FrozenDict)
+    assert isinstance(ptp.get(back, 'params/layers_0/kernel'), jax.Array)
+
+
+def test_atomic_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / 'p.safetensors'
+    ptp.save(path, {'w': np.ones(3, np.float32)})
+    before = path.read_bytes()
+
+    def failing_write(target, write):
+        def half(f):
+            f.write(b'partial data')
+            raise OSError(28, 'No space left on device')
+
+        return real(target, half)
+
+    real = _io.atomic_write
+    monkeypatch.setattr(_io, 'atomic_write', failing_write)
+    with pytest.raises(OSError, match='No space left'):
+        ptp.save(path, {'w': np.zeros(3, np.float32)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['p.safetensors']
+    monkeypatch.undo()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, 'replace', boom)
+    with pytest.raises(KeyboardInterrupt):
+        ptp.save(path, {'w': np.zeros(3, np.float32)})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ['p.safetensors']
+
+
+def test_killed_writer_leaves_previous_file(tmp_path):
+    path = tmp_path / 'p.safetensors'
+    ptp.save(path, {'w': np.ones(3, np.float32)})
+    before = path.read_bytes()
+    code = textwrap.dedent(
+        f"""
+        import os, numpy as np
+        from pytreeparams import _io
+        def die(f):
+            f.write(b'x' * 100)
+            f.flush()
+            os._exit(9)
+        _io.atomic_write({str(path)!r}, die)
+        """
+    )
+    proc = subprocess.run([sys.executable, '-c', code])
+    assert proc.returncode == 9
+    assert path.read_bytes() == before
+    assert ptp.load(path)['w'].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize('suffix', ['safetensors', 'msgpack'])
+def test_bad_files_give_format_error(tmp_path, suffix):
+    path = tmp_path / f'bad.{suffix}'
+    for content in (
+        b'',
+        b'\x00' * 3,
+        b'not a checkpoint at all',
+        (10**15).to_bytes(8, 'little') + b'{}',
+    ):
+        path.write_bytes(content)
+        with pytest.raises(ptp.FormatError, match=str(path.name)):
+            ptp.load(path)
+    with pytest.raises(FileNotFoundError):
+        ptp.load(tmp_path / f'missing.{suffix}')
+
+
+def _valid_bytes(tmp_path, suffix):
+    tree = {
+        'a': {'w': np.arange(12, dtype=np.float32).reshape(3, 4)},
+        'b': [np.ones(2, np.int8)],
+        'n': 2,
+    }
+    path = tmp_path / f'v.{suffix}'
+    ptp.save(path, tree)
+    return path.read_bytes()
+
+
+FUZZ = settings(
+    max_examples=int(os.environ.get('PTP_FUZZ_EXAMPLES', '1000')),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@pytest.mark.parametrize('suffix', ['safetensors', 'msgpack'])
+@FUZZ
+@given(data=st.data())
+def test_fuzz_loaders(tmp_path, suffix, data):
+    raw = bytearray(_valid_bytes(tmp_path, suffix))
+    op = data.draw(st.sampled_from(['truncate', 'flip', 'insert', 'length']))
+    if op == 'truncate':
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif op == 'flip':
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+    elif op == 'insert':
+        i = data.draw(st.integers(0, len(raw)))
+        raw[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        raw[:8] = data.draw(st.integers(0, 2**64 - 1)).to_bytes(8, 'little')
+    path = tmp_path / f'f.{suffix}'
+    path.write_bytes(bytes(raw))
+    try:
+        out = ptp.load(path)
+    except ptp.FormatError as e:
+        assert str(path) in str(e) or path.name in str(e)
+    else:
+        assert isinstance(ptp.paths(out), list)  # a still-valid file loads as a tree
+
+
+def test_tied_tree_saved_once_and_loaded_tied(tmp_path):
+    emb = np.arange(12, dtype=np.float32).reshape(4, 3)
+    tree = {'params': {'wte': {'embedding': emb}, 'lm_head': {'kernel': emb.T.copy()}}}
+    ties = ptp.Ties({'params/lm_head/kernel': ('params/wte/embedding', ptp.transpose)})
+    for name in ('t.safetensors', 't.msgpack'):
+        path = tmp_path / name
+        ptp.save(path, tree, ties=ties)
+        back = ptp.load(path)
+        np.testing.assert_array_equal(back['params']['lm_head']['kernel'], emb.T)
+        assert ptp.paths(back) == ptp.paths(tree)
+        liked = ptp.load(path, like=tree)
+        np.testing.assert_array_equal(liked['params']['lm_head']['kernel'], emb.T)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / 't.safetensors'), framework='np') as f:
+        assert list(f.keys()) == ['params/wte/embedding']
+
+
+SHARDED = textwrap.dedent(
+    """
+    import os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import pytreeparams as ptp
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('d', 'm'))
+    sh = {'w': NamedSharding(mesh, P('d', 'm')), 'b': NamedSharding(mesh, P('m'))}
+    tree = {'w': jax.device_put(jnp.arange(128.0).reshape(16, 8), sh['w']),
+            'b': jax.device_put(jnp.arange(8, dtype=jnp.bfloat16), sh['b'])}
+    path = sys.argv[1]
+    ptp.save(path, tree)
+    like = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in tree.items()}
+    back = ptp.load(path, like=like)
+    for k in tree:
+        assert back[k].sharding == sh[k], back[k].sharding
+        np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(tree[k]))
+    print('OK')
+    """
+)
+
+
+def test_orbax_sharded_restore_on_8_devices(tmp_path):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    proc = subprocess.run(
+        [sys.executable, '-c', SHARDED, str(tmp_path / 'ckpt')],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]

@@ -1,0 +1,144 @@
+"""Cross-framework tests: Flax <-> PyTorch state_dict, same outputs both ways."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pytreeparams as ptp
+
+torch = pytest.importorskip('torch')
+
+
+def flax_mlp():
+    return nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(1)])
+
+
+def torch_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+
+def flax_cnn():
+    return nn.Sequential(
+        [
+            nn.Conv(6, (3, 3), padding=1),
+            nn.BatchNorm(use_running_average=True),
+            nn.relu,
+            lambda x: x.mean(axis=(1, 2)),
+            lambda x: x,
+            nn.Dense(3),
+        ]
+    )
+
+
+def torch_cnn():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, 6, 3, padding=1),
+        torch.nn.BatchNorm2d(6),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6, 3),
+    )
+
+
+def test_mlp_flax_to_torch_and_back():
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    net = flax_mlp()
+    v = net.init(jax.random.key(0), jnp.asarray(x))
+    sd = ptp.to_torch_state_dict(v, tensors=True)
+    tm = torch_mlp().eval()
+    assert set(sd) == set(tm.state_dict())
+    tm.load_state_dict(sd)
+    with torch.no_grad():
+        out_t = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out_t, np.asarray(net.apply(v, x)), atol=1e-5)
+
+    tm2 = torch_mlp().eval()
+    back, report = ptp.from_torch_state_dict(tm2.state_dict(), like=v)
+    assert report.ok
+    with torch.no_grad():
+        ref = tm2(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(net.apply(back, x)), ref, atol=1e-5)
+
+
+def _randomize_bn(tm):
+    with torch.no_grad():
+        bn = tm[1]
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+
+
+def test_cnn_with_batchnorm_both_ways():
+    rng = np.random.default_rng(1)
+    x_nhwc = rng.standard_normal((2, 5, 5, 2)).astype(np.float32)
+    x_nchw = np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
+    net = flax_cnn()
+    v = net.init(jax.random.key(0), jnp.asarray(x_nhwc))
+    v = jax.tree_util.tree_map(
+        lambda a: a + 0.3 * jax.random.uniform(jax.random.key(2), a.shape), v
+    )  # non-trivial batch stats and scales (var stays positive)
+
+    sd = ptp.to_torch_state_dict(v, tensors=True)
+    assert '1.num_batches_tracked' in sd and '1.running_var' in sd
+    tm = torch_cnn().eval()
+    assert set(sd) == set(tm.state_dict())
+    tm.load_state_dict(sd)
+    with torch.no_grad():
+        out_t = tm(torch.from_numpy(x_nchw)).numpy()
+    np.testing.assert_allclose(out_t, np.asarray(net.apply(v, x_nhwc)), atol=1e-5)
+
+    tm2 = torch_cnn().eval()
+    _randomize_bn(tm2)
+    back, report = ptp.from_torch_state_dict(tm2.state_dict(), like=v)
+    assert report.ok and report.unexpected == ()
+    with torch.no_grad():
+        ref = tm2(torch.from_numpy(x_nchw)).numpy()
+    np.testing.assert_allclose(np.asarray(net.apply(back, x_nhwc)), ref, atol=1e-5)
+
+
+def test_unmapped_entries_reported_and_user_rules():
+    net = flax_mlp()
+    v = net.init(jax.random.key(0), jnp.ones((1, 4)))
+    sd = dict(torch_mlp().state_dict())
+    sd['extra.weight'] = torch.zeros(2)
+    del sd['2.bias']
+    with pytest.raises(ptp.StructureError) as e:
+        ptp.from_torch_state_dict(sd, like=v)
+    assert "missing in source (1): 'params/layers_2/bias'" in str(e.value)
+    assert "unexpected in source (1): 'extra.weight'" in str(e.value)
+    _, report = ptp.from_torch_state_dict(sd, like=v, strict=False)
+    assert report.missing == ('params/layers_2/bias',)
+
+    renamed = {k.replace('0.', 'encoder.'): t for k, t in torch_mlp().state_dict().items()}
+    rules = [
+        (r'params/layers_0/kernel', 'encoder.weight', (1, 0)),
+        (r'params/layers_0/bias', 'encoder.bias'),
+    ]
+    back, report = ptp.from_torch_state_dict(renamed, like=v, rules=rules)
+    assert report.ok
+    np.testing.assert_array_equal(
+        back['params']['layers_0']['kernel'], renamed['encoder.weight'].numpy().T
+    )
+    out = ptp.to_torch_state_dict(back, rules=rules)
+    assert set(out) == set(renamed)
+
+
+def test_saved_file_runs_in_pytorch(tmp_path):
+    from safetensors.torch import load_file
+
+    net = flax_mlp()
+    x = np.ones((2, 4), np.float32)
+    v = net.init(jax.random.key(3), x)
+    path = str(tmp_path / 'mlp.safetensors')
+    ptp.save(path, ptp.unflatten(ptp.to_torch_state_dict(v)))
+    sd = {k.replace('/', '.'): t for k, t in load_file(path).items()}
+    tm = torch_mlp().eval()
+    tm.load_state_dict(sd)
+    with torch.no_grad():
+        np.testing.assert_allclose(tm(torch.from_numpy(x)).numpy(), net.apply(v, x), atol=1e-5)
