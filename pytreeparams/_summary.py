@@ -164,8 +164,8 @@ def _fmt_float(v: float | None) -> str:
     if v == 0:
         return '0'
     if abs(v) >= 1e5 or abs(v) < 1e-3:
-        return f'{v:.3e}'
-    return f'{v:.4f}'
+        return f'{v:.2e}'
+    return f'{v:.4g}'
 
 
 @dataclasses.dataclass(frozen=True)
