@@ -96,13 +96,10 @@ def run_demo(steps: int = 300, out: str | None = None, plain: bool = False) -> i
     o.print("The second dense layer: ptp.get(params, 'params/layers_2')")
     for path, leaf in ptp.flatten(ptp.get(params, 'params/layers_2')).items():
         o.print(f'  {path}: {ptp.describe(leaf)}')
-    o.print(
-        f"Its bias: ptp.get(params, 'params/layers_2/bias') = {ptp.get(params, 'params/layers_2/bias')}"
-    )
+    bias = 'params/layers_2/bias'
+    o.print(f"Its bias: ptp.get(params, '{bias}') = {ptp.get(params, bias)}")
     grads = jax.grad(lambda p: jnp.sum(net.apply(p, x)))(params)
-    o.print(
-        f"Gradient of that bias: ptp.get(grads, 'params/layers_2/bias') = {ptp.get(grads, 'params/layers_2/bias')}"
-    )
+    o.print(f"Gradient of that bias: ptp.get(grads, '{bias}') = {ptp.get(grads, bias)}")
     o.print('Every path with its shape: ptp.flatten(params)')
     for path, leaf in ptp.flatten(params).items():
         o.print(f'  {path:<24} {ptp.describe(leaf)}')
@@ -130,9 +127,8 @@ def run_demo(steps: int = 300, out: str | None = None, plain: bool = False) -> i
     init = jax.nn.initializers
     key = jax.random.key(42)
     normal = ptp.reinit(params, key, [('**/kernel', init.normal(0.01)), ('**/bias', init.zeros)])
-    o.print(
-        f'normal(0.01), zero biases: kernel std {float(ptp.get(normal, "params/layers_0/kernel").std()):.4f}'
-    )
+    std = float(ptp.get(normal, 'params/layers_0/kernel').std())
+    o.print(f'normal(0.01), zero biases: kernel std {std:.4f}')
     mixed = ptp.reinit(
         params,
         key,
@@ -233,7 +229,8 @@ def run_demo(steps: int = 300, out: str | None = None, plain: bool = False) -> i
     err = float(jnp.max(jnp.abs(use1 + use2 - compact_grads['params']['layers_2']['kernel'])))
     o.print(
         f'Shared layer gradient = sum of its two uses: |g1| {float(jnp.linalg.norm(use1)):.4g} + '
-        f'|g2| {float(jnp.linalg.norm(use2)):.4g} -> max difference from the compact gradient {err:.2e}'
+        f'|g2| {float(jnp.linalg.norm(use2)):.4g} -> '
+        f'max difference from the compact gradient {err:.2e}'
     )
     plot_path = os.path.join(out, 'grad_history.png')
     try:
