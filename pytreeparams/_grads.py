@@ -241,6 +241,12 @@ class LayerFlags:
       exploding: Paths whose gradient norm is above ``exploding`` x the median.
       nonfinite: Paths with NaN or Inf gradients.
       median: The median layer gradient norm.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> flags = ptp.flag_layers(ptp.grad_stats({'a': jnp.ones(3), 'b': jnp.zeros(3)}))
+      >>> flags.vanishing, bool(flags)
+      (['b'], True)
     """
 
     vanishing: list[str]
@@ -263,6 +269,9 @@ def flag_layers(stats: GradStats, *, vanishing: float = 1e-3, exploding: float =
 
     Returns:
       A :class:`LayerFlags`.
+
+    Raises:
+      Nothing for well-formed statistics; NaN norms are reported as non-finite.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -339,6 +348,9 @@ def find_nonfinite(tree: PyTree) -> list[str]:
     Returns:
       The paths, empty if everything is finite.
 
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
+
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
       >>> ptp.find_nonfinite({'a': jnp.ones(2), 'b': jnp.array([1.0, jnp.inf])})
@@ -352,6 +364,9 @@ def assert_finite(tree: PyTree) -> None:
 
     Args:
       tree: Any pytree of concrete arrays.
+
+    Returns:
+      None when every value is finite.
 
     Raises:
       NonFiniteError: Naming each non-finite path with its count of NaN/Inf.
@@ -393,6 +408,9 @@ def first_nonfinite_activation(
       The sub-module path (``'layers_2'``; ``''`` for the module itself, with
       ``/__call__`` omitted; other methods as ``'path/method'``), or None if
       every output is finite.
+
+    Raises:
+      Whatever ``module.apply`` raises for these inputs.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, pytreeparams as ptp
@@ -444,6 +462,12 @@ class Inspection:
       stats: The :class:`GradStats` of the gradients against the parameters.
       table: A ``ptp.Summary`` of the parameters with gradient columns beside.
       jitted: Whether the computation ran under ``jax.jit``.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> r = ptp.inspect(lambda p: jnp.sum(p['w'] ** 2), {'w': jnp.ones(2)})
+      >>> float(r.loss), r.jitted
+      (2.0, True)
     """
 
     loss: jax.Array
@@ -565,6 +589,10 @@ class History:
 
     ``append`` stores the (device) statistics without a host sync; the first
     read (``steps``, ``array``, ``plot``) fetches everything at once.
+
+    Attributes:
+      paths: The layer paths of the recorded statistics (None before any).
+      columns: The statistic names (``GRAD_STAT_NAMES`` or ``STAT_NAMES``).
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp

@@ -29,6 +29,9 @@ def path_key(key: jax.Array, path: str) -> jax.Array:
     Returns:
       ``jax.random.fold_in(key, crc32(path))``.
 
+    Raises:
+      Nothing for a valid key.
+
     Example:
       >>> import jax, pytreeparams as ptp
       >>> k = jax.random.key(0)

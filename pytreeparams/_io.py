@@ -393,6 +393,9 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
       ties: Optional ``ptp.Ties``: each shared array is stored once and the ties
         are recorded, so :func:`load` gives the tied tree back.
 
+    Returns:
+      None; the file (or directory) is in place when it returns.
+
     Raises:
       ValueError: If a leaf cannot be stored in the format (e.g. complex in
         safetensors), before anything is written.

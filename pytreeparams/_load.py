@@ -31,6 +31,13 @@ class LoadReport:
       skipped: Target paths kept because they match ``skip``.
       renamed: ``{source path: target path}`` for every rename applied.
       dropped: Source paths a rename rule mapped to None.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> target = {'w': jnp.zeros(2), 'b': jnp.zeros(1)}
+      >>> _, report = ptp.load_into(target, {'w': jnp.ones(2)}, strict=False)
+      >>> report.missing, report.ok
+      (('b',), False)
     """
 
     loaded: tuple[str, ...] = ()

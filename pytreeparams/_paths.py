@@ -166,6 +166,9 @@ def describe(x: Any) -> str:
       ``'float32[4,8]'`` for arrays (``'float32[]'`` for 0-d), the type name for
       Python scalars (``'float'``), ``'None'`` for None, else the type name.
 
+    Raises:
+      Nothing: any object gets a description.
+
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
       >>> ptp.describe(jnp.zeros((4, 8)))
@@ -754,6 +757,9 @@ def map_with_path(fn: Callable[[str, Leaf], Leaf], tree: PyTree) -> PyTree:
 
     Returns:
       A tree of ``fn``'s results with ``tree``'s structure.
+
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
 
     Example:
       >>> import pytreeparams as ptp

@@ -247,6 +247,9 @@ def stats(tree: PyTree) -> Stats:
     Returns:
       A :class:`Stats` with the paths of the array leaves and their table.
 
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
+
     Example:
       >>> import jax, jax.numpy as jnp, pytreeparams as ptp
       >>> s = jax.jit(ptp.stats)({'a': jnp.array([1.0, jnp.nan]), 'b': jnp.zeros(4)})

@@ -40,6 +40,12 @@ class Row:
       sharding: A description of the sharding, when asked for.
       note: Free text, e.g. ``'alias of ...'`` for tied leaves.
       extra: Further ``(column, value)`` pairs, e.g. gradient statistics.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> row = ptp.summary({'w': jnp.ones((2, 3))}).rows[0]
+      >>> row.type, row.size, row.nbytes, row.mean
+      ('float32[2,3]', 6, 24, 1.0)
     """
 
     path: str
@@ -388,6 +394,9 @@ def count(tree: PyTree) -> int:
     Returns:
       The total element count (no int32 overflow).
 
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
+
     Example:
       >>> import jax, jax.numpy as jnp, pytreeparams as ptp
       >>> ptp.count({'w': jax.ShapeDtypeStruct((70_000, 1_000_000), jnp.bfloat16)})
@@ -404,6 +413,9 @@ def nbytes(tree: PyTree) -> int:
 
     Returns:
       Total bytes.
+
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -431,6 +443,9 @@ def shapes(tree: PyTree) -> PyTree:
       What ``jax.tree.map(lambda x: x.shape, tree)`` gives, with boxes kept and
       ``()`` for Python scalars.
 
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
+
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
       >>> ptp.shapes({'w': jnp.zeros((4, 8)), 'b': [jnp.zeros(8)]})
@@ -451,6 +466,12 @@ class DiffReport:
       changed: ``{path: (type in a, type in b)}`` where shape or dtype differ.
       rel_change: ``{path: ||a - b|| / ||a||}`` for common leaves of equal type
         (``inf`` where ``a`` is zero and ``b`` is not).
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> r = ptp.diff({'w': 1.0}, {'w': 1.0, 'b': 0.0})
+      >>> r.only_b, r.same
+      (('b',), False)
     """
 
     only_a: tuple[str, ...]
@@ -503,6 +524,9 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
       A :class:`DiffReport`: paths only in ``a`` / only in ``b``, changed shape
       or dtype, and the relative change ``||a-b|| / ||a||`` of common leaves
       (computed in float64 on the host).
+
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp

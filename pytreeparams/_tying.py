@@ -39,6 +39,15 @@ __all__ = [
 def transpose(x: jax.Array) -> jax.Array:
     """Swaps the last two axes (``x.T`` for matrices): the embedding/head tie.
 
+    Args:
+      x: An array of at least two dimensions.
+
+    Returns:
+      ``x`` with its last two axes swapped.
+
+    Raises:
+      ValueError: If ``x`` has fewer than two dimensions.
+
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
       >>> ptp.transpose(jnp.zeros((2, 3))).shape
@@ -322,6 +331,9 @@ def tied_grads(full_grads: PyTree, ties: Ties) -> dict[str, dict[str, jax.Array]
       where the first use is the source itself; ``'sum'`` equals the gradient
       of the compact tree at the source.
 
+    Raises:
+      PathError: If a source or an alias is not in ``full_grads``.
+
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
       >>> g = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([10.0, 20.0])}
@@ -368,6 +380,12 @@ class TieGroup:
       source: The first path in flatten order.
       aliases: Paths holding identical values.
       transposed: Paths holding the transpose of ``source``.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> g, = ptp.find_ties({'a': jnp.ones(3), 'b': jnp.ones(3)})
+      >>> g.source, g.aliases, g.to_ties().aliases
+      ('a', ('b',), ('b',))
     """
 
     source: str
@@ -395,6 +413,9 @@ def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
 
     Returns:
       One :class:`TieGroup` per group of two or more, in flatten order.
+
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -463,6 +484,13 @@ class SharedModule:
       call_sites: Where: for linen, ``'caller path #n'`` per call (the n-th
         sub-module call of that caller); for NNX, every attribute path.
       param_paths: The parameter paths it owns (stored once).
+
+    Example:
+      >>> import jax.numpy as jnp, flax.linen as nn, pytreeparams as ptp
+      >>> d = nn.Dense(2)
+      >>> m, = ptp.shared_modules(nn.Sequential([d, d]), jnp.ones((1, 2)))
+      >>> m.path, m.calls, m.param_paths
+      ('layers_0', 2, ('params/layers_0/bias', 'params/layers_0/kernel'))
     """
 
     path: str
@@ -487,6 +515,9 @@ def shared_modules(module: Any, *args: Any, **kwargs: Any) -> list[SharedModule]
 
     Returns:
       One :class:`SharedModule` per reused module, in order of first call.
+
+    Raises:
+      Whatever ``module.init`` raises for these inputs.
 
     Example:
       >>> import jax.numpy as jnp, flax.linen as nn, pytreeparams as ptp

@@ -1,0 +1,47 @@
+"""The public API: every exported name is documented with a runnable example."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+
+import pytest
+
+import pytreeparams as ptp
+
+
+def test_all_names_exist_and_are_sorted_out():
+    assert len(ptp.__all__) == len(set(ptp.__all__))
+    for name in ptp.__all__:
+        assert hasattr(ptp, name), name
+
+
+@pytest.mark.parametrize('name', ptp.__all__)
+def test_docstring_sections_and_example(name):
+    obj = getattr(ptp, name)
+    doc = inspect.getdoc(obj) or ''
+    assert doc and doc.splitlines()[0].strip(), f'{name} has no one-line summary'
+    assert 'Example:' in doc, f'{name} has no Example: section'
+    examples = doctest.DocTestParser().get_examples(doc)
+    assert examples, f'{name} has no doctest in its example'
+    if inspect.isfunction(obj):
+        for section in ('Args:', 'Returns:', 'Raises:'):
+            assert section in doc, f'{name} lacks {section}'
+        sig = inspect.signature(obj)
+        assert sig.return_annotation is not inspect.Signature.empty, f'{name} lacks a return type'
+        for p in sig.parameters.values():
+            assert p.annotation is not inspect.Parameter.empty, f'{name}({p.name}) lacks a type'
+    elif inspect.isclass(obj) and not issubclass(obj, Exception):
+        assert 'Attributes:' in doc or 'Args:' in doc, f'{name} documents no attributes/args'
+
+
+@pytest.mark.parametrize('name', ptp.__all__)
+def test_examples_run(name):
+    obj = getattr(ptp, name)
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+    )
+    for test in finder.find(obj, name, globs={}):
+        runner.run(test)
+    assert runner.failures == 0, f'{name}: {runner.failures} doctest failures'

@@ -1,0 +1,37 @@
+"""The notebook runs top to bottom; a failing cell fails this test."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+NOTEBOOK = pathlib.Path(__file__).parent.parent / 'notebooks' / 'parameter_management.ipynb'
+
+
+def test_notebook_executes():
+    pytest.importorskip('torch', reason='the notebook runs the MLP in PyTorch')
+    nbformat = pytest.importorskip('nbformat')
+    nbclient = pytest.importorskip('nbclient')
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name='python3',
+        resources={'metadata': {'path': str(NOTEBOOK.parent)}},
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+    outputs = '\n'.join(
+        o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])
+    )
+    assert "['layers_0', 'layers_2', 'layers_6']" in outputs
+    assert 'final loss' in outputs
+
+
+def test_committed_notebook_has_outputs():
+    import json
+
+    nb = json.loads(NOTEBOOK.read_text())
+    code = [c for c in nb['cells'] if c['cell_type'] == 'code']
+    assert code and all(c.get('execution_count') for c in code)
+    assert sum(bool(c.get('outputs')) for c in code) >= len(code) // 2
