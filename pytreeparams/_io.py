@@ -74,24 +74,28 @@ def _np_dtype(name: str) -> np.dtype:
 # Atomic writes.
 
 
-def atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    """Writes a file atomically: temp file in the same folder, fsync, rename.
+def atomic_write_path(path: str, write: Callable[[str], None]) -> None:
+    """Writes a file atomically through a writer that takes a file name.
+
+    The content goes to a temporary file in the target's folder, is fsynced,
+    then renamed over ``path`` (and the folder fsynced), so a failure midway
+    (an exception, a full disk, a killed process) leaves the previous file
+    as it was.
 
     Args:
-      path: The target file; replaced only once the new content is on disk.
-      write: Called with the open binary temp file.
+      path: The target file.
+      write: Called with the temporary file's name; it writes the content.
 
     Raises:
-      Whatever ``write`` raises; the previous file is then left untouched and
-      the temp file removed.
+      Whatever ``write`` raises; the temporary file is then removed.
     """
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
+        write(tmp)
+        with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -108,6 +112,24 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Writes a file atomically (see :func:`atomic_write_path`).
+
+    Args:
+      path: The target file; replaced only once the new content is on disk.
+      write: Called with the open binary temporary file.
+
+    Raises:
+      Whatever ``write`` raises; the previous file is then left untouched.
+    """
+
+    def through(tmp: str) -> None:
+        with open(tmp, 'wb') as f:
+            write(f)
+
+    atomic_write_path(path, through)
 
 
 # --------------------------------------------------------------------------
@@ -189,18 +211,26 @@ def _decode(spec: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def _save_safetensors(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
-    from safetensors.numpy import save as st_save
+    from safetensors.numpy import save_file
 
     arrays: dict[str, np.ndarray] = {}
     spec = _encode(tree, '', arrays)
     meta = {'version': _FORMAT_VERSION, 'structure': spec, **extra}
-    data = st_save(arrays, metadata={_META_KEY: json.dumps(meta)})
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write_path(
+        path, lambda tmp: save_file(arrays, tmp, metadata={_META_KEY: json.dumps(meta)})
+    )
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
-    import safetensors
+    """Reads and validates a safetensors file; arrays are views of one buffer.
 
+    The checks follow the format's specification (as the reference reader
+    does): header length within the file, a JSON object header, known dtypes,
+    offsets in bounds, sizes equal to dtype size x element count, and tensors
+    covering the data region without gaps or overlaps. We parse it here
+    because ``safetensors.numpy`` cannot load bfloat16 and
+    ``safetensors.deserialize`` copies every tensor.
+    """
     with open(path, 'rb') as f:
         raw = f.read()
     where = f'{path!r} is not a valid safetensors file'
@@ -213,21 +243,45 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] 
         )
     try:
         header = json.loads(raw[8 : 8 + n])
-        if not isinstance(header, dict):
-            raise ValueError('the header is not a JSON object')
-        tensors = safetensors.deserialize(raw)
-    except Exception as e:
-        raise FormatError(f'{where}: {e}') from e
-    arrays = {}
-    for name, info in tensors:
-        dtype = _ST_DTYPES.get(info['dtype'])
-        if dtype is None:
-            raise FormatError(f'{where}: tensor {name!r} has unsupported dtype {info["dtype"]}')
+    except ValueError as e:
+        raise FormatError(f'{where}: the header is not JSON ({e})') from e
+    if not isinstance(header, dict):
+        raise FormatError(f'{where}: the header is not a JSON object')
+    base = 8 + n
+    data_len = len(raw) - base
+    spans = []
+    arrays: dict[str, np.ndarray] = {}
+    buf = memoryview(raw)
+    for name, info in header.items():
+        if name == '__metadata__':
+            continue
         try:
-            arr = np.frombuffer(bytes(info['data']), _np_dtype(dtype)).reshape(info['shape'])
-        except ValueError as e:
-            raise FormatError(f'{where}: tensor {name!r}: {e}') from e
-        arrays[name] = arr
+            dtype = _ST_DTYPES[info['dtype']]
+            shape = [int(d) for d in info['shape']]
+            begin, end = (int(o) for o in info['data_offsets'])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f'{where}: bad entry for tensor {name!r} ({e!r})') from e
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_len:
+            raise FormatError(
+                f'{where}: tensor {name!r} has offsets {begin}..{end} outside the data'
+            )
+        np_dtype = _np_dtype(dtype)
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        if count * np_dtype.itemsize != end - begin:
+            raise FormatError(
+                f'{where}: tensor {name!r} of {dtype}{shape} needs {count * np_dtype.itemsize} '
+                f'bytes, the file gives {end - begin}'
+            )
+        arrays[name] = np.frombuffer(buf[base + begin : base + end], np_dtype).reshape(shape)
+        spans.append((begin, end))
+    spans.sort()
+    pos = 0
+    for begin, end in spans:
+        if begin != pos:
+            raise FormatError(f'{where}: the tensors do not cover the data region contiguously')
+        pos = end
+    if pos != data_len:
+        raise FormatError(f'{where}: {data_len - pos} bytes after the last tensor')
     meta = None
     md = header.get('__metadata__')
     if isinstance(md, dict) and _META_KEY in md:

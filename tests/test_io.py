@@ -182,14 +182,16 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def failing_write(target, write):
-        def half(f):
-            f.write(b'partial data')
+        def half(tmp):
+            write(tmp)  # the real writer fills the temp file, then the disk "fills up"
+            with open(tmp, 'r+b') as f:
+                f.truncate(20)
             raise OSError(28, 'No space left on device')
 
         return real(target, half)
 
-    real = _io.atomic_write
-    monkeypatch.setattr(_io, 'atomic_write', failing_write)
+    real = _io.atomic_write_path
+    monkeypatch.setattr(_io, 'atomic_write_path', failing_write)
     with pytest.raises(OSError, match='No space left'):
         ptp.save(path, {'w': np.zeros(3, np.float32)})
     assert path.read_bytes() == before

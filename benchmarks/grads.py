@@ -1,0 +1,113 @@
+"""Step-time cost of ptp.grad_stats inside a jitted SGD step, same run.
+
+Run: python benchmarks/grads.py [--rounds N] [--skip-gpt2]
+Ratio = (SGD step that also returns ptp.grad_stats(grads, params, updates)) / (plain step).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import optax
+from _common import fmt_s, interleaved
+from models import GPT2, DeepMLP, lm_loss
+
+import pytreeparams as ptp
+
+
+def steps(loss_fn, params, batch):
+    tx = optax.sgd(1e-3)
+    state = tx.init(params)
+
+    @jax.jit
+    def plain(params, batch):
+        grads = jax.grad(loss_fn)(params, batch)
+        updates, _ = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates)
+
+    @jax.jit
+    def with_stats(params, batch):
+        grads = jax.grad(loss_fn)(params, batch)
+        updates, _ = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), ptp.grad_stats(grads, params, updates)
+
+    @jax.jit
+    def with_norms(params, batch):
+        grads = jax.grad(loss_fn)(params, batch)
+        updates, _ = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), ptp.grad_stats(
+            grads, params, updates, extras=False
+        )
+
+    @jax.jit
+    def with_global_norm(params, batch):
+        grads = jax.grad(loss_fn)(params, batch)
+        updates, _ = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), optax.tree.norm(grads)
+
+    return plain, with_stats, with_norms, with_global_norm
+
+
+def bench(name, loss_fn, params, batch, rounds, number):
+    plain, with_stats, norms, gnorm = steps(loss_fn, params, batch)
+    for f in (plain, with_stats, norms, gnorm):
+        jax.block_until_ready(f(params, batch))
+    res = interleaved(
+        {
+            'plain': lambda: plain(params, batch),
+            'grad_stats': lambda: with_stats(params, batch),
+            'norms': lambda: norms(params, batch),
+            'global_norm': lambda: gnorm(params, batch),
+        },
+        rounds=rounds,
+        number=number,
+    )
+    print(
+        f'| {name} | {fmt_s(res["plain"])} | {fmt_s(res["grad_stats"])} | '
+        f'{res["grad_stats"] / res["plain"]:.3f} | {res["norms"] / res["plain"]:.3f} | '
+        f'{res["global_norm"] / res["plain"]:.3f} |',
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--rounds', type=int, default=15)
+    ap.add_argument('--skip-gpt2', action='store_true')
+    args = ap.parse_args()
+    print(f'jax {jax.__version__}, backend {jax.default_backend()}')
+    print(
+        '| model | plain step | step + grad_stats | ratio (all stats) | ratio (extras=False) '
+        '| ratio optax.tree.norm (reference) |'
+    )
+    print('|---|---|---|---|---|---|')
+    mlp = DeepMLP()
+    x = jax.random.normal(jax.random.key(0), (64, 1024))
+    y = jax.random.normal(jax.random.key(1), (64, 1))
+    p = mlp.init(jax.random.key(2), x)
+    bench(
+        'MLP 24 x Dense(1024), batch 64',
+        lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2),
+        p,
+        (x, y),
+        args.rounds,
+        5,
+    )
+    if not args.skip_gpt2:
+        gpt = GPT2()
+        tokens = jax.random.randint(jax.random.key(3), (4, 64), 0, 50257)
+        gp = gpt.init(jax.random.key(4), tokens)
+        bench(
+            'GPT-2 small, batch 4 x 64',
+            lambda p, t: lm_loss(gpt.apply(p, t), t),
+            gp,
+            tokens,
+            max(5, args.rounds // 2),
+            1,
+        )
+
+
+if __name__ == '__main__':
+    main()
