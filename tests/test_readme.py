@@ -1,0 +1,24 @@
+"""The README's Python examples run as written."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).parent.parent / 'README.md'
+
+
+def test_readme_python_blocks_run():
+    blocks = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(README), 'exec'), {})
+
+
+def test_readme_opens_with_the_two_commands():
+    text = README.read_text()
+    first = re.search(r'```bash\n(.*?)```', text, flags=re.S).group(1)
+    assert 'python -m pytreeparams demo' in first
+    assert "pip install -e '.[test]' && pytest" in first
+    ci = (README.parent / '.ci' / 'run').read_text()
+    assert "pip install -e '.[test]' && pytest" in ci
