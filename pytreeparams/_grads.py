@@ -1,9 +1,10 @@
 """Gradient inspection: per-layer statistics inside a jitted step, NaN hunting.
 
 ``grad_stats`` is designed to ride along in a jitted training step: per leaf
-it does one fused pass over the gradient (sum, sum of squares, max |g|, exact
-zeros) plus one sum of squares over the parameters and the updates, and
-returns everything as one small stacked array, cheap to return and fetch.
+it takes a few reductions over each gradient leaf (sum, sum of squares, max
+|g|, non-zero count) plus one sum of squares over the parameters and the
+updates, and returns everything as one small stacked array, cheap to return
+and fetch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jax import lax
 
 from ._errors import NonFiniteError, StructureError
 from ._paths import _flatten, _quote_list, compile_pattern, unbox
-from ._stats import eager_leaf_stats, is_array
+from ._stats import _upcast, eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
 __all__ = [
@@ -60,26 +61,33 @@ def _grad_raw(g: jax.Array, extras: bool = True) -> list[jax.Array]:
 
     Separate reductions: on XLA:CPU they measured faster than one variadic
     reduction (which XLA does not vectorize), and SPMD partitions them shard by
-    shard. Without ``extras`` only the sum of squares is taken (and the
-    non-finite count when it is not finite); the other entries are NaN.
+    shard. Zeros are counted as ``n - sum(|sign(g)|)``, several times faster
+    on XLA:CPU than ``sum(g == 0)`` and exact for finite values. Without
+    ``extras`` only the sum of squares is taken (and the non-finite count when
+    it is not finite); the other entries are NaN.
     """
     g = jnp.asarray(g)
     if math.prod(g.shape) == 0:
         z = jnp.zeros((), jnp.float32)
         return [z, z, z, z, z]
-    gf = g.astype(jnp.float32)
+    gf = _upcast(g, jnp.float32)
+    n = math.prod(g.shape)
     ss = jnp.sum(gf * gf)
     nan = jnp.array(jnp.nan, jnp.float32)
     if extras:
         s, mx = jnp.sum(gf), jnp.max(jnp.abs(gf))
-        zeros = jnp.sum(gf == 0, dtype=jnp.float32)
+        nonzero = jnp.sum(jnp.abs(jnp.sign(gf)))
         mx = jnp.where(jnp.isnan(s), jnp.nan, mx)
     else:
-        s, mx, zeros = nan, nan, nan
-    nonfinite = lax.cond(
+        s, mx, nonzero = nan, nan, nan
+    # The exact counts (slow on XLA:CPU) only when something is not finite.
+    nonfinite, zeros = lax.cond(
         jnp.isfinite(ss),
-        lambda: jnp.zeros((), jnp.float32),
-        lambda: jnp.sum(~jnp.isfinite(gf), dtype=jnp.float32),
+        lambda: (jnp.zeros((), jnp.float32), n - nonzero),
+        lambda: (
+            jnp.sum(~jnp.isfinite(gf), dtype=jnp.float32),
+            jnp.sum(gf == 0, dtype=jnp.float32) if extras else nan,
+        ),
     )
     return [s, ss, mx, zeros, nonfinite]
 

@@ -25,6 +25,7 @@ import builtins
 import difflib
 import functools
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -58,27 +59,38 @@ _CACHE_SIZE = 256
 # Metadata boxes.
 
 
-@functools.cache
+_BOX_TYPES: dict[bool, tuple[type, ...]] = {}
+_IS_BOX: dict[type, bool] = {}
+
+
 def _box_types() -> tuple[type, ...]:
-    types: list[type] = []
-    try:
+    """The metadata box types. NNX's ``Variable`` counts only once ``flax.nnx``
+    is imported (no NNX object can exist before), so plain linen users never pay
+    for importing it."""
+    nnx_loaded = 'flax.nnx' in sys.modules
+    types = _BOX_TYPES.get(nnx_loaded)
+    if types is None:
+        found: list[type] = []
         from flax.core import meta
 
-        types.append(meta.AxisMetadata)
-    except ImportError:  # pragma: no cover - flax is a core dependency
-        pass
-    try:
-        from flax import nnx
+        found.append(meta.AxisMetadata)
+        if nnx_loaded:
+            from flax import nnx
 
-        types.append(nnx.Variable)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
+            found.append(nnx.Variable)
+        types = _BOX_TYPES[nnx_loaded] = tuple(found)
+        _IS_BOX.clear()
+    return types
 
 
 def is_box(x: Any) -> bool:
     """Whether ``x`` is a metadata box (``nn.Partitioned``, NNX ``Variable``)."""
-    return isinstance(x, _box_types())
+    types = _box_types()
+    t = type(x)
+    hit = _IS_BOX.get(t)
+    if hit is None:
+        hit = _IS_BOX[t] = isinstance(x, types)
+    return hit
 
 
 def unbox(x: Any) -> Any:

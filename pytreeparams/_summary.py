@@ -86,29 +86,22 @@ def _sharding_str(x: Any) -> str | None:
     return f'{spec} on {n} devices' if spec is not None else f'{type(s).__name__} ({n})'
 
 
-def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool) -> Row:
+def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
+    stats: dict[str, Any] = {}
+    if st is not None:
+        mean, std, mn, mx, l2, nonfinite, zero_frac = st.tolist()
+        stats = dict(
+            mean=mean, std=std, min=mn, max=mx, l2=l2, nonfinite=int(nonfinite), zero_frac=zero_frac
+        )
+    shard = _sharding_str(x) if sharding else None
     if is_array(x):
         shape = tuple(int(d) for d in np.shape(x))
         dtype = np.dtype(getattr(x, 'dtype', None) or np.asarray(x).dtype)
         size = math.prod(shape)
-        row = Row(path, shape, dtype.name, size, size * dtype.itemsize)
-    else:
-        row = Row(path, None, describe(x), 0, 0, leaves=1)
-    if st is not None:
-        vals = [float(v) for v in st]
-        row = dataclasses.replace(
-            row,
-            mean=vals[0],
-            std=vals[1],
-            min=vals[2],
-            max=vals[3],
-            l2=vals[4],
-            nonfinite=int(vals[5]),
-            zero_frac=vals[6],
+        return Row(
+            path, shape, dtype.name, size, size * dtype.itemsize, sharding=shard, note=note, **stats
         )
-    if sharding:
-        row = dataclasses.replace(row, sharding=_sharding_str(x))
-    return row
+    return Row(path, None, describe(x), 0, 0, sharding=shard, note=note, **stats)
 
 
 def combine_rows(path: str, rows: Sequence[Row]) -> Row:
@@ -371,8 +364,7 @@ def summary(
     if ties is not None:
         notes.update(ties.notes(tree))
     rows = tuple(
-        dataclasses.replace(_leaf_row(p, x, s, sharding), note=notes.get(p, ''))
-        for p, x, s in zip(paths_, leaves, st)
+        _leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths_, leaves, st)
     )
     groups: tuple[Row, ...] = ()
     if depth is not None:

@@ -125,15 +125,19 @@ def test_nan_and_inf_planted():
     x = np.ones(2048, np.float32)
     x[[3, 100]] = np.nan
     x[7] = np.inf
-    tree = {'a': jnp.asarray(x), 'b': jnp.ones(3), 'c': jnp.asarray(x[:200])}
+    big = np.ones(300_000, np.float32)  # past the batched path: the chunked host path
+    big[[5, 299_999]] = np.nan
+    big[1000] = -np.inf
+    tree = {'a': jnp.asarray(x), 'b': jnp.ones(3), 'c': jnp.asarray(x[:200]), 'd': jnp.asarray(big)}
     s = ptp.summary(tree)
     rows = {r.path: r for r in s.rows}
     assert rows['a'].nonfinite == 3 and np.isnan(rows['a'].mean)
     assert rows['c'].nonfinite == 3
     assert rows['b'].nonfinite == 0
-    assert s.totals.nonfinite == 6
+    assert rows['d'].nonfinite == 3 and np.isnan(rows['d'].min) and np.isnan(rows['d'].std)
+    assert s.totals.nonfinite == 9
     st = jax.jit(ptp.stats)(tree)
-    assert st['nonfinite'].tolist() == [3.0, 0.0, 3.0]
+    assert st['nonfinite'].tolist() == [3.0, 0.0, 3.0, 3.0]
 
 
 def test_abstract_tree_and_70b_count(mlp_params):
