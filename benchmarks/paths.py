@@ -14,6 +14,7 @@ from _common import fmt_s, interleaved
 from flax import traverse_util
 
 import pytreeparams as ptp
+from pytreeparams import _paths
 
 
 def make_tree(n_layers: int = 2500):
@@ -66,6 +67,11 @@ def main() -> None:
     res = interleaved(
         {
             'ptp.select': lambda: ptp.select(tree, glob),
+            'ptp.select cold': lambda: (
+                _paths._PATHS_CACHE.clear(),
+                _paths._MATCH_CACHE.clear(),
+                ptp.select(tree, glob),
+            ),
             'hand select': lambda: hand_select(tree, rx),
             'ptp.mask': lambda: ptp.mask(tree, glob),
             'hand mask (tree_map_with_path)': lambda: hand_mask(tree, rx),
@@ -78,6 +84,7 @@ def main() -> None:
     print('|---|---|---|---|---|')
     rows = [
         ('select', 'ptp.select', 'hand select'),
+        ('select, cold (path caches cleared)', 'ptp.select cold', 'hand select'),
         ('mask', 'ptp.mask', 'hand mask (tree_map_with_path)'),
         ('mask', 'ptp.mask', 'flax path_aware_map mask'),
     ]

@@ -230,9 +230,9 @@ def _flatten(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
     except TypeError:  # unhashable auxiliary data
         info, cacheable = None, False
     if info is None:
-        boxed_leaves, boxed_def = jax.tree_util.tree_flatten(tree, is_leaf=is_box)
+        with_path, boxed_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
         has_boxes = boxed_def != treedef
-        with_path, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
+        boxed_leaves = [x for _, x in with_path]
         paths_ = tuple('/'.join(_key_str(k) for k in kp) for kp, _ in with_path)
         if len(builtins.set(paths_)) != len(paths_):
             seen: builtins.set[str] = builtins.set()
