@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import PathError
-from ._paths import _flatten, _rules, match_flags, no_match_message, rebox, unbox
+from ._paths import _flatten, first_match, rebox, unbox
 from ._typing import PyTree
 
 __all__ = ['path_key', 'reinit']
@@ -75,14 +74,7 @@ def reinit(params: PyTree, key: jax.Array, rules: Any) -> PyTree:
       ([0.0, 0.0], [[1.0, 1.0], [1.0, 1.0]])
     """
     leaves, treedef, paths_ = _flatten(params)
-    chosen: list[Initializer | None] = [None] * len(leaves)
-    for pattern, init in _rules(rules, 'rules'):
-        flags = match_flags(paths_, pattern)
-        if not any(flags):
-            raise PathError('reinit: rule ' + no_match_message(pattern, paths_))
-        for i, f in enumerate(flags):
-            if f and chosen[i] is None:
-                chosen[i] = init
+    chosen: list[Initializer | None] = first_match(paths_, rules, 'reinit')
     new = []
     for x, p, init in zip(leaves, paths_, chosen):
         if init is None:

@@ -794,6 +794,31 @@ def _rules(rules: Any, what: str) -> list[tuple[Pattern, Any]]:
     return items
 
 
+def first_match(paths_: Sequence[str], rules: Any, what: str) -> list[Any]:
+    """For each path, the value of the first ``(pattern, value)`` rule matching it.
+
+    Args:
+      paths_: Leaf paths.
+      rules: An ordered mapping or list of ``(pattern, value)``.
+      what: The caller's name, for messages.
+
+    Returns:
+      One value per path, None where no rule matches.
+
+    Raises:
+      PathError: If a rule matches no path.
+    """
+    out: list[Any] = [None] * len(paths_)
+    for pattern, value in _rules(rules, 'rules'):
+        flags = match_flags(tuple(paths_), pattern)
+        if not any(flags):
+            raise PathError(f'{what}: rule ' + no_match_message(pattern, paths_))
+        for i, f in enumerate(flags):
+            if f and out[i] is None:
+                out[i] = value
+    return out
+
+
 def labels(tree: PyTree, rules: Any, default: str | None = None) -> PyTree:
     """A tree of label strings for ``optax.multi_transform``.
 
@@ -816,15 +841,7 @@ def labels(tree: PyTree, rules: Any, default: str | None = None) -> PyTree:
       {'b': 'sgd', 'w': 'adam'}
     """
     leaves, treedef, paths_ = _flatten(tree)
-    items = _rules(rules, 'rules')
-    out: list[Any] = [None] * len(paths_)
-    for pattern, label in items:
-        flags = match_flags(paths_, pattern)
-        if not any(flags):
-            raise PathError('labels: rule ' + no_match_message(pattern, paths_))
-        for i, f in enumerate(flags):
-            if f and out[i] is None:
-                out[i] = label
+    out = first_match(paths_, rules, 'labels')
     unlabeled = [p for p, lab in zip(paths_, out, strict=False) if lab is None]
     if unlabeled:
         if default is None:

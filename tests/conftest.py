@@ -95,3 +95,19 @@ def containers(tree):
 
     rec(tree)
     return out
+
+
+def run_on_8_devices(code: str) -> str:
+    """Runs ``code`` in a fresh Python with 8 simulated CPU devices; returns stdout.
+
+    The code must print ``OK`` when its own assertions pass.
+    """
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    proc = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -13,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import trees
+from conftest import run_on_8_devices, trees
 from flax.core import FrozenDict, freeze
 from hypothesis import given
 
@@ -214,8 +211,4 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_reinit_and_load_keep_sharding():
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
-    proc = subprocess.run(
-        [sys.executable, '-c', SHARDED], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
+    assert 'OK' in run_on_8_devices(SHARDED)
