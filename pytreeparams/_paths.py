@@ -119,16 +119,20 @@ def rebox(old: Any, value: Any) -> Any:
 # Path spelling.
 
 
+_KEY_ATTR = {
+    jax.tree_util.DictKey: 'key',
+    jax.tree_util.SequenceKey: 'idx',
+    jax.tree_util.GetAttrKey: 'name',
+    jax.tree_util.FlattenedIndexKey: 'key',
+}
+
+
 def _key_str(entry: Any) -> str:
-    if isinstance(entry, jax.tree_util.DictKey):
-        return str(entry.key)
-    if isinstance(entry, jax.tree_util.SequenceKey):
-        return str(entry.idx)
-    if isinstance(entry, jax.tree_util.GetAttrKey):
-        return entry.name
-    if isinstance(entry, jax.tree_util.FlattenedIndexKey):
-        return str(entry.key)
-    return str(entry)
+    attr = _KEY_ATTR.get(type(entry))
+    if attr is None:
+        return str(entry)
+    value = getattr(entry, attr)
+    return value if type(value) is str else str(value)
 
 
 def path_tuple(path: PathLike) -> Path:
@@ -213,6 +217,7 @@ class _LRU(dict):
 
 
 _PATHS_CACHE = _LRU()
+_GetAttrKey = jax.tree_util.GetAttrKey
 _MATCH_CACHE = _LRU()
 
 
@@ -230,7 +235,13 @@ def _flatten(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
     except TypeError:  # unhashable auxiliary data
         info, cacheable = None, False
     if info is None:
-        with_path, boxed_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
+        # Boxes (nn.Partitioned, NNX Variable) hold their array under a 'value'
+        # attribute: only then is the slower flatten with an is_leaf callback needed.
+        with_path, boxed_def = jax.tree_util.tree_flatten_with_path(tree)
+        if any(
+            kp and type(kp[-1]) is _GetAttrKey and kp[-1].name == 'value' for kp, _ in with_path
+        ):
+            with_path, boxed_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
         has_boxes = boxed_def != treedef
         boxed_leaves = [x for _, x in with_path]
         paths_ = tuple('/'.join(_key_str(k) for k in kp) for kp, _ in with_path)
