@@ -28,8 +28,10 @@ def timeit(fn: Callable[[], object], repeat: int = 20, number: int = 1) -> list[
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 15, number: int = 1):
     """Median seconds per call of each function, measured in alternating rounds."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    items = list(fns.items())
+    for r in range(rounds):
+        # alternate the order so that no function always runs right after another
+        for name, fn in items if r % 2 == 0 else items[::-1]:
             samples[name] += timeit(fn, repeat=1, number=number)
     return {k: statistics.median(v) for k, v in samples.items()}
 

@@ -46,6 +46,14 @@ def main() -> None:
     err = max(
         float(abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
+    def op_counts(step):
+        import collections
+        import re
+
+        text = step.lower(compact, opt).compile().as_text()
+        return collections.Counter(re.findall(r'= \S+ ([a-z-]+)\(', text))
+
+    same_program = op_counts(step_attend) == op_counts(step_tie)
     res = interleaved(
         {
             'attend': lambda: step_attend(compact, opt),
@@ -65,6 +73,7 @@ def main() -> None:
         f'| GPT-2 small adamw | {fmt_s(res["attend"])} | {fmt_s(res["tie"])} | '
         f'{res["tie"] / res["attend"]:.3f} | {err:.1e} |'
     )
+    print(f'\ncompiled programs have identical HLO op counts: {same_program}')
     print(
         f'\nparameter bytes: untied {ptp.nbytes(full):,}, compact {ptp.nbytes(compact):,}, '
         f'alias {alias_bytes:,}; compact == untied - alias: '
