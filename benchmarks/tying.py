@@ -46,6 +46,7 @@ def main() -> None:
     err = max(
         float(abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
+
     def op_counts(step):
         import collections
         import re

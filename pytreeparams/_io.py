@@ -10,6 +10,7 @@ the same directory, flushed and fsynced, then renamed over the target.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -375,6 +376,11 @@ def _save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
             raise ValueError(
                 f'save: {p!r} holds a {type(x).__name__}, which an Orbax checkpoint cannot '
                 'hold (arrays and numbers only); nothing was written'
+            )
+        if hasattr(x, 'dtype') and math.prod(np.shape(x)) == 0:
+            raise ValueError(
+                f'save: {p!r} is an empty array ({describe(x)}), which an Orbax checkpoint '
+                'cannot hold; use a .safetensors or .msgpack file; nothing was written'
             )
     path = os.path.abspath(path.rstrip(os.sep))
     parent = os.path.dirname(path)

@@ -100,6 +100,24 @@ def test_msgpack_round_trip_bit_exact(tmp_path, tree):
     assert_bit_exact(back, tree)
 
 
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(KEYS, arrays().filter(lambda a: a.size > 0), min_size=1, max_size=4))
+def test_orbax_round_trip_bit_exact(tmp_path, tree):
+    import uuid
+
+    path = tmp_path / f'ckpt-{uuid.uuid4().hex}'
+    ptp.save(path, tree)
+    assert_bit_exact(ptp.load(path, like=tree), tree)
+
+
+def test_orbax_rejects_empty_arrays_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="'e' is an empty array .* nothing was written"):
+        ptp.save(tmp_path / 'ckpt', {'w': np.ones(2), 'e': np.zeros((0, 3))})
+    assert os.listdir(tmp_path) == []
+
+
 def test_orbax_round_trip_every_dtype(tmp_path):
     rng = np.random.default_rng(0)
     tree = {name: (rng.standard_normal(5) * 100).astype(jnp.dtype(name)) for name in ALL_DTYPES}
