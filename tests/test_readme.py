@@ -11,8 +11,9 @@ README = pathlib.Path(__file__).parent.parent / 'README.md'
 def test_readme_python_blocks_run():
     blocks = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
     assert blocks
+    namespace: dict = {}  # blocks build on each other, as a reader runs them in order
     for block in blocks:
-        exec(compile(block, str(README), 'exec'), {})
+        exec(compile(block, str(README), 'exec'), namespace)
 
 
 def test_readme_opens_with_the_two_commands():
