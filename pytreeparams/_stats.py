@@ -19,6 +19,7 @@ leaf with Inf reports inf or NaN there); its ``nonfinite`` count is exact.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import jax
@@ -37,15 +38,22 @@ _SMALL = 1 << 16  # CPU-resident leaves up to this size are reduced in stacked b
 _CHUNK = 1 << 18  # elements per float64 chunk of the host path (2 MiB)
 
 
+_NUMERIC: dict[Any, bool] = {}
+
+
 def is_array(x: Any) -> bool:
     """Whether ``x`` is an array-like leaf with a numeric or bool dtype."""
     dtype = getattr(x, 'dtype', None)
     if dtype is None or not hasattr(x, 'shape'):
         return isinstance(x, (bool, int, float, complex, np.generic))
-    try:
-        return bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
-    except TypeError:  # pragma: no cover - exotic dtypes
-        return False
+    hit = _NUMERIC.get(dtype)
+    if hit is None:
+        try:
+            hit = bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
+        except TypeError:  # pragma: no cover - exotic dtypes
+            hit = False
+        _NUMERIC[dtype] = hit
+    return hit
 
 
 def _acc_dtype(dtype: Any) -> Any:
@@ -129,49 +137,104 @@ def host_stats_batch(a: np.ndarray) -> np.ndarray:
         return np.stack([mean, np.sqrt(var), a.min(axis=1), a.max(axis=1), l2, nonfinite, zeros], 1)
 
 
-def host_stats(x: Any) -> np.ndarray:
-    """``leaf_stats`` of one host-resident leaf with NumPy, in one pass over memory.
+def _chunk_to(c: np.ndarray, work: Any) -> np.ndarray:
+    """A chunk in the working dtype; bfloat16 by integer shifts (exact, fast)."""
+    if c.dtype == work:
+        return c
+    if c.dtype.name == 'bfloat16' and work == np.float32:
+        return (c.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return c.astype(work)
 
-    The leaf is read in cache-sized chunks (float32, or float64 for float64
-    leaves); each chunk is shifted by the first element into a reused buffer,
-    summed with a float64 accumulator and dotted with itself (BLAS), so the
-    variance does not cancel for leaves with a large mean; zeros are counted
-    with ``count_nonzero(c == 0)``, min and max on the chunk itself.
-    """
-    a = np.asarray(x).reshape(-1)
-    n = a.size
-    if n <= _SMALL:
-        return host_stats_batch(a.reshape(1, n))[0]
-    if np.iscomplexobj(a):
-        a = np.abs(a)
-    work = np.float64 if a.dtype == np.float64 else np.float32
-    shift = work(a[0])
-    buf = np.empty(min(_CHUNK, n), work)
+
+def _host_partial(a: np.ndarray, lo: int, hi: int, shift: Any, work: Any) -> tuple:
+    """Partial moments of ``a[lo:hi]``: (sum d, sum d^2, min, max, zeros)."""
+    buf = np.empty(min(_CHUNK, hi - lo), work)
+    ones = np.ones_like(buf)
     sd = sdd = 0.0
     mn, mx = np.inf, -np.inf
     zeros = 0
+    for i in range(lo, hi, _CHUNK):
+        c = _chunk_to(a[i : min(i + _CHUNK, hi)], work)
+        zeros += int(np.count_nonzero(c == 0))
+        cmin, cmax = float(c.min()), float(c.max())
+        if mn == mn:  # once NaN, stays NaN
+            mn = cmin if (cmin != cmin or cmin < mn) else mn
+        if mx == mx:
+            mx = cmax if (cmax != cmax or cmax > mx) else mx
+        d = np.subtract(c, shift, out=buf[: c.size])
+        # BLAS dots (several times faster than NumPy's sum); per-chunk totals
+        # are accumulated in float64.
+        sd += float(np.dot(d, ones[: c.size]))
+        sdd += float(np.dot(d, d))
+    return sd, sdd, mn, mx, zeros
+
+
+_POOL: list[Any] = []
+
+
+def _pool() -> Any:
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)))
+    return _POOL[0]
+
+
+def host_stats_many(xs: list[Any]) -> list[np.ndarray]:
+    """``leaf_stats`` of host-resident leaves with NumPy, one pass over memory.
+
+    Each leaf is read in cache-sized chunks (float32, or float64 for float64
+    leaves; bfloat16 widened exactly by integer shifts); each chunk is shifted
+    by the leaf's first element into a reused buffer, summed and dotted with
+    itself by BLAS, chunk totals accumulated in float64, so the variance does not cancel
+    for leaves with a large mean; zeros are counted with
+    ``count_nonzero(c == 0)``, min and max on the chunk itself. The ranges of
+    all leaves go to one thread pool together (NumPy releases the GIL), so
+    every core is busy also on trees of many medium-sized leaves.
+    """
+    tasks: list[tuple[int, Any]] = []
+    meta = []
     with np.errstate(all='ignore'):
-        for i in range(0, n, _CHUNK):
-            c = a[i : i + _CHUNK]
-            if c.dtype != work:
-                c = c.astype(work)
-            zeros += int(np.count_nonzero(c == 0))
-            cmin, cmax = float(c.min()), float(c.max())
-            if mn == mn:  # once NaN, stays NaN
-                mn = cmin if (cmin != cmin or cmin < mn) else mn
-            if mx == mx:
-                mx = cmax if (cmax != cmax or cmax > mx) else mx
-            d = np.subtract(c, shift, out=buf[: c.size])
-            sd += float(d.sum(dtype=np.float64))
-            sdd += float(np.dot(d, d))
-        mean_d = sd / n
-        mean = float(shift) + mean_d
-        var = max(sdd / n - mean_d * mean_d, 0.0) if np.isfinite(sdd) else np.nan
-        nonfinite = 0
-        if not (np.isfinite(sd) and np.isfinite(sdd)):
-            nonfinite = int(np.count_nonzero(~np.isfinite(a)))
-        l2 = np.sqrt(n * (var + mean * mean))
-        return np.array([mean, np.sqrt(var), mn, mx, l2, nonfinite, zeros / n])
+        for j, x in enumerate(xs):
+            a = np.asarray(x).reshape(-1)
+            if np.iscomplexobj(a):
+                a = np.abs(a)
+            work = np.float64 if a.dtype == np.float64 else np.float32
+            shift = _chunk_to(a[:1], work)[0]
+            n = a.size
+            pieces = max(1, min(_pool()._max_workers, n // (4 * _CHUNK)))
+            bounds = [n * k // pieces for k in range(pieces + 1)]
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                tasks.append((j, _pool().submit(_host_partial, a, lo, hi, shift, work)))
+            meta.append((a, n, shift, work))
+        parts: list[list[tuple]] = [[] for _ in xs]
+        for j, fut in tasks:
+            parts[j].append(fut.result())
+        out = []
+        for (a, n, shift, work), ps in zip(meta, parts):
+            sd = sum(p[0] for p in ps)
+            sdd = sum(p[1] for p in ps)
+            mins, maxs = [p[2] for p in ps], [p[3] for p in ps]
+            mn = float('nan') if any(m != m for m in mins) else min(mins)
+            mx = float('nan') if any(m != m for m in maxs) else max(maxs)
+            zeros = sum(p[4] for p in ps)
+            mean_d = sd / n
+            mean = float(shift) + mean_d
+            var = max(sdd / n - mean_d * mean_d, 0.0) if np.isfinite(sdd) else np.nan
+            nonfinite = 0
+            if not (np.isfinite(sd) and np.isfinite(sdd)):
+                nonfinite = int(np.count_nonzero(~np.isfinite(_chunk_to(a, work))))
+            l2 = np.sqrt(n * (var + mean * mean))
+            out.append(np.array([mean, np.sqrt(var), mn, mx, l2, nonfinite, zeros / n]))
+        return out
+
+
+def host_stats(x: Any) -> np.ndarray:
+    """``leaf_stats`` of one host-resident leaf with NumPy (see ``host_stats_many``)."""
+    a = np.asarray(x).reshape(-1)
+    if a.size <= _SMALL:
+        return host_stats_batch(a.reshape(1, a.size))[0]
+    return host_stats_many([a])[0]
 
 
 @jax.jit
@@ -184,11 +247,21 @@ def _is_sharded(x: Any) -> bool:
     return sharding is not None and len(sharding.device_set) > 1
 
 
+_HOST_SHARDING: dict[Any, bool] = {}
+
+
 def _on_host(x: Any) -> bool:
+    """Whether ``x`` lives in host memory on one device (NumPy can read it in place)."""
     if isinstance(x, (np.ndarray, np.generic, bool, int, float, complex)):
         return True
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
-        return not _is_sharded(x) and all(d.platform == 'cpu' for d in x.devices())
+        sharding = x.sharding
+        hit = _HOST_SHARDING.get(sharding)
+        if hit is None:
+            devices = sharding.device_set
+            hit = len(devices) == 1 and all(d.platform == 'cpu' for d in devices)
+            _HOST_SHARDING[sharding] = hit
+        return hit
     return False
 
 
@@ -206,6 +279,7 @@ def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
     out: list[Any] = [None] * len(leaves)
     pending: list[tuple[int, jax.Array]] = []
     batches: dict[tuple[int, Any], list[int]] = {}
+    large: list[int] = []
     for i, x in enumerate(leaves):
         if not is_array(x) or isinstance(x, jax.ShapeDtypeStruct):
             continue
@@ -213,10 +287,12 @@ def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
         if not _on_host(x):
             pending.append((i, _leaf_kernel(x)))
         elif size <= _SMALL:
-            dtype = np.dtype(getattr(x, 'dtype', None) or np.asarray(x).dtype)
+            dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
             batches.setdefault((size, dtype), []).append(i)
         else:
-            out[i] = host_stats(x)
+            large.append(i)
+    for i, row in zip(large, host_stats_many([leaves[i] for i in large])):
+        out[i] = row
     for (size, _), idx in batches.items():
         rows_per_chunk = max(1, _CHUNK // max(size, 1))
         for start in range(0, len(idx), rows_per_chunk):

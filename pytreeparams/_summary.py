@@ -86,6 +86,18 @@ def _sharding_str(x: Any) -> str | None:
     return f'{spec} on {n} devices' if spec is not None else f'{type(s).__name__} ({n})'
 
 
+_DTYPE_NAMES: dict[Any, tuple[str, int]] = {}
+
+
+def _dtype_info(dtype: Any) -> tuple[str, int]:
+    """(name, itemsize) of a dtype, cached (``np.dtype.name`` is slow)."""
+    info = _DTYPE_NAMES.get(dtype)
+    if info is None:
+        d = np.dtype(dtype)
+        info = _DTYPE_NAMES[dtype] = (d.name, d.itemsize)
+    return info
+
+
 def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
     stats: dict[str, Any] = {}
     if st is not None:
@@ -96,11 +108,9 @@ def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: st
     shard = _sharding_str(x) if sharding else None
     if is_array(x):
         shape = tuple(int(d) for d in np.shape(x))
-        dtype = np.dtype(getattr(x, 'dtype', None) or np.asarray(x).dtype)
+        name, itemsize = _dtype_info(getattr(x, 'dtype', None) or np.asarray(x).dtype)
         size = math.prod(shape)
-        return Row(
-            path, shape, dtype.name, size, size * dtype.itemsize, sharding=shard, note=note, **stats
-        )
+        return Row(path, shape, name, size, size * itemsize, sharding=shard, note=note, **stats)
     return Row(path, None, describe(x), 0, 0, sharding=shard, note=note, **stats)
 
 
