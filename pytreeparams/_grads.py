@@ -22,7 +22,7 @@ from flax import struct
 from jax import lax
 
 from ._errors import NonFiniteError, StructureError
-from ._paths import _flatten, _quote_list, compile_pattern, unbox
+from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox
 from ._stats import _upcast, eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
@@ -137,8 +137,9 @@ class GradStats:
 def _leaf_lists(tree: PyTree, what: str, paths_ref: tuple[str, ...] | None = None):
     leaves, _, paths_ = _flatten(tree)
     if paths_ref is not None and paths_ != paths_ref:
-        missing = [p for p in paths_ref if p not in set(paths_)]
-        extra = [p for p in paths_ if p not in set(paths_ref)]
+        have, want = set(paths_), set(paths_ref)
+        missing = [p for p in paths_ref if p not in have]
+        extra = [p for p in paths_ if p not in want]
         raise StructureError(
             f'grad_stats: `{what}` does not match the gradients: missing '
             f'{_quote_list(missing) or "none"}; unexpected {_quote_list(extra) or "none"}'
@@ -383,7 +384,7 @@ def assert_finite(tree: PyTree) -> None:
     """
     bad = _nonfinite_counts(tree)
     if bad:
-        sizes = {p: math.prod(np.shape(x)) for p, x in zip(_flatten(tree)[2], _flatten(tree)[0])}
+        sizes = {p: math.prod(np.shape(x)) for p, x in flatten(tree).items()}
         parts = [f'{p!r} ({n} of {sizes[p]} values)' for p, n in bad[:12]]
         more = f', ... ({len(bad) - 12} more)' if len(bad) > 12 else ''
         noun = 'leaf holds' if len(bad) == 1 else 'leaves hold'

@@ -22,7 +22,7 @@ import numpy as np
 from flax.core import FrozenDict
 
 from ._errors import FormatError, StructureError
-from ._paths import _children, _flatten, describe, unbox, unflatten
+from ._paths import _children, _flatten, describe, flatten, unbox, unflatten
 from ._typing import PyTree
 
 __all__ = ['load', 'save']
@@ -370,8 +370,7 @@ def _validate_state(node: Any, path: str, depth: int) -> None:
 def _save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
     import orbax.checkpoint as ocp
 
-    for p, x in zip(_flatten(tree)[2], _flatten(tree)[0]):
-        x = unbox(x)
+    for p, x in flatten(tree).items():
         if not (hasattr(x, 'dtype') or isinstance(x, (bool, int, float))):
             raise ValueError(
                 f'save: {p!r} holds a {type(x).__name__}, which an Orbax checkpoint cannot '
@@ -485,10 +484,11 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
 
 
 def _check_like(loaded: PyTree, like: PyTree, path: str) -> PyTree:
-    flat = _flatten_loose(loaded)
+    flat = flatten(loaded)
     like_leaves, _, like_paths = _flatten(like)
     missing = [p for p in like_paths if p not in flat]
-    unexpected = [p for p in flat if p not in set(like_paths)]
+    known = set(like_paths)
+    unexpected = [p for p in flat if p not in known]
     bad = []
     for p, x in zip(like_paths, like_leaves):
         x = unbox(x)
@@ -522,11 +522,6 @@ def _check_like(loaded: PyTree, like: PyTree, path: str) -> PyTree:
             y = jax.numpy.asarray(y)
         out[p] = y
     return unflatten(out, like=like)
-
-
-def _flatten_loose(tree: PyTree) -> dict[str, Any]:
-    leaves, _, paths_ = _flatten(tree)
-    return {p: unbox(x) for p, x in zip(paths_, leaves)}
 
 
 def load(path: str | os.PathLike[str], like: PyTree = None) -> PyTree:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._paths import _flatten, compile_pattern, describe, no_match_message, unbox
+from ._paths import _flatten, compile_pattern, describe, flatten, no_match_message, unbox
 from ._stats import STAT_NAMES, eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
@@ -536,8 +536,7 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
       >>> r.only_a, r.only_b, r.rel_change
       (('b',), ('c',), {'w': 0.5})
     """
-    fa = {p: unbox(x) for p, x in zip(_flatten(a)[2], _flatten(a)[0])}
-    fb = {p: unbox(x) for p, x in zip(_flatten(b)[2], _flatten(b)[0])}
+    fa, fb = flatten(a), flatten(b)
     only_a = tuple(p for p in fa if p not in fb)
     only_b = tuple(p for p in fb if p not in fa)
     changed: dict[str, tuple[str, str]] = {}
