@@ -359,3 +359,31 @@ def test_orbax_sharded_restore_on_8_devices(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
+
+
+def test_nnx_state_and_partitioned_boxes_round_trip(tmp_path):
+    import flax.linen as nn
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l0 = nnx.Linear(4, 3, rngs=rngs)
+            self.bn = nnx.BatchNorm(3, rngs=rngs)
+
+    state = nnx.state(Net(nnx.Rngs(0)))
+    path = tmp_path / 's.safetensors'
+    ptp.save(path, state)
+    back = ptp.load(path, like=state)
+    assert type(back) is type(state) and isinstance(back['l0']['kernel'], nnx.Param)
+    assert_bit_exact(back, state)
+
+    class M(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            init = nn.with_partitioning(nn.initializers.ones, (None, 'model'))
+            return nn.Dense(3, kernel_init=init)(x)
+
+    v = M().init(jax.random.key(0), jnp.ones((1, 2)))
+    ptp.save(path, v)
+    box = ptp.load(path, like=v)['params']['Dense_0']['kernel']
+    assert isinstance(box, nn.Partitioned) and box.names == (None, 'model')

@@ -292,3 +292,16 @@ def test_sharded_summary_on_8_devices():
             np.testing.assert_allclose(jitted[i], plain[name], rtol=1e-5, atol=1e-6)
     assert "P('data', 'model') on 8 devices" in out['sharding']
     assert 'sharding' in out['text']
+
+
+def test_summary_of_nnx_state_groups_modules():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l0 = nnx.Linear(4, 3, rngs=rngs)
+            self.bn = nnx.BatchNorm(3, rngs=rngs)
+
+    s = ptp.summary(nnx.state(Net(nnx.Rngs(0))), depth=1)
+    assert {g.path: g.size for g in s.groups} == {'bn': 12, 'l0': 15}
+    assert s.totals.size == 27 and s.totals.nbytes == 108
