@@ -45,6 +45,12 @@ def torch_cnn():
     )
 
 
+def run_torch(module, x: np.ndarray) -> np.ndarray:
+    """The eval-mode output of a torch module on a NumPy input."""
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
 def test_mlp_flax_to_torch_and_back():
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     net = flax_mlp()
@@ -53,15 +59,13 @@ def test_mlp_flax_to_torch_and_back():
     tm = torch_mlp().eval()
     assert set(sd) == set(tm.state_dict())
     tm.load_state_dict(sd)
-    with torch.no_grad():
-        out_t = tm(torch.from_numpy(x)).numpy()
+    out_t = run_torch(tm, x)
     np.testing.assert_allclose(out_t, np.asarray(net.apply(v, x)), atol=1e-5)
 
     tm2 = torch_mlp().eval()
     back, report = ptp.from_torch_state_dict(tm2.state_dict(), like=v)
     assert report.ok
-    with torch.no_grad():
-        ref = tm2(torch.from_numpy(x)).numpy()
+    ref = run_torch(tm2, x)
     np.testing.assert_allclose(np.asarray(net.apply(back, x)), ref, atol=1e-5)
 
 
@@ -89,16 +93,14 @@ def test_cnn_with_batchnorm_both_ways():
     tm = torch_cnn().eval()
     assert set(sd) == set(tm.state_dict())
     tm.load_state_dict(sd)
-    with torch.no_grad():
-        out_t = tm(torch.from_numpy(x_nchw)).numpy()
+    out_t = run_torch(tm, x_nchw)
     np.testing.assert_allclose(out_t, np.asarray(net.apply(v, x_nhwc)), atol=1e-5)
 
     tm2 = torch_cnn().eval()
     _randomize_bn(tm2)
     back, report = ptp.from_torch_state_dict(tm2.state_dict(), like=v)
     assert report.ok and report.unexpected == ()
-    with torch.no_grad():
-        ref = tm2(torch.from_numpy(x_nchw)).numpy()
+    ref = run_torch(tm2, x_nchw)
     np.testing.assert_allclose(np.asarray(net.apply(back, x_nhwc)), ref, atol=1e-5)
 
 
@@ -140,5 +142,4 @@ def test_saved_file_runs_in_pytorch(tmp_path):
     sd = {k.replace('/', '.'): t for k, t in load_file(path).items()}
     tm = torch_mlp().eval()
     tm.load_state_dict(sd)
-    with torch.no_grad():
-        np.testing.assert_allclose(tm(torch.from_numpy(x)).numpy(), net.apply(v, x), atol=1e-5)
+    np.testing.assert_allclose(run_torch(tm, x), net.apply(v, x), atol=1e-5)
