@@ -229,22 +229,9 @@ def host_stats_many(xs: list[Any]) -> list[np.ndarray]:
         return out
 
 
-def host_stats(x: Any) -> np.ndarray:
-    """``leaf_stats`` of one host-resident leaf with NumPy (see ``host_stats_many``)."""
-    a = np.asarray(x).reshape(-1)
-    if a.size <= _SMALL:
-        return host_stats_batch(a.reshape(1, a.size))[0]
-    return host_stats_many([a])[0]
-
-
 @jax.jit
 def _leaf_kernel(x: jax.Array) -> jax.Array:
     return leaf_stats(x)
-
-
-def _is_sharded(x: Any) -> bool:
-    sharding = getattr(x, 'sharding', None)
-    return sharding is not None and len(sharding.device_set) > 1
 
 
 _HOST_SHARDING: dict[Any, bool] = {}
