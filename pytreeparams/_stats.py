@@ -229,6 +229,145 @@ def host_stats_many(xs: list[Any]) -> list[np.ndarray]:
         return out
 
 
+try:  # the optional one-pass C kernel (setup.py); NumPy does the work without it
+    from . import _native
+except ImportError:  # pragma: no cover - built without a C compiler
+    _native = None
+
+_NATIVE_KINDS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(jnp.bfloat16): 2}
+_PIECE = 1 << 20  # elements: a tree smaller than workers * _PIECE uses fewer threads
+
+
+def _native_view(x: Any) -> tuple[np.ndarray, int]:
+    """``x`` as a flat contiguous host array of a kind the C kernel reads."""
+    a = np.asarray(x).reshape(-1)
+    kind = _NATIVE_KINDS.get(a.dtype)
+    if kind is None:
+        if np.iscomplexobj(a):
+            a = np.abs(a)
+        elif a.dtype == np.float16:
+            a = a.astype(np.float32)
+        if a.dtype not in _NATIVE_KINDS:  # ints and bools: exact in float64
+            a = a.astype(np.float64)
+        kind = _NATIVE_KINDS[a.dtype]
+    if not a.flags.c_contiguous:  # pragma: no cover - reshape(-1) copies these
+        a = np.ascontiguousarray(a)
+    return a, kind
+
+
+def _segment(x: Any) -> tuple[Any, int, int, int, int]:
+    """(keep-alive object, address, size, itemsize, kind) of one host leaf.
+
+    A jax array on one CPU device is read in place through its buffer pointer
+    (dense on CPU; the statistics do not depend on the element order), which
+    costs a fraction of ``np.asarray``; anything else goes through NumPy.
+    """
+    if type(x).__name__ == 'ArrayImpl' and isinstance(x, jax.Array):
+        kind = _NATIVE_KINDS.get(x.dtype)
+        if kind is not None:
+            return x, x.unsafe_buffer_pointer(), math.prod(x.shape), x.dtype.itemsize, kind
+    a, kind = _native_view(x)
+    return a, a.ctypes.data, a.size, a.itemsize, kind
+
+
+def native_stats_many(xs: list[Any], workers: int | None = None) -> list[np.ndarray]:
+    """``leaf_stats`` of host-resident leaves with the one-pass C kernel.
+
+    Every leaf is read once: the kernel sums ``x - x[0]`` and its square in
+    float32 lanes (float64 for float64 leaves; bfloat16 widened exactly),
+    adds block totals in float64, and takes min, max and the zero and
+    non-finite counts in the same pass. Large leaves are cut into pieces so
+    that ``workers`` threads get equal shares (the kernel releases the GIL);
+    pieces are combined with NumPy. Leaves with non-finite values get min and
+    max again from NumPy, so that NaN propagates there as in ``leaf_stats``.
+
+    Args:
+      xs: Host arrays or scalars (NumPy, or jax arrays on one CPU device).
+      workers: Threads to use; by default one per core (at most 8).
+
+    Returns:
+      One float64 ``STAT_NAMES`` row per leaf.
+    """
+    jax.block_until_ready([x for x in xs if isinstance(x, jax.Array)])  # pointers need data
+    segs = [_segment(x) for x in xs]
+    total = sum(sg[2] for sg in segs)
+    if workers is None:
+        workers = _pool()._max_workers
+    workers = max(1, min(workers, total // _PIECE))
+    per = -(-total // workers) if total else 1
+    addrs: list[int] = []
+    sizes: list[int] = []
+    kinds: list[int] = []
+    shifts: list[float] = []
+    first: list[int] = []
+    cuts = [0]  # segment index where each worker's share ends
+    budget = per
+    for keep, base, n, itemsize, kind in segs:
+        first.append(len(sizes))
+        if n <= budget:  # the common case: the whole leaf in one segment
+            addrs.append(base)
+            sizes.append(n)
+            kinds.append(kind)
+            shifts.append(np.nan)  # the kernel shifts by the first element
+            budget -= n
+        else:  # split over workers, all pieces shifted by the leaf's first element
+            shift = float(np.asarray(keep).reshape(-1)[0])
+            lo = 0
+            while lo < n:
+                take = min(n - lo, budget)
+                addrs.append(base + lo * itemsize)
+                sizes.append(take)
+                kinds.append(kind)
+                shifts.append(shift)
+                lo += take
+                budget -= take
+                if budget == 0:
+                    if len(cuts) < workers:
+                        cuts.append(len(sizes))
+                    budget = per
+            continue
+        if budget == 0:
+            if len(cuts) < workers:
+                cuts.append(len(sizes))
+            budget = per
+    cuts.append(len(sizes))
+    k = len(sizes)
+    out = np.empty((k, 7))
+    cols = [np.asarray(addrs, np.int64), np.asarray(sizes, np.int64)]
+    cols += [np.asarray(kinds, np.int64), np.asarray(shifts, np.float64)]
+    ptrs = [c.ctypes.data for c in cols]
+
+    def run(lo: int, hi: int) -> None:
+        _native.moments(out.ctypes.data + 56 * lo, *(p + 8 * lo for p in ptrs), hi - lo)
+
+    spans = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+    futures = [_pool().submit(run, lo, hi) for lo, hi in spans[1:]]
+    if spans:
+        run(*spans[0])
+    for f in futures:
+        f.result()
+    if not segs:
+        return []
+    starts = np.asarray(first, np.intp)
+    n = np.asarray([sg[2] for sg in segs], np.float64)
+    with np.errstate(all='ignore'):
+        sd, sdd, zeros, nonfinite = (np.add.reduceat(out[:, j], starts) for j in (0, 1, 4, 5))
+        mn = np.minimum.reduceat(out[:, 2], starts)
+        mx = np.maximum.reduceat(out[:, 3], starts)
+        mean_d = sd / n
+        mean = out[starts, 6] + mean_d
+        var = np.maximum(sdd / n - mean_d * mean_d, 0.0)
+        var[~np.isfinite(sdd)] = np.nan
+        l2 = np.sqrt(n * (var + mean * mean))
+        table = np.stack([mean, np.sqrt(var), mn, mx, l2, nonfinite, zeros / n], 1)
+        for i in np.flatnonzero(nonfinite):  # NaN propagates through min and max
+            a = _native_view(segs[i][0])[0]
+            table[i, 2:4] = np.min(a), np.max(a)
+        for i in np.flatnonzero(n == 0):
+            table[i] = [np.nan] * 5 + [0.0, np.nan]
+    return list(table)
+
+
 @jax.jit
 def _leaf_kernel(x: jax.Array) -> jax.Array:
     return leaf_stats(x)
@@ -255,10 +394,11 @@ def _on_host(x: Any) -> bool:
 def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
     """Statistics of concrete leaves, each computed where it lives.
 
-    CPU-resident leaves (on a CPU backend the host is their device) use NumPy
-    with no compilation, so the first call is as fast as the next: small leaves
-    of one size and dtype are stacked and reduced together, large ones are
-    read once in cache-sized float64 chunks. Leaves on an accelerator use one
+    CPU-resident leaves (on a CPU backend the host is their device) need no
+    compilation, so the first call is as fast as the next: they are read once
+    by the one-pass C kernel (``native_stats_many``), or, where the package was
+    built without it, by NumPy (small leaves of one size and dtype stacked and
+    reduced together, large ones in cache-sized chunks). Leaves on an accelerator use one
     jitted kernel per shape and dtype, shared by all leaves alike, fetched in
     one transfer; sharded arrays use reductions that
     run on each shard and combine only scalars. Non-array leaves give None.
@@ -267,17 +407,25 @@ def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
     pending: list[tuple[int, jax.Array]] = []
     batches: dict[tuple[int, Any], list[int]] = {}
     large: list[int] = []
+    native: list[int] = []
     for i, x in enumerate(leaves):
         if not is_array(x) or isinstance(x, jax.ShapeDtypeStruct):
             continue
-        size = math.prod(np.shape(x))
         if not _on_host(x):
             pending.append((i, _leaf_kernel(x)))
-        elif size <= _SMALL:
+            continue
+        if _native is not None:
+            native.append(i)
+            continue
+        size = math.prod(np.shape(x))
+        if size <= _SMALL:
             dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
             batches.setdefault((size, dtype), []).append(i)
         else:
             large.append(i)
+    if native:
+        for i, row in zip(native, native_stats_many([leaves[i] for i in native])):
+            out[i] = row
     for i, row in zip(large, host_stats_many([leaves[i] for i in large])):
         out[i] = row
     for (size, _), idx in batches.items():

@@ -98,20 +98,37 @@ def _dtype_info(dtype: Any) -> tuple[str, int]:
     return info
 
 
+_FIELDS = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
+
+
 def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
-    stats: dict[str, Any] = {}
-    if st is not None:
-        mean, std, mn, mx, l2, nonfinite, zero_frac = st.tolist()
-        stats = dict(
-            mean=mean, std=std, min=mn, max=mx, l2=l2, nonfinite=int(nonfinite), zero_frac=zero_frac
-        )
-    shard = _sharding_str(x) if sharding else None
-    if is_array(x):
-        shape = tuple(int(d) for d in np.shape(x))
-        name, itemsize = _dtype_info(getattr(x, 'dtype', None) or np.asarray(x).dtype)
+    shape = getattr(x, 'shape', None)
+    if shape is not None and is_array(x):
+        shape = tuple(map(int, shape))
+        name, itemsize = _dtype_info(x.dtype)
         size = math.prod(shape)
-        return Row(path, shape, name, size, size * itemsize, sharding=shard, note=note, **stats)
-    return Row(path, None, describe(x), 0, 0, sharding=shard, note=note, **stats)
+        fields = dict(path=path, shape=shape, dtype=name, size=size, nbytes=size * itemsize)
+    elif is_array(x):  # Python scalars
+        name, itemsize = _dtype_info(np.asarray(x).dtype)
+        fields = dict(path=path, shape=(), dtype=name, size=1, nbytes=itemsize)
+    else:
+        fields = dict(path=path, shape=None, dtype=describe(x), size=0, nbytes=0)
+    if st is not None:
+        fields.update(zip(_FIELDS, st.tolist()))
+        fields['nonfinite'] = int(fields['nonfinite'])
+    if sharding:
+        fields['sharding'] = _sharding_str(x)
+    if note:
+        fields['note'] = note
+    return _make_row(fields)
+
+
+def _make_row(fields: dict[str, Any]) -> Row:
+    """``Row(**fields)`` without the frozen dataclass's per-field ``__setattr__``."""
+    row = object.__new__(Row)
+    row.__dict__.update(_ROW_DEFAULTS)
+    row.__dict__.update(fields)
+    return row
 
 
 def combine_rows(path: str, rows: Sequence[Row]) -> Row:
@@ -151,6 +168,11 @@ def combine_rows(path: str, rows: Sequence[Row]) -> Row:
         nonfinite=sum(r.nonfinite or 0 for r in with_stats),
         zero_frac=zeros,
     )
+
+
+_ROW_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(Row) if f.default is not dataclasses.MISSING
+}
 
 
 def _fmt_int(n: int) -> str:

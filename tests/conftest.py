@@ -29,6 +29,19 @@ def maybe_jit(request):
     return (lambda f: f) if request.param == 'eager' else jax.jit
 
 
+@pytest.fixture(params=['native', 'numpy'])
+def host_path(request, monkeypatch):
+    """Runs the host statistics with the C kernel and with the NumPy fallback."""
+    from pytreeparams import _stats
+
+    if request.param == 'native':
+        if _stats._native is None:
+            pytest.skip('built without the C kernel')
+    else:
+        monkeypatch.setattr(_stats, '_native', None)
+    return request.param
+
+
 @pytest.fixture
 def mlp_params():
     """The D2L MLP's params: Dense(8), relu, Dense(1) on a (2, 4) input."""

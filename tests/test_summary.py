@@ -85,7 +85,7 @@ def test_resnet_like_subtotals_match_recomputation():
 @pytest.mark.parametrize(
     'dtype', ['float32', 'float16', 'bfloat16', 'int8', 'int32', 'uint8', 'bool', 'float64']
 )
-def test_stats_every_dtype_against_float64_reference(dtype, maybe_jit):
+def test_stats_every_dtype_against_float64_reference(dtype, maybe_jit, host_path):
     rng = np.random.default_rng(0)
     if dtype == 'bool':
         x = rng.random(5000) < 0.3
@@ -111,7 +111,7 @@ def test_stats_every_dtype_against_float64_reference(dtype, maybe_jit):
             np.testing.assert_allclose(getattr(r, name), ref2[name], rtol=1e-3, atol=1e-6)
 
 
-def test_bfloat16_std_within_1e3_of_float64():
+def test_bfloat16_std_within_1e3_of_float64(host_path):
     x = jnp.asarray(
         (1.0 + 0.02 * np.random.default_rng(1).standard_normal(1 << 18)).astype(jnp.bfloat16)
     )
@@ -121,7 +121,7 @@ def test_bfloat16_std_within_1e3_of_float64():
     assert abs(row.mean - ref.mean()) / abs(ref.mean()) < 1e-6
 
 
-def test_nan_and_inf_planted():
+def test_nan_and_inf_planted(host_path):
     x = np.ones(2048, np.float32)
     x[[3, 100]] = np.nan
     x[7] = np.inf
