@@ -18,7 +18,9 @@
 #include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
-#define PTP_CLONES __attribute__((target_clones("avx2", "default")))
+/* AVX-512, AVX2 and baseline x86-64 versions, picked at load time */
+#define PTP_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PTP_CLONES
 #endif
@@ -68,9 +70,9 @@ static inline float bf16_to_f32(uint16_t h) {
                 uint32_t u = LOAD(i + j);                                      \
                 float v;                                                       \
                 memcpy(&v, &u, 4);                                             \
-                uint32_t m = u & 0x7fffffffu;                                  \
+                int32_t m = (int32_t)(u & 0x7fffffffu);                        \
                 z[j] += (m == 0);                                              \
-                nf[j] += (m >= 0x7f800000u);                                   \
+                nf[j] += (m > 0x7f7fffff);                                     \
                 float d = v - shift;                                           \
                 s[j] += d;                                                     \
                 ss[j] += d * d;                                                \
@@ -82,9 +84,9 @@ static inline float bf16_to_f32(uint16_t h) {
             uint32_t u = LOAD(i);                                              \
             float v;                                                           \
             memcpy(&v, &u, 4);                                                 \
-            uint32_t m = u & 0x7fffffffu;                                      \
+            int32_t m = (int32_t)(u & 0x7fffffffu);                            \
             z[j] += (m == 0);                                                  \
-            nf[j] += (m >= 0x7f800000u);                                       \
+            nf[j] += (m > 0x7f7fffff);                                         \
             float d = v - shift;                                               \
             s[j] += d;                                                         \
             ss[j] += d * d;                                                    \
@@ -140,9 +142,9 @@ static void moments_f64(const uint64_t *x, Py_ssize_t n, double shift, double *o
                 uint64_t u = x[i + j];
                 double v;
                 memcpy(&v, &u, 8);
-                uint64_t m = u & 0x7fffffffffffffffull;
+                int64_t m = (int64_t)(u & 0x7fffffffffffffffull);
                 z[j] += (m == 0);
-                nf[j] += (m >= 0x7ff0000000000000ull);
+                nf[j] += (m > 0x7fefffffffffffffll);
                 double d = v - shift;
                 s[j] += d;
                 ss[j] += d * d;
@@ -154,9 +156,9 @@ static void moments_f64(const uint64_t *x, Py_ssize_t n, double shift, double *o
             uint64_t u = x[i];
             double v;
             memcpy(&v, &u, 8);
-            uint64_t m = u & 0x7fffffffffffffffull;
+            int64_t m = (int64_t)(u & 0x7fffffffffffffffull);
             z[j] += (m == 0);
-            nf[j] += (m >= 0x7ff0000000000000ull);
+            nf[j] += (m > 0x7fefffffffffffffll);
             double d = v - shift;
             s[j] += d;
             ss[j] += d * d;
