@@ -47,54 +47,47 @@ static inline float bf16_to_f32(uint16_t h) {
     return v;
 }
 
-#define L32 16
+/* One element: LOAD(k) gives its bits (type BITS); FT is the float type the
+ * bits are read as, IT the signed integer type of the same width, MASK
+ * clears the sign bit, and values above FINITE_MAX are Inf or NaN. */
+#define STEP(k, j)                                                             \
+    {                                                                          \
+        BITS u = LOAD(k);                                                      \
+        FT v;                                                                  \
+        memcpy(&v, &u, sizeof v);                                              \
+        IT m = (IT)(u & MASK);                                                 \
+        z[j] += (m == 0);                                                      \
+        nf[j] += (m > FINITE_MAX);                                             \
+        FT d = v - shift;                                                      \
+        s[j] += d;                                                             \
+        ss[j] += d * d;                                                        \
+        mn[j] = v < mn[j] ? v : mn[j];                                         \
+        mx[j] = v > mx[j] ? v : mx[j];                                         \
+    }
 
-/* The float32 loop body, shared by float32 and bfloat16 buffers: LOAD(i)
- * gives the bits of element i as uint32. */
-#define F32_KERNEL(LOAD)                                                       \
+/* The whole loop: LANES independent accumulators per block of BLOCK
+ * elements, block totals added in float64 into out. */
+#define KERNEL(LANES)                                                          \
     for (Py_ssize_t b = 0; b < n; b += BLOCK) {                                \
         Py_ssize_t e = n - b < BLOCK ? n : b + BLOCK;                          \
-        float s[L32], ss[L32], mn[L32], mx[L32];                               \
-        int32_t z[L32], nf[L32];                                               \
-        for (int j = 0; j < L32; j++) {                                        \
-            s[j] = 0.0f;                                                       \
-            ss[j] = 0.0f;                                                      \
-            mn[j] = __builtin_inff();                                          \
-            mx[j] = -__builtin_inff();                                         \
+        FT s[LANES], ss[LANES], mn[LANES], mx[LANES];                          \
+        int32_t z[LANES], nf[LANES];                                           \
+        for (int j = 0; j < LANES; j++) {                                      \
+            s[j] = 0;                                                          \
+            ss[j] = 0;                                                         \
+            mn[j] = (FT)__builtin_inf();                                       \
+            mx[j] = -(FT)__builtin_inf();                                      \
             z[j] = 0;                                                          \
             nf[j] = 0;                                                         \
         }                                                                      \
         Py_ssize_t i = b;                                                      \
-        for (; i + L32 <= e; i += L32) {                                       \
-            for (int j = 0; j < L32; j++) {                                    \
-                uint32_t u = LOAD(i + j);                                      \
-                float v;                                                       \
-                memcpy(&v, &u, 4);                                             \
-                int32_t m = (int32_t)(u & 0x7fffffffu);                        \
-                z[j] += (m == 0);                                              \
-                nf[j] += (m > 0x7f7fffff);                                     \
-                float d = v - shift;                                           \
-                s[j] += d;                                                     \
-                ss[j] += d * d;                                                \
-                mn[j] = v < mn[j] ? v : mn[j];                                 \
-                mx[j] = v > mx[j] ? v : mx[j];                                 \
-            }                                                                  \
-        }                                                                      \
-        for (int j = 0; i < e; i++, j++) {                                     \
-            uint32_t u = LOAD(i);                                              \
-            float v;                                                           \
-            memcpy(&v, &u, 4);                                                 \
-            int32_t m = (int32_t)(u & 0x7fffffffu);                            \
-            z[j] += (m == 0);                                                  \
-            nf[j] += (m > 0x7f7fffff);                                         \
-            float d = v - shift;                                               \
-            s[j] += d;                                                         \
-            ss[j] += d * d;                                                    \
-            mn[j] = v < mn[j] ? v : mn[j];                                     \
-            mx[j] = v > mx[j] ? v : mx[j];                                     \
-        }                                                                      \
+        for (; i + LANES <= e; i += LANES)                                     \
+            for (int j = 0; j < LANES; j++)                                    \
+                STEP(i + j, j)                                                 \
+        for (int j = 0; i < e; i++, j++)                                       \
+            STEP(i, j)                                                         \
         double bs = 0.0, bss = 0.0;                                            \
-        for (int j = 0; j < L32; j++) {                                        \
+        for (int j = 0; j < LANES; j++) {                                      \
             bs += s[j];                                                        \
             bss += ss[j];                                                      \
             if (mn[j] < out[2]) out[2] = mn[j];                                \
@@ -106,74 +99,42 @@ static inline float bf16_to_f32(uint16_t h) {
         out[1] += bss;                                                         \
     }
 
+#define FT float
+#define IT int32_t
+#define BITS uint32_t
+#define MASK 0x7fffffffu
+#define FINITE_MAX 0x7f7fffff
+
 PTP_CLONES
 static void moments_f32(const uint32_t *x, Py_ssize_t n, float shift, double *out) {
-#define LOAD_F32(k) (x[(k)])
-    F32_KERNEL(LOAD_F32)
-#undef LOAD_F32
+#define LOAD(k) (x[(k)])
+    KERNEL(16)
+#undef LOAD
 }
 
 PTP_CLONES
 static void moments_bf16(const uint16_t *x, Py_ssize_t n, float shift, double *out) {
-#define LOAD_BF16(k) (((uint32_t)x[(k)]) << 16)
-    F32_KERNEL(LOAD_BF16)
-#undef LOAD_BF16
+#define LOAD(k) (((uint32_t)x[(k)]) << 16)
+    KERNEL(16)
+#undef LOAD
 }
 
-#define L64 8
+#undef FT
+#undef IT
+#undef BITS
+#undef MASK
+#undef FINITE_MAX
+#define FT double
+#define IT int64_t
+#define BITS uint64_t
+#define MASK 0x7fffffffffffffffull
+#define FINITE_MAX 0x7fefffffffffffffll
 
 PTP_CLONES
 static void moments_f64(const uint64_t *x, Py_ssize_t n, double shift, double *out) {
-    for (Py_ssize_t b = 0; b < n; b += BLOCK) {
-        Py_ssize_t e = n - b < BLOCK ? n : b + BLOCK;
-        double s[L64], ss[L64], mn[L64], mx[L64];
-        int64_t z[L64], nf[L64];
-        for (int j = 0; j < L64; j++) {
-            s[j] = 0.0;
-            ss[j] = 0.0;
-            mn[j] = __builtin_inf();
-            mx[j] = -__builtin_inf();
-            z[j] = 0;
-            nf[j] = 0;
-        }
-        Py_ssize_t i = b;
-        for (; i + L64 <= e; i += L64) {
-            for (int j = 0; j < L64; j++) {
-                uint64_t u = x[i + j];
-                double v;
-                memcpy(&v, &u, 8);
-                int64_t m = (int64_t)(u & 0x7fffffffffffffffull);
-                z[j] += (m == 0);
-                nf[j] += (m > 0x7fefffffffffffffll);
-                double d = v - shift;
-                s[j] += d;
-                ss[j] += d * d;
-                mn[j] = v < mn[j] ? v : mn[j];
-                mx[j] = v > mx[j] ? v : mx[j];
-            }
-        }
-        for (int j = 0; i < e; i++, j++) {
-            uint64_t u = x[i];
-            double v;
-            memcpy(&v, &u, 8);
-            int64_t m = (int64_t)(u & 0x7fffffffffffffffull);
-            z[j] += (m == 0);
-            nf[j] += (m > 0x7fefffffffffffffll);
-            double d = v - shift;
-            s[j] += d;
-            ss[j] += d * d;
-            mn[j] = v < mn[j] ? v : mn[j];
-            mx[j] = v > mx[j] ? v : mx[j];
-        }
-        for (int j = 0; j < L64; j++) {
-            out[0] += s[j];
-            out[1] += ss[j];
-            if (mn[j] < out[2]) out[2] = mn[j];
-            if (mx[j] > out[3]) out[3] = mx[j];
-            out[4] += (double)z[j];
-            out[5] += (double)nf[j];
-        }
-    }
+#define LOAD(k) (x[(k)])
+    KERNEL(8)
+#undef LOAD
 }
 
 /* moments(out, addrs, sizes, kinds, shifts, k): for each of k segments,
