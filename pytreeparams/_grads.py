@@ -22,7 +22,7 @@ from flax import struct
 from jax import lax
 
 from ._errors import NonFiniteError, StructureError
-from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox
+from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox_all
 from ._stats import _upcast, eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
@@ -144,7 +144,7 @@ def _leaf_lists(tree: PyTree, what: str, paths_ref: tuple[str, ...] | None = Non
             f'grad_stats: `{what}` does not match the gradients: missing '
             f'{_quote_list(missing) or "none"}; unexpected {_quote_list(extra) or "none"}'
         )
-    return [unbox(x) for x in leaves], paths_
+    return unbox_all(leaves), paths_
 
 
 def grad_stats(
@@ -336,7 +336,7 @@ def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.A
 
 def _nonfinite_counts(tree: PyTree) -> list[tuple[str, int]]:
     leaves, _, paths_ = _flatten(tree)
-    leaves = [unbox(x) for x in leaves]
+    leaves = unbox_all(leaves)
     stats = eager_leaf_stats(leaves)
     return [(p, int(s[5])) for p, s in zip(paths_, stats) if s is not None and s[5] > 0]
 

@@ -105,6 +105,13 @@ def unbox(x: Any) -> Any:
     return x.unbox()
 
 
+def unbox_all(leaves: list[Any]) -> list[Any]:
+    """``[unbox(x) for x in leaves]``, checking each leaf type only once."""
+    if any(is_box(x) for x in {type(x): x for x in leaves}.values()):
+        return [unbox(x) for x in leaves]
+    return leaves
+
+
 def rebox(old: Any, value: Any) -> Any:
     """``value`` in a copy of ``old``'s box; ``value`` if ``old`` is no box."""
     if not is_box(old) or is_box(value):

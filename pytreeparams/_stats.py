@@ -236,6 +236,12 @@ except ImportError:  # pragma: no cover - built without a C compiler
 
 _NATIVE_KINDS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(jnp.bfloat16): 2}
 _PIECE = 1 << 20  # elements: a tree smaller than workers * _PIECE uses fewer threads
+try:  # the concrete class of jax arrays, read in place by pointer (else through NumPy)
+    from jax._src.array import ArrayImpl as _ArrayImpl
+
+    _ARRAY_TYPES: frozenset[type] = frozenset({_ArrayImpl})
+except ImportError:  # pragma: no cover - a jax that moved it
+    _ARRAY_TYPES = frozenset()
 
 
 def _native_view(x: Any) -> tuple[np.ndarray, int]:
@@ -262,15 +268,16 @@ def _segment(x: Any) -> tuple[Any, int, int, int, int]:
     (dense on CPU; the statistics do not depend on the element order), which
     costs a fraction of ``np.asarray``; anything else goes through NumPy.
     """
-    if type(x).__name__ == 'ArrayImpl' and isinstance(x, jax.Array):
-        kind = _NATIVE_KINDS.get(x.dtype)
+    if type(x) in _ARRAY_TYPES:
+        dtype = x.dtype
+        kind = _NATIVE_KINDS.get(dtype)
         if kind is not None:
-            return x, x.unsafe_buffer_pointer(), math.prod(x.shape), x.dtype.itemsize, kind
+            return x, x.unsafe_buffer_pointer(), math.prod(x.shape), dtype.itemsize, kind
     a, kind = _native_view(x)
     return a, a.ctypes.data, a.size, a.itemsize, kind
 
 
-def native_stats_many(xs: list[Any], workers: int | None = None) -> list[np.ndarray]:
+def native_stats_many(xs: list[Any], workers: int | None = None) -> np.ndarray:
     """``leaf_stats`` of host-resident leaves with the one-pass C kernel.
 
     Every leaf is read once: the kernel sums ``x - x[0]`` and its square in
@@ -286,86 +293,74 @@ def native_stats_many(xs: list[Any], workers: int | None = None) -> list[np.ndar
       workers: Threads to use; by default one per core (at most 8).
 
     Returns:
-      One float64 ``STAT_NAMES`` row per leaf.
+      A float64 ``(len(xs), 7)`` array, one ``STAT_NAMES`` row per leaf.
     """
     jax.block_until_ready([x for x in xs if isinstance(x, jax.Array)])  # pointers need data
     segs = [_segment(x) for x in xs]
-    total = sum(sg[2] for sg in segs)
+    if not segs:
+        return np.zeros((0, len(STAT_NAMES)))
+    keep, base, size, itemsize, kind = zip(*segs)
+    sizes = np.asarray(size, np.int64)
+    ends = np.cumsum(sizes)
+    total = int(ends[-1])
     if workers is None:
         workers = _pool()._max_workers
     workers = max(1, min(workers, total // _PIECE))
-    per = -(-total // workers) if total else 1
-    addrs: list[int] = []
-    sizes: list[int] = []
-    kinds: list[int] = []
-    shifts: list[float] = []
-    first: list[int] = []
-    cuts = [0]  # segment index where each worker's share ends
-    budget = per
-    for keep, base, n, itemsize, kind in segs:
-        first.append(len(sizes))
-        if n <= budget:  # the common case: the whole leaf in one segment
-            addrs.append(base)
-            sizes.append(n)
-            kinds.append(kind)
-            shifts.append(np.nan)  # the kernel shifts by the first element
-            budget -= n
-        else:  # split over workers, all pieces shifted by the leaf's first element
-            shift = float(np.asarray(keep).reshape(-1)[0])
-            lo = 0
-            while lo < n:
-                take = min(n - lo, budget)
-                addrs.append(base + lo * itemsize)
-                sizes.append(take)
-                kinds.append(kind)
-                shifts.append(shift)
-                lo += take
-                budget -= take
-                if budget == 0:
-                    if len(cuts) < workers:
-                        cuts.append(len(sizes))
-                    budget = per
-            continue
-        if budget == 0:
-            if len(cuts) < workers:
-                cuts.append(len(sizes))
-            budget = per
-    cuts.append(len(sizes))
-    k = len(sizes)
+    # Worker shares end at equal element counts; a leaf across a share's end is
+    # cut there, and all its pieces are shifted by the leaf's first element.
+    bounds = [total * w // workers for w in range(1, workers)]
+    pieces = np.ones(len(segs), np.int64)
+    cuts: dict[int, list[int]] = {}
+    for b in bounds:
+        j = int(np.searchsorted(ends, b, side='right'))
+        lo = int(ends[j] - sizes[j])
+        if lo < b:
+            pieces[j] += 1
+            cuts.setdefault(j, []).append(b - lo)
+    first = np.cumsum(pieces) - pieces
+    seg_addr = np.repeat(np.asarray(base, np.int64), pieces)
+    seg_size = np.repeat(sizes, pieces)
+    seg_kind = np.repeat(np.asarray(kind, np.int64), pieces)
+    seg_shift = np.full(len(seg_size), np.nan)  # NaN: the kernel shifts by the first element
+    for j, offs in cuts.items():
+        starts = [0, *offs]
+        stops = [*offs, int(sizes[j])]
+        k = slice(first[j], first[j] + len(starts))
+        seg_addr[k] += np.asarray(starts, np.int64) * itemsize[j]
+        seg_size[k] = np.asarray(stops) - np.asarray(starts)
+        seg_shift[k] = float(np.asarray(keep[j]).reshape(-1)[0])
+    seg_start = np.cumsum(seg_size) - seg_size
+    span_cuts = [0, *(int(np.searchsorted(seg_start, b)) for b in bounds), len(seg_size)]
+    k = len(seg_size)
     out = np.empty((k, 7))
-    cols = [np.asarray(addrs, np.int64), np.asarray(sizes, np.int64)]
-    cols += [np.asarray(kinds, np.int64), np.asarray(shifts, np.float64)]
+    cols = [seg_addr, seg_size, seg_kind, seg_shift]
     ptrs = [c.ctypes.data for c in cols]
 
     def run(lo: int, hi: int) -> None:
         _native.moments(out.ctypes.data + 56 * lo, *(p + 8 * lo for p in ptrs), hi - lo)
 
-    spans = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+    spans = [(lo, hi) for lo, hi in zip(span_cuts[:-1], span_cuts[1:]) if hi > lo]
     futures = [_pool().submit(run, lo, hi) for lo, hi in spans[1:]]
     if spans:
         run(*spans[0])
     for f in futures:
         f.result()
-    if not segs:
-        return []
-    starts = np.asarray(first, np.intp)
-    n = np.asarray([sg[2] for sg in segs], np.float64)
+    n = sizes.astype(np.float64)
     with np.errstate(all='ignore'):
-        sd, sdd, zeros, nonfinite = (np.add.reduceat(out[:, j], starts) for j in (0, 1, 4, 5))
-        mn = np.minimum.reduceat(out[:, 2], starts)
-        mx = np.maximum.reduceat(out[:, 3], starts)
+        sd, sdd, zeros, nonfinite = (np.add.reduceat(out[:, j], first) for j in (0, 1, 4, 5))
+        mn = np.minimum.reduceat(out[:, 2], first)
+        mx = np.maximum.reduceat(out[:, 3], first)
         mean_d = sd / n
-        mean = out[starts, 6] + mean_d
+        mean = out[first, 6] + mean_d
         var = np.maximum(sdd / n - mean_d * mean_d, 0.0)
         var[~np.isfinite(sdd)] = np.nan
         l2 = np.sqrt(n * (var + mean * mean))
         table = np.stack([mean, np.sqrt(var), mn, mx, l2, nonfinite, zeros / n], 1)
         for i in np.flatnonzero(nonfinite):  # NaN propagates through min and max
-            a = _native_view(segs[i][0])[0]
+            a = _native_view(keep[i])[0]
             table[i, 2:4] = np.min(a), np.max(a)
-        for i in np.flatnonzero(n == 0):
-            table[i] = [np.nan] * 5 + [0.0, np.nan]
-    return list(table)
+        table[n == 0] = [np.nan] * 5 + [0.0, np.nan]
+    return table
 
 
 @jax.jit
@@ -409,6 +404,11 @@ def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
     large: list[int] = []
     native: list[int] = []
     for i, x in enumerate(leaves):
+        if type(x) in _ARRAY_TYPES and _native is not None:  # the common case, quickly
+            hit = _HOST_SHARDING.get(x.sharding)
+            if hit and _NUMERIC.get(x.dtype):
+                native.append(i)
+                continue
         if not is_array(x) or isinstance(x, jax.ShapeDtypeStruct):
             continue
         if not _on_host(x):

@@ -16,7 +16,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._paths import _flatten, compile_pattern, describe, flatten, no_match_message, unbox
+from ._paths import (
+    _flatten,
+    compile_pattern,
+    describe,
+    flatten,
+    no_match_message,
+    unbox,
+    unbox_all,
+)
 from ._stats import STAT_NAMES, eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
@@ -101,6 +109,46 @@ def _dtype_info(dtype: Any) -> tuple[str, int]:
 _FIELDS = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
 
 
+def _leaf_rows(
+    paths: Sequence[str], leaves: Sequence[Any], st: Sequence[Any], sharding: bool, notes: dict
+) -> tuple[Row, ...]:
+    """The leaf rows; jax and NumPy arrays without notes take a short path."""
+    if sharding or notes:
+        return tuple(
+            _leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths, leaves, st)
+        )
+    rows = []
+    new, fast, defaults = object.__new__, _fast_types(), _ROW_DEFAULTS
+    for p, x, s in zip(paths, leaves, st):
+        if type(x) not in fast:
+            rows.append(_leaf_row(p, x, s, False, ''))
+            continue
+        shape = x.shape
+        name, itemsize = _dtype_info(x.dtype)
+        size = math.prod(shape)
+        d = {**defaults, 'path': p, 'shape': shape, 'dtype': name, 'size': size}
+        d['nbytes'] = size * itemsize
+        if s is not None:
+            d['mean'], d['std'], d['min'], d['max'], d['l2'], nf, d['zero_frac'] = s.tolist()
+            d['nonfinite'] = int(nf)
+        row = new(Row)
+        row.__dict__.update(d)
+        rows.append(row)
+    return tuple(rows)
+
+
+_FAST: list[frozenset] = []
+
+
+def _fast_types() -> frozenset:
+    """Array types whose ``shape`` is a tuple of Python ints and ``dtype`` a NumPy dtype."""
+    if not _FAST:
+        from ._stats import _ARRAY_TYPES
+
+        _FAST.append(_ARRAY_TYPES | {np.ndarray})
+    return _FAST[0]
+
+
 def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
     shape = getattr(x, 'shape', None)
     if shape is not None and is_array(x):
@@ -147,25 +195,29 @@ def combine_rows(path: str, rows: Sequence[Row]) -> Row:
         sum(r.nbytes for r in rows),
         leaves=sum(r.leaves for r in rows),
     )
-    with_stats = [r for r in rows if r.mean is not None and r.size > 0]
-    if not with_stats:
+    # one pass over the rows: (size, mean, std, min, max, l2, zero_frac, nonfinite)
+    cols = [
+        (r.size, r.mean, r.std, r.min, r.max, r.l2, r.zero_frac, r.nonfinite or 0)
+        for r in rows
+        if r.mean is not None and r.size > 0
+    ]
+    if not cols:
         return row
-    n = np.array([r.size for r in with_stats], np.float64)
-    means = np.array([r.mean for r in with_stats], np.float64)
-    stds = np.array([r.std for r in with_stats], np.float64)
+    n, means, stds, mins, maxs, l2s, zfs, _ = np.array(cols, np.float64).T
     with np.errstate(all='ignore'):
-        mean = float(np.sum(n * means) / n.sum())
-        var = float(np.sum(n * (stds**2 + (means - mean) ** 2)) / n.sum())
-        l2 = float(np.sqrt(np.sum(np.array([r.l2 for r in with_stats], np.float64) ** 2)))
-        zeros = float(np.sum(n * np.array([r.zero_frac for r in with_stats])) / n.sum())
+        total = n.sum()
+        mean = float(np.sum(n * means) / total)
+        var = float(np.sum(n * (stds**2 + (means - mean) ** 2)) / total)
+        l2 = float(np.sqrt(np.sum(l2s**2)))
+        zeros = float(np.sum(n * zfs) / total)
     return dataclasses.replace(
         row,
         mean=mean,
         std=math.sqrt(var) if var == var else float('nan'),
-        min=float(np.min([r.min for r in with_stats])),
-        max=float(np.max([r.max for r in with_stats])),
+        min=float(np.min(mins)),
+        max=float(np.max(maxs)),
         l2=l2,
-        nonfinite=sum(r.nonfinite or 0 for r in with_stats),
+        nonfinite=sum(c[7] for c in cols),
         zero_frac=zeros,
     )
 
@@ -378,7 +430,7 @@ def summary(
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
     leaves, _, paths_ = _flatten(tree)
-    leaves = [unbox(x) for x in leaves]
+    leaves = unbox_all(leaves)
     if select is not None:
         pred = compile_pattern(select)
         keep = [i for i, p in enumerate(paths_) if pred(p)]
@@ -395,9 +447,7 @@ def summary(
     notes = dict(notes or {})
     if ties is not None:
         notes.update(ties.notes(tree))
-    rows = tuple(
-        _leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths_, leaves, st)
-    )
+    rows = _leaf_rows(paths_, leaves, st, sharding, notes)
     groups: tuple[Row, ...] = ()
     if depth is not None:
         buckets: dict[str, list[Row]] = {}

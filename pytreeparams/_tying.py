@@ -20,7 +20,7 @@ import numpy as np
 from flax.core import FrozenDict
 
 from ._errors import StructureError
-from ._paths import _children, _flatten, get, path_str, path_tuple, set, unbox
+from ._paths import _children, _flatten, get, path_str, path_tuple, set, unbox, unbox_all
 from ._typing import PathLike, PyTree
 
 __all__ = [
@@ -426,7 +426,7 @@ def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
     from ._stats import eager_leaf_stats, is_array
 
     leaves, _, paths_ = _flatten(tree)
-    leaves = [unbox(x) for x in leaves]
+    leaves = unbox_all(leaves)
     idx = [i for i, x in enumerate(leaves) if is_array(x) and np.size(x) > 0]
     fps = eager_leaf_stats([leaves[i] for i in idx])
     buckets: dict[Any, list[int]] = {}

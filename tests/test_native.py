@@ -103,7 +103,7 @@ def test_empty_scalar_and_complex_leaves():
     got = _stats.native_stats_many(leaves)
     for g, leaf in zip(got, leaves):
         check(g, reference(np.asarray(leaf)))
-    assert _stats.native_stats_many([]) == []
+    assert _stats.native_stats_many([]).shape == (0, 7)
 
 
 @native
