@@ -139,3 +139,25 @@ def test_summary_same_with_and_without_kernel(monkeypatch):
     for r1, r2 in zip(first.rows, second.rows):
         for name in ptp.STAT_NAMES:
             np.testing.assert_allclose(getattr(r1, name), getattr(r2, name), rtol=1e-5)
+
+
+@native
+@given(
+    st.lists(st.integers(0, 40), min_size=1, max_size=8),
+    st.integers(1, 5),
+    st.sampled_from(['float32', 'bfloat16', 'float64']),
+)
+def test_any_split_over_threads_matches_reference(sizes, workers, dtype):
+    """Cut points fall anywhere: inside leaves, on their edges, next to empty leaves."""
+    rng = np.random.default_rng(sum(sizes) + workers)
+    leaves = [(2.0 + rng.standard_normal(n)).astype(jnp.dtype(dtype)) for n in sizes]
+    old = _stats._PIECE
+    _stats._PIECE = 4  # so that tiny trees are cut for several threads
+    try:
+        # float64 as NumPy arrays (jax keeps float64 off by default), the rest as jax arrays
+        xs = [x if dtype == 'float64' else jnp.asarray(x) for x in leaves]
+        got = _stats.native_stats_many(xs, workers=workers)
+    finally:
+        _stats._PIECE = old
+    for g, leaf in zip(got, leaves):
+        check(g, reference(np.asarray(leaf)))
