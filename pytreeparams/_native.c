@@ -71,7 +71,7 @@ static inline float bf16_to_f32(uint16_t h) {
     for (Py_ssize_t b = 0; b < n; b += BLOCK) {                                \
         Py_ssize_t e = n - b < BLOCK ? n : b + BLOCK;                          \
         FT s[LANES], ss[LANES], mn[LANES], mx[LANES];                          \
-        int32_t z[LANES], nf[LANES];                                           \
+        IT z[LANES], nf[LANES];                                                \
         for (int j = 0; j < LANES; j++) {                                      \
             s[j] = 0;                                                          \
             ss[j] = 0;                                                         \
