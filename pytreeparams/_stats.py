@@ -256,8 +256,8 @@ def _native_view(x: Any) -> tuple[np.ndarray, int]:
         if a.dtype not in _NATIVE_KINDS:  # ints and bools: exact in float64
             a = a.astype(np.float64)
         kind = _NATIVE_KINDS[a.dtype]
-    if not a.flags.c_contiguous:  # pragma: no cover - reshape(-1) copies these
-        a = np.ascontiguousarray(a)
+    if not (a.flags.c_contiguous and a.flags.aligned):  # e.g. a view into a file at an odd offset
+        a = a.copy()
     return a, kind
 
 

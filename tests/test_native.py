@@ -98,6 +98,17 @@ def test_large_leaves_split_over_threads_agree_with_one_thread():
 
 
 @native
+def test_unaligned_and_strided_views():
+    x = (1.0 + np.arange(1001, dtype=np.float32)).tobytes()
+    unaligned = np.frombuffer(b'ab' + x, np.float32, offset=2)  # not 4-byte aligned
+    assert not unaligned.flags.aligned
+    strided = np.arange(64, dtype=np.float32).reshape(8, 8)[:, ::3]
+    got = _stats.native_stats_many([unaligned, strided])
+    check(got[0], reference(unaligned))
+    check(got[1], reference(strided))
+
+
+@native
 def test_empty_scalar_and_complex_leaves():
     leaves = [np.zeros((0, 3), np.float32), 2.5, 7, np.float32(-1.0), np.array([3 + 4j, 0j])]
     got = _stats.native_stats_many(leaves)
