@@ -7,10 +7,17 @@ element so that the variance does not cancel for leaves with a large mean
 (LayerNorm scales near 1). The L2 norm is derived from mean and variance
 (``sqrt(n * (var + mean**2))``) instead of a further pass over the data.
 
-The non-finite count costs a slow pass on XLA:CPU, so it only runs (under
-``lax.cond``) when the sum or the sum of squares is not finite; the zero
-count is ``n - sum(|sign(x)|)``, exact for finite data and several times
-faster there than ``sum(x == 0)``.
+Three ways to the same numbers:
+
+- ``leaf_stats``, traceable, for ``stats`` inside ``jit`` and for leaves on an
+  accelerator or sharded over devices. The non-finite count costs a slow pass
+  on XLA:CPU, so it only runs (under ``lax.cond``) when the sum or the sum of
+  squares is not finite; the zero count is ``n - sum(|sign(x)|)``, exact for
+  finite data and several times faster there than ``sum(x == 0)``.
+- ``native_stats_many``, for leaves in host memory: the optional C kernel
+  (``_native.c``) reads each leaf once for every statistic, on all cores.
+- ``host_stats_many`` / ``host_stats_batch``, the NumPy fallback where the
+  package was built without the kernel.
 
 A leaf that holds NaN reports NaN for mean, std, min, max and L2 (and a
 leaf with Inf reports inf or NaN there); its ``nonfinite`` count is exact.
