@@ -118,22 +118,19 @@ def _leaf_rows(
             _leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths, leaves, st)
         )
     rows = []
-    new, fast, defaults = object.__new__, _fast_types(), _ROW_DEFAULTS
+    fast = _fast_types()
     for p, x, s in zip(paths, leaves, st):
-        if type(x) not in fast:
+        if type(x) not in fast or (s is None and not is_array(x)):  # e.g. string arrays
             rows.append(_leaf_row(p, x, s, False, ''))
             continue
         shape = x.shape
         name, itemsize = _dtype_info(x.dtype)
         size = math.prod(shape)
-        d = {**defaults, 'path': p, 'shape': shape, 'dtype': name, 'size': size}
-        d['nbytes'] = size * itemsize
+        d = {'path': p, 'shape': shape, 'dtype': name, 'size': size, 'nbytes': size * itemsize}
         if s is not None:
             d['mean'], d['std'], d['min'], d['max'], d['l2'], nf, d['zero_frac'] = s.tolist()
             d['nonfinite'] = int(nf)
-        row = new(Row)
-        row.__dict__.update(d)
-        rows.append(row)
+        rows.append(_make_row(d))
     return tuple(rows)
 
 

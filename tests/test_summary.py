@@ -181,6 +181,13 @@ def test_empty_and_non_array_trees():
     assert 'relu' not in str(s) and 'str' in str(s)
     st = ptp.stats({'name': 'relu', 'w': jnp.ones(2)})
     assert st.paths == ('w',)
+    # a NumPy array of strings is shown as what it is, with or without statistics
+    tree = {'labels': np.array(['cat', 'dog']), 'w': np.ones(3, np.float32)}
+    for with_stats in (True, False):
+        rows = {r.path: r for r in ptp.summary(tree, stats=with_stats).rows}
+        assert rows['labels'].shape is None and rows['labels'].size == 0
+        assert rows['w'].shape == (3,) and rows['w'].nbytes == 12
+        assert (rows['w'].mean == 1.0) is with_stats
 
 
 def test_count_nbytes_shapes_describe(mlp_params):
