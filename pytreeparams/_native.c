@@ -1,14 +1,17 @@
-/* One-pass moments of host buffers, for pytreeparams' summaries.
+/* Moments of host buffers in one read of memory, for pytreeparams' summaries.
  *
  * XLA:CPU and NumPy read an array once per statistic; this kernel reads it
- * once for all of them: the sum and sum of squares of x - shift, min, max,
- * the number of exact zeros and of non-finite values. Values are read as
- * float32 (float32 and bfloat16 buffers) or float64 and accumulated in
- * 16 (8) independent lanes per block of 4096 elements, so the compiler
- * vectorizes the loop without reassociating a single sum; block totals are
- * added in float64. Zeros and non-finite values are counted from the bits.
- * NaN is skipped by min and max here: callers that see a non-finite count
- * recompute those with NaN propagation.
+ * from memory once for all of them: mean, the sum of squared deviations
+ * (M2), min, max, the number of exact zeros and of non-finite values.
+ * The array is taken in blocks of 4096 elements; each block's sums are taken
+ * of x - shift, the shift being the mean of the blocks before it (for the
+ * first block its own mean, from an extra sweep over it while it is in
+ * cache), so the variance does not cancel whatever the data's offset, and
+ * block results are merged in float64 with Chan et al.'s pairwise update. Values are read as float32 (float32
+ * and bfloat16 buffers) or float64 and accumulated in 16 (8) independent
+ * lanes, so the compiler vectorizes the loops without reassociating a sum.
+ * Zeros and non-finite values are counted from the bits. NaN is skipped by
+ * min and max here: callers that see a non-finite count recompute those.
  *
  * The extension is optional: pytreeparams falls back to NumPy without it.
  */
@@ -26,10 +29,11 @@
 #endif
 
 #define BLOCK 4096
+#define NOUT 6
 
 enum { KIND_F32 = 0, KIND_F64 = 1, KIND_BF16 = 2 };
 
-/* out: sum d, sum d*d, min, max, zeros, nonfinite, shift */
+/* out: mean, M2, min, max, zeros, nonfinite */
 static inline void init_out(double *out) {
     out[0] = 0.0;
     out[1] = 0.0;
@@ -37,19 +41,20 @@ static inline void init_out(double *out) {
     out[3] = -__builtin_inf();
     out[4] = 0.0;
     out[5] = 0.0;
-    out[6] = 0.0;
 }
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = ((uint32_t)h) << 16;
-    float v;
-    memcpy(&v, &u, 4);
-    return v;
+/* Merges a block of nb elements with mean mb and M2 m2b into out, which
+ * holds n elements so far (Chan, Golub and LeVeque). */
+static inline void merge(double *out, double n, double nb, double mb, double m2b) {
+    double total = n + nb;
+    double delta = mb - out[0];
+    out[0] += delta * (nb / total);
+    out[1] += m2b + delta * delta * (n * nb / total);
 }
 
-/* One element: LOAD(k) gives its bits (type BITS); FT is the float type the
- * bits are read as, IT the signed integer type of the same width, MASK
- * clears the sign bit, and values above FINITE_MAX are Inf or NaN. */
+/* One element: LOAD(k) gives its bits (type BITS); FT is the float type
+ * they are read as, IT the signed integer type of the same width, MASK
+ * clears the sign bit, values above FINITE_MAX are Inf or NaN. */
 #define STEP(k, j)                                                             \
     {                                                                          \
         BITS u = LOAD(k);                                                      \
@@ -65,13 +70,9 @@ static inline float bf16_to_f32(uint16_t h) {
         mx[j] = v > mx[j] ? v : mx[j];                                         \
     }
 
-/* The whole loop: LANES independent accumulators per block of BLOCK
- * elements, block totals added in float64 into out. */
-#define KERNEL(LANES)                                                          \
-    for (Py_ssize_t b = 0; b < n; b += BLOCK) {                                \
-        Py_ssize_t e = n - b < BLOCK ? n : b + BLOCK;                          \
-        FT s[LANES], ss[LANES], mn[LANES], mx[LANES];                          \
-        IT z[LANES], nf[LANES];                                                \
+/* One sweep over [b, e) in LANES lanes, from fresh accumulators. */
+#define SWEEP(LANES)                                                           \
+    {                                                                          \
         for (int j = 0; j < LANES; j++) {                                      \
             s[j] = 0;                                                          \
             ss[j] = 0;                                                         \
@@ -86,17 +87,37 @@ static inline float bf16_to_f32(uint16_t h) {
                 STEP(i + j, j)                                                 \
         for (int j = 0; i < e; i++, j++)                                       \
             STEP(i, j)                                                         \
-        double bs = 0.0, bss = 0.0;                                            \
+    }
+
+/* Each block is shifted by the mean of the blocks before it (the first
+ * block by its own mean, from one extra sweep over it in cache), so the
+ * sum of squares never meets a large offset; blocks are merged exactly. */
+#define KERNEL(LANES)                                                          \
+    FT s[LANES], ss[LANES], mn[LANES], mx[LANES], shift = 0;                   \
+    IT z[LANES], nf[LANES];                                                    \
+    for (Py_ssize_t b = 0; b < n; b += BLOCK) {                                \
+        Py_ssize_t e = n - b < BLOCK ? n : b + BLOCK;                          \
+        double nb = (double)(e - b), bs = 0.0, bss = 0.0;                      \
+        if (b == 0) {                                                          \
+            SWEEP(LANES)                                                       \
+            for (int j = 0; j < LANES; j++)                                    \
+                bs += s[j];                                                    \
+            shift = (FT)(bs / nb);                                             \
+            bs = 0.0;                                                          \
+        } else {                                                               \
+            shift = (FT)out[0];                                                \
+        }                                                                      \
+        SWEEP(LANES)                                                           \
         for (int j = 0; j < LANES; j++) {                                      \
             bs += s[j];                                                        \
             bss += ss[j];                                                      \
             if (mn[j] < out[2]) out[2] = mn[j];                                \
             if (mx[j] > out[3]) out[3] = mx[j];                                \
-            out[4] += z[j];                                                    \
-            out[5] += nf[j];                                                   \
+            out[4] += (double)z[j];                                            \
+            out[5] += (double)nf[j];                                           \
         }                                                                      \
-        out[0] += bs;                                                          \
-        out[1] += bss;                                                         \
+        /* block mean = shift + bs / nb; block M2 = bss - bs^2 / nb */         \
+        merge(out, (double)b, nb, (double)shift + bs / nb, bss - bs * bs / nb); \
     }
 
 #define FT float
@@ -106,14 +127,14 @@ static inline float bf16_to_f32(uint16_t h) {
 #define FINITE_MAX 0x7f7fffff
 
 PTP_CLONES
-static void moments_f32(const uint32_t *x, Py_ssize_t n, float shift, double *out) {
+static void moments_f32(const uint32_t *x, Py_ssize_t n, double *out) {
 #define LOAD(k) (x[(k)])
     KERNEL(16)
 #undef LOAD
 }
 
 PTP_CLONES
-static void moments_bf16(const uint16_t *x, Py_ssize_t n, float shift, double *out) {
+static void moments_bf16(const uint16_t *x, Py_ssize_t n, double *out) {
 #define LOAD(k) (((uint32_t)x[(k)]) << 16)
     KERNEL(16)
 #undef LOAD
@@ -131,27 +152,25 @@ static void moments_bf16(const uint16_t *x, Py_ssize_t n, float shift, double *o
 #define FINITE_MAX 0x7fefffffffffffffll
 
 PTP_CLONES
-static void moments_f64(const uint64_t *x, Py_ssize_t n, double shift, double *out) {
+static void moments_f64(const uint64_t *x, Py_ssize_t n, double *out) {
 #define LOAD(k) (x[(k)])
     KERNEL(8)
 #undef LOAD
 }
 
-/* moments(out, addrs, sizes, kinds, shifts, k): for each of k segments,
- * fills 7 doubles of out (the six moments and the shift used). All
- * arguments but k are addresses of contiguous arrays (float64 out[k*7],
- * int64 addrs/sizes/kinds, float64 shifts) that the caller keeps alive. A
- * NaN shift means "the segment's first element". Runs without the GIL. */
+/* moments(out, addrs, sizes, kinds, k): for each of k segments, fills NOUT
+ * doubles of out (mean, M2, min, max, zeros, nonfinite). All arguments but
+ * k are addresses of contiguous arrays (float64 out[k * NOUT], int64
+ * addrs/sizes/kinds) that the caller keeps alive. Runs without the GIL. */
 static PyObject *py_moments(PyObject *self, PyObject *args) {
-    unsigned long long out_a, addrs_a, sizes_a, kinds_a, shifts_a;
+    unsigned long long out_a, addrs_a, sizes_a, kinds_a;
     Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "KKKKKn", &out_a, &addrs_a, &sizes_a, &kinds_a, &shifts_a, &k))
+    if (!PyArg_ParseTuple(args, "KKKKn", &out_a, &addrs_a, &sizes_a, &kinds_a, &k))
         return NULL;
     double *out = (double *)(uintptr_t)out_a;
     const int64_t *addrs = (const int64_t *)(uintptr_t)addrs_a;
     const int64_t *sizes = (const int64_t *)(uintptr_t)sizes_a;
     const int64_t *kinds = (const int64_t *)(uintptr_t)kinds_a;
-    const double *shifts = (const double *)(uintptr_t)shifts_a;
     for (Py_ssize_t s = 0; s < k; s++) {
         if (kinds[s] < KIND_F32 || kinds[s] > KIND_BF16 || sizes[s] < 0) {
             PyErr_Format(PyExc_ValueError, "bad segment %zd", s);
@@ -160,31 +179,19 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t s = 0; s < k; s++) {
-        double *o = out + 7 * s;
+        double *o = out + NOUT * s;
         const void *p = (const void *)(uintptr_t)addrs[s];
         Py_ssize_t n = (Py_ssize_t)sizes[s];
-        double shift = shifts[s];
         init_out(o);
-        if (shift != shift) {
-            if (n == 0)
-                shift = 0.0;
-            else if (kinds[s] == KIND_F32)
-                shift = ((const float *)p)[0];
-            else if (kinds[s] == KIND_F64)
-                shift = ((const double *)p)[0];
-            else
-                shift = bf16_to_f32(((const uint16_t *)p)[0]);
-        }
-        o[6] = shift;
         switch (kinds[s]) {
         case KIND_F32:
-            moments_f32((const uint32_t *)p, n, (float)shift, o);
+            moments_f32((const uint32_t *)p, n, o);
             break;
         case KIND_F64:
-            moments_f64((const uint64_t *)p, n, shift, o);
+            moments_f64((const uint64_t *)p, n, o);
             break;
         default:
-            moments_bf16((const uint16_t *)p, n, (float)shift, o);
+            moments_bf16((const uint16_t *)p, n, o);
         }
     }
     Py_END_ALLOW_THREADS
@@ -193,7 +200,7 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"moments", py_moments, METH_VARARGS,
-     "moments(out, addrs, sizes, kinds, shifts, k): one-pass moments of k buffers."},
+     "moments(out, addrs, sizes, kinds, k): mean, M2, min, max, zeros, nonfinite of k buffers."},
     {NULL, NULL, 0, NULL},
 };
 

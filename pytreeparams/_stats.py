@@ -287,12 +287,14 @@ def _segment(x: Any) -> tuple[Any, int, int, int, int]:
 def native_stats_many(xs: list[Any], workers: int | None = None) -> np.ndarray:
     """``leaf_stats`` of host-resident leaves with the one-pass C kernel.
 
-    Every leaf is read once: the kernel sums ``x - x[0]`` and its square in
-    float32 lanes (float64 for float64 leaves; bfloat16 widened exactly),
-    adds block totals in float64, and takes min, max and the zero and
-    non-finite counts in the same pass. Large leaves are cut into pieces so
-    that ``workers`` threads get equal shares (the kernel releases the GIL);
-    pieces are combined with NumPy. Leaves with non-finite values get min and
+    Every leaf is read from memory once: per block of 4,096 elements (held in
+    cache) the kernel takes sum, min, max and the zero and non-finite counts,
+    then the squared deviations from the block mean, in float32 lanes (float64
+    for float64 leaves; bfloat16 widened exactly), and merges blocks in
+    float64 with Chan et al.'s update, so the variance does not cancel for
+    any offset of the data. Large leaves are cut into pieces so that
+    ``workers`` threads get equal shares (the kernel releases the GIL); the
+    pieces are merged the same way. Leaves with non-finite values get min and
     max again from NumPy, so that NaN propagates there as in ``leaf_stats``.
 
     Args:
@@ -314,7 +316,7 @@ def native_stats_many(xs: list[Any], workers: int | None = None) -> np.ndarray:
         workers = _pool()._max_workers
     workers = max(1, min(workers, total // _PIECE))
     # Worker shares end at equal element counts; a leaf across a share's end is
-    # cut there, and all its pieces are shifted by the leaf's first element.
+    # cut there, and its pieces are merged after the kernel.
     bounds = [total * w // workers for w in range(1, workers)]
     pieces = np.ones(len(segs), np.int64)
     cuts: dict[int, list[int]] = {}
@@ -328,23 +330,20 @@ def native_stats_many(xs: list[Any], workers: int | None = None) -> np.ndarray:
     seg_addr = np.repeat(np.asarray(base, np.int64), pieces)
     seg_size = np.repeat(sizes, pieces)
     seg_kind = np.repeat(np.asarray(kind, np.int64), pieces)
-    seg_shift = np.full(len(seg_size), np.nan)  # NaN: the kernel shifts by the first element
     for j, offs in cuts.items():
         starts = [0, *offs]
         stops = [*offs, int(sizes[j])]
         k = slice(first[j], first[j] + len(starts))
         seg_addr[k] += np.asarray(starts, np.int64) * itemsize[j]
         seg_size[k] = np.asarray(stops) - np.asarray(starts)
-        seg_shift[k] = float(np.asarray(keep[j]).reshape(-1)[0])
     seg_start = np.cumsum(seg_size) - seg_size
     span_cuts = [0, *(int(np.searchsorted(seg_start, b)) for b in bounds), len(seg_size)]
-    k = len(seg_size)
-    out = np.empty((k, 7))
-    cols = [seg_addr, seg_size, seg_kind, seg_shift]
+    out = np.empty((len(seg_size), 6))  # mean, M2, min, max, zeros, nonfinite per piece
+    cols = [seg_addr, seg_size, seg_kind]
     ptrs = [c.ctypes.data for c in cols]
 
     def run(lo: int, hi: int) -> None:
-        _native.moments(out.ctypes.data + 56 * lo, *(p + 8 * lo for p in ptrs), hi - lo)
+        _native.moments(out.ctypes.data + 48 * lo, *(p + 8 * lo for p in ptrs), hi - lo)
 
     spans = [(lo, hi) for lo, hi in zip(span_cuts[:-1], span_cuts[1:]) if hi > lo]
     futures = [_pool().submit(run, lo, hi) for lo, hi in spans[1:]]
@@ -353,14 +352,16 @@ def native_stats_many(xs: list[Any], workers: int | None = None) -> np.ndarray:
     for f in futures:
         f.result()
     n = sizes.astype(np.float64)
+    w = seg_size.astype(np.float64)
     with np.errstate(all='ignore'):
-        sd, sdd, zeros, nonfinite = (np.add.reduceat(out[:, j], first) for j in (0, 1, 4, 5))
+        # pieces of a leaf merged exactly: M2 = sum M2_i + sum n_i (mean_i - mean)^2
+        mean = np.add.reduceat(w * out[:, 0], first) / n
+        dev = out[:, 0] - np.repeat(mean, pieces)
+        m2 = np.add.reduceat(out[:, 1] + w * dev * dev, first)
+        zeros, nonfinite = (np.add.reduceat(out[:, j], first) for j in (4, 5))
         mn = np.minimum.reduceat(out[:, 2], first)
         mx = np.maximum.reduceat(out[:, 3], first)
-        mean_d = sd / n
-        mean = out[first, 6] + mean_d
-        var = np.maximum(sdd / n - mean_d * mean_d, 0.0)
-        var[~np.isfinite(sdd)] = np.nan
+        var = np.maximum(m2 / n, 0.0)
         l2 = np.sqrt(n * (var + mean * mean))
         table = np.stack([mean, np.sqrt(var), mn, mx, l2, nonfinite, zeros / n], 1)
         for i in np.flatnonzero(nonfinite):  # NaN propagates through min and max

@@ -98,6 +98,23 @@ def test_large_leaves_split_over_threads_agree_with_one_thread():
 
 
 @native
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_variance_does_not_cancel_for_any_offset(dtype):
+    """An outlier first (hypothesis found 641 then zeros) and a large common offset."""
+    rng = np.random.default_rng(3)
+    outlier = np.zeros(5000, np.float32)
+    outlier[0] = 1e4
+    offset = (1e3 + rng.standard_normal(300_000)).astype(np.float32)
+    for x in (outlier, offset):
+        x = x.astype(jnp.dtype(dtype))
+        got = _stats.native_stats_many([x, jnp.asarray(x)], workers=2)
+        ref = np.asarray(x).astype(np.float64)
+        for row in got:
+            assert abs(row[1] - ref.std()) / ref.std() < 1e-5
+            assert abs(row[0] - ref.mean()) / abs(ref.mean()) < 1e-6
+
+
+@native
 def test_unaligned_and_strided_views():
     x = (1.0 + np.arange(1001, dtype=np.float32)).tobytes()
     unaligned = np.frombuffer(b'ab' + x, np.float32, offset=2)  # not 4-byte aligned
