@@ -93,20 +93,20 @@ static inline void merge(double *out, double n, double nb, double mb, double m2b
  * block by its own mean, from one extra sweep over it in cache), so the
  * sum of squares never meets a large offset; blocks are merged exactly. */
 #define KERNEL(LANES)                                                          \
-    FT s[LANES], ss[LANES], mn[LANES], mx[LANES], shift = 0;                   \
-    IT z[LANES], nf[LANES];                                                    \
     for (Py_ssize_t b = 0; b < n; b += BLOCK) {                                \
+        FT s[LANES], ss[LANES], mn[LANES], mx[LANES];                          \
+        IT z[LANES], nf[LANES];                                                \
         Py_ssize_t e = n - b < BLOCK ? n : b + BLOCK;                          \
-        double nb = (double)(e - b), bs = 0.0, bss = 0.0;                      \
+        double nb = (double)(e - b), bs = 0.0, bss = 0.0, next = out[0];       \
         if (b == 0) {                                                          \
+            const FT shift = 0;                                                \
             SWEEP(LANES)                                                       \
             for (int j = 0; j < LANES; j++)                                    \
                 bs += s[j];                                                    \
-            shift = (FT)(bs / nb);                                             \
+            next = bs / nb;                                                    \
             bs = 0.0;                                                          \
-        } else {                                                               \
-            shift = (FT)out[0];                                                \
         }                                                                      \
+        const FT shift = (FT)next;                                             \
         SWEEP(LANES)                                                           \
         for (int j = 0; j < LANES; j++) {                                      \
             bs += s[j];                                                        \
