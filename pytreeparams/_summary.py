@@ -25,7 +25,7 @@ from ._paths import (
     unbox,
     unbox_all,
 )
-from ._stats import STAT_NAMES, eager_leaf_stats, is_array
+from ._stats import _ARRAY_TYPES, STAT_NAMES, eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
 __all__ = ['Row', 'Summary', 'summary', 'count', 'nbytes', 'shapes', 'diff', 'DiffReport']
@@ -109,53 +109,22 @@ def _dtype_info(dtype: Any) -> tuple[str, int]:
 _FIELDS = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
 
 
-def _leaf_rows(
-    paths: Sequence[str], leaves: Sequence[Any], st: Sequence[Any], sharding: bool, notes: dict
-) -> tuple[Row, ...]:
-    """The leaf rows; jax and NumPy arrays without notes take a short path."""
-    if sharding or notes:
-        return tuple(
-            _leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths, leaves, st)
-        )
-    rows = []
-    fast = _fast_types()
-    for p, x, s in zip(paths, leaves, st):
-        if type(x) not in fast or (s is None and not is_array(x)):  # e.g. string arrays
-            rows.append(_leaf_row(p, x, s, False, ''))
-            continue
-        shape = x.shape
-        name, itemsize = _dtype_info(x.dtype)
-        size = math.prod(shape)
-        d = {'path': p, 'shape': shape, 'dtype': name, 'size': size, 'nbytes': size * itemsize}
-        if s is not None:
-            d['mean'], d['std'], d['min'], d['max'], d['l2'], nf, d['zero_frac'] = s.tolist()
-            d['nonfinite'] = int(nf)
-        rows.append(_make_row(d))
-    return tuple(rows)
-
-
-_FAST: list[frozenset] = []
-
-
-def _fast_types() -> frozenset:
-    """Array types whose ``shape`` is a tuple of Python ints and ``dtype`` a NumPy dtype."""
-    if not _FAST:
-        from ._stats import _ARRAY_TYPES
-
-        _FAST.append(_ARRAY_TYPES | {np.ndarray})
-    return _FAST[0]
+# Array types whose ``shape`` is a tuple of Python ints and ``dtype`` a NumPy dtype.
+_PLAIN_ARRAYS = _ARRAY_TYPES | {np.ndarray}
 
 
 def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
-    shape = getattr(x, 'shape', None)
-    if shape is not None and is_array(x):
-        shape = tuple(map(int, shape))
+    if type(x) in _PLAIN_ARRAYS and (st is not None or is_array(x)):  # the common case, quickly
+        shape = x.shape
         name, itemsize = _dtype_info(x.dtype)
         size = math.prod(shape)
+        fields = {'path': path, 'shape': shape, 'dtype': name, 'size': size}
+        fields['nbytes'] = size * itemsize
+    elif is_array(x):
+        shape = tuple(map(int, np.shape(x)))  # () for Python scalars
+        name, itemsize = _dtype_info(getattr(x, 'dtype', None) or np.asarray(x).dtype)
+        size = math.prod(shape)
         fields = dict(path=path, shape=shape, dtype=name, size=size, nbytes=size * itemsize)
-    elif is_array(x):  # Python scalars
-        name, itemsize = _dtype_info(np.asarray(x).dtype)
-        fields = dict(path=path, shape=(), dtype=name, size=1, nbytes=itemsize)
     else:
         fields = dict(path=path, shape=None, dtype=describe(x), size=0, nbytes=0)
     if st is not None:
@@ -444,7 +413,9 @@ def summary(
     notes = dict(notes or {})
     if ties is not None:
         notes.update(ties.notes(tree))
-    rows = _leaf_rows(paths_, leaves, st, sharding, notes)
+    rows = tuple(
+        _leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths_, leaves, st)
+    )
     groups: tuple[Row, ...] = ()
     if depth is not None:
         buckets: dict[str, list[Row]] = {}
