@@ -304,7 +304,7 @@ def native_stats_many(xs: list[Any], workers: int | None = None) -> np.ndarray:
     Returns:
       A float64 ``(len(xs), 7)`` array, one ``STAT_NAMES`` row per leaf.
     """
-    jax.block_until_ready([x for x in xs if isinstance(x, jax.Array)])  # pointers need data
+    jax.block_until_ready([x for x in xs if type(x) in _ARRAY_TYPES])  # pointers need data
     segs = [_segment(x) for x in xs]
     if not segs:
         return np.zeros((0, len(STAT_NAMES)))
