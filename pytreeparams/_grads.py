@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from jax import lax
 
 from ._errors import NonFiniteError, StructureError
+from ._moments import jax_grad_partials
 from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox_all
-from ._stats import _upcast, eager_leaf_stats, is_array
+from ._stats import eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
 __all__ = [
@@ -53,48 +53,13 @@ GRAD_STAT_NAMES = (
     'update_norm',
     'update_to_param',
 )
-_RAW = 8  # n, sum, sumsq, max|g|, zeros, nonfinite, param sumsq, update sumsq
+_RAW = 10  # n, mean, ss, scale, max|g|, zeros, nonfinite, param ss, update ss (+ scales)
 
 
-def _grad_raw(g: jax.Array, extras: bool = True) -> list[jax.Array]:
-    """[sum, sumsq, max|g|, zeros, nonfinite] of one gradient leaf.
-
-    Separate reductions: on XLA:CPU they measured faster than one variadic
-    reduction (which XLA does not vectorize), and SPMD partitions them shard by
-    shard. Zeros are counted as ``n - sum(|sign(g)|)``, several times faster
-    on XLA:CPU than ``sum(g == 0)`` and exact for finite values. Without
-    ``extras`` only the sum of squares is taken (and the non-finite count when
-    it is not finite); the other entries are NaN.
-    """
-    g = jnp.asarray(g)
-    if math.prod(g.shape) == 0:
-        z = jnp.zeros((), jnp.float32)
-        return [z, z, z, z, z]
-    gf = _upcast(g, jnp.float32)
-    n = math.prod(g.shape)
-    ss = jnp.sum(gf * gf)
-    nan = jnp.array(jnp.nan, jnp.float32)
-    if extras:
-        s, mx = jnp.sum(gf), jnp.max(jnp.abs(gf))
-        nonzero = jnp.sum(jnp.abs(jnp.sign(gf)))
-        mx = jnp.where(jnp.isnan(s), jnp.nan, mx)
-    else:
-        s, mx, nonzero = nan, nan, nan
-    # The exact counts (slow on XLA:CPU) only when something is not finite.
-    nonfinite, zeros = lax.cond(
-        jnp.isfinite(ss),
-        lambda: (jnp.zeros((), jnp.float32), n - nonzero),
-        lambda: (
-            jnp.sum(~jnp.isfinite(gf), dtype=jnp.float32),
-            jnp.sum(gf == 0, dtype=jnp.float32) if extras else nan,
-        ),
-    )
-    return [s, ss, mx, zeros, nonfinite]
-
-
-def _sumsq(x: Any) -> jax.Array:
-    x = jnp.asarray(x).astype(jnp.float32)
-    return jnp.sum(x * x)
+def _norm_parts(x: Any) -> tuple[jax.Array, jax.Array]:
+    """(sum of squares in units of scale**2, scale) of a parameter or update leaf."""
+    p = jax_grad_partials(x, extras=False)
+    return p.ss, p.scale
 
 
 @struct.dataclass
@@ -147,6 +112,16 @@ def _leaf_lists(tree: PyTree, what: str, paths_ref: tuple[str, ...] | None = Non
     return unbox_all(leaves), paths_
 
 
+def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax.Array:
+    """Norms of groups of leaves from their scaled sums of squares: every
+    leaf brought to its group's largest scale (powers of two), then summed;
+    the root of the summed squares, never a sum of norms."""
+    top = jax.ops.segment_max(scale, ids, num_segments=k)
+    ratio = scale / top[ids]
+    total = jax.ops.segment_sum(ss * ratio * ratio, ids, num_segments=k)
+    return jnp.sqrt(total) * top
+
+
 def grad_stats(
     grads: PyTree,
     params: PyTree | None = None,
@@ -191,39 +166,65 @@ def grad_stats(
     p_leaves = _leaf_lists(params, 'params', paths_)[0] if params is not None else None
     u_leaves = _leaf_lists(updates, 'updates', paths_)[0] if updates is not None else None
     nan = jnp.array(jnp.nan, jnp.float32)
-    raws = []
+    one = jnp.ones((), jnp.float32)
+    cols = []  # per leaf: n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale
     for i in keep:
         g = g_leaves[i]
-        r = [jnp.array(float(math.prod(np.shape(g))), jnp.float32), *_grad_raw(g, extras)]
-        r.append(_sumsq(p_leaves[i]) if p_leaves is not None else nan)
-        r.append(_sumsq(u_leaves[i]) if u_leaves is not None else nan)
-        raws.append(jnp.stack(r))
+        gp = jax_grad_partials(g, extras)
+        n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
+        pss, pscale = _norm_parts(p_leaves[i]) if p_leaves is not None else (nan, one)
+        uss, uscale = _norm_parts(u_leaves[i]) if u_leaves is not None else (nan, one)
+        cols.append(
+            jnp.stack(
+                [
+                    n,
+                    *gp[2:3],
+                    gp.ss,
+                    gp.scale,
+                    gp.amax,
+                    gp.zeros,
+                    gp.nonfinite,
+                    pss,
+                    pscale,
+                    uss,
+                    uscale,
+                ]
+            ).astype(jnp.float32)
+        )
     names = tuple(paths_[i] for i in keep)
-    raw = jnp.stack(raws) if raws else jnp.zeros((0, _RAW), jnp.float32)
-    global_norm = jnp.sqrt(jnp.sum(raw[:, 2]))
+    raw = jnp.stack(cols) if cols else jnp.zeros((0, 11), jnp.float32)
+    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
+    global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
     if depth is not None:
         groups: dict[str, int] = {}
         seg = [groups.setdefault('/'.join(p.split('/')[:depth]), len(groups)) for p in names]
         ids = jnp.asarray(seg, jnp.int32)
-        summed = jax.ops.segment_sum(raw, ids, num_segments=len(groups))
-        maxed = jax.ops.segment_max(raw[:, 3], ids, num_segments=len(groups))
-        raw = summed.at[:, 3].set(maxed)
+        k = len(groups)
+        total = jax.ops.segment_sum(n, ids, num_segments=k)
+        mean = jax.ops.segment_sum(n * mean, ids, num_segments=k) / jnp.maximum(total, 1)
+        gnorm = _pooled_norm(ss, scale, ids, k)
+        pnorm = _pooled_norm(pss, pscale, ids, k)
+        unorm = _pooled_norm(uss, uscale, ids, k)
+        amax = jax.ops.segment_max(amax, ids, num_segments=k)
+        zeros = jax.ops.segment_sum(zeros, ids, num_segments=k)
+        nonfinite = jax.ops.segment_sum(nonfinite, ids, num_segments=k)
+        n = total
         names = tuple(groups)
-    n, s, ss, mx, zeros, nonfinite, pss, uss = (raw[:, j] for j in range(_RAW))
-    gnorm = jnp.sqrt(ss)
-    pnorm = jnp.sqrt(pss)
+    else:
+        gnorm, pnorm, unorm = jnp.sqrt(ss) * scale, jnp.sqrt(pss) * pscale, jnp.sqrt(uss) * uscale
+    safe = jnp.maximum(n, 1)
     table = jnp.stack(
         [
             gnorm,
-            jnp.sqrt(ss / jnp.maximum(n, 1)),
-            mx,
-            s / jnp.maximum(n, 1),
-            zeros / jnp.maximum(n, 1),
+            gnorm / jnp.sqrt(safe),
+            amax,
+            mean,
+            zeros / safe,
             nonfinite,
             pnorm,
             gnorm / pnorm,
-            jnp.sqrt(uss),
-            jnp.sqrt(uss) / pnorm,
+            unorm,
+            unorm / pnorm,
         ],
         axis=1,
     )

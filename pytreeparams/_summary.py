@@ -25,7 +25,7 @@ from ._paths import (
     unbox,
     unbox_all,
 )
-from ._stats import _ARRAY_TYPES, STAT_NAMES, eager_leaf_stats, is_array
+from ._stats import STAT_NAMES, eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree
 
 __all__ = ['Row', 'Summary', 'summary', 'count', 'nbytes', 'shapes', 'diff', 'DiffReport']
@@ -109,12 +109,23 @@ def _dtype_info(dtype: Any) -> tuple[str, int]:
 _FIELDS = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
 
 
-# Array types whose ``shape`` is a tuple of Python ints and ``dtype`` a NumPy dtype.
-_PLAIN_ARRAYS = _ARRAY_TYPES | {np.ndarray}
+# Array types whose ``shape`` is a tuple of Python ints and ``dtype`` a NumPy dtype
+# (NumPy arrays and the concrete jax array class, added when first seen).
+_PLAIN_ARRAYS: set[type] = {np.ndarray}
+
+
+def _is_plain(x: Any) -> bool:
+    t = type(x)
+    if t in _PLAIN_ARRAYS:
+        return True
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        _PLAIN_ARRAYS.add(t)
+        return True
+    return False
 
 
 def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
-    if type(x) in _PLAIN_ARRAYS and (st is not None or is_array(x)):  # the common case, quickly
+    if _is_plain(x) and (st is not None or is_array(x)):  # the common case, quickly
         shape = x.shape
         name, itemsize = _dtype_info(x.dtype)
         size = math.prod(shape)

@@ -29,17 +29,17 @@ def maybe_jit(request):
     return (lambda f: f) if request.param == 'eager' else jax.jit
 
 
-@pytest.fixture(params=['native', 'numpy'])
-def host_path(request, monkeypatch):
-    """Runs the host statistics with the C kernel and with the NumPy fallback."""
-    from pytreeparams import _stats
+@pytest.fixture(params=['host', 'device'])
+def host_path(request):
+    """Runs concrete statistics on the host route and on the device route
+    (forced for CPU arrays: small leaves fetched, large ones kernelled)."""
+    from pytreeparams._engine import force_device_path
 
-    if request.param == 'native':
-        if _stats._native is None:
-            pytest.skip('built without the C kernel')
+    if request.param == 'device':
+        with force_device_path():
+            yield request.param
     else:
-        monkeypatch.setattr(_stats, '_native', None)
-    return request.param
+        yield request.param
 
 
 @pytest.fixture
@@ -118,7 +118,10 @@ def run_on_8_devices(code: str) -> str:
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    # the CPU platform also where a GPU is present: the 8 devices are simulated CPUs
+    env = dict(
+        os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu'
+    )
     proc = subprocess.run(
         [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300
     )

@@ -1,0 +1,303 @@
+"""Where statistics are computed: on the host, on the device, shard by shard.
+
+``leaf_partials`` takes concrete leaves and returns their partial moments
+(``_moments.Partial``), each computed where it lives with the one algorithm:
+
+- **Host leaves** (NumPy arrays, scalars, jax arrays on a CPU device: there
+  the host *is* the device) are read in place by NumPy (``host_partials``):
+  no compilation, no dispatch, no transfer.
+- **Leaves on an accelerator** cost little in dispatches, compilations and
+  transfers, the three things that cost on a GPU or TPU:
+
+  * small leaves (up to ``HOST_STAGE`` elements: biases, norms, small
+    kernels) are fetched together in one ``jax.device_get`` and reduced by
+    NumPy: no compilation and no dispatch, whatever their shapes;
+  * large leaves are flattened and padded (with one of their own values) to a
+    *size class* (four per octave, so at most 25% padding) by a tiny
+    program per shape, and reduced by one statistics kernel per size class
+    and dtype, shared by every leaf of that class in any tree; each kernel
+    call writes its row into one donated table per device, fetched in the
+    same single ``device_get`` as the small leaves.
+
+- **Sharded arrays** are reduced shard by shard where each shard lives (the
+  two routes above, replicas counted once) and the shards' partials merged
+  on the host with the same merge: an array is never gathered. An array not
+  fully addressable from this process (multi-host) is reduced by the jitted
+  algorithm on the global array (XLA partitions the reductions).
+
+``count_device_work()`` counts XLA compilations, executable dispatches and
+device-to-host fetches of this module (``benchmarks/summary.py --device-path``
+prints them); ``force_device_path()`` sends host-resident jax arrays down the
+device route, so that it can be measured and tested on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._moments import (
+    JAX_BLOCK,
+    N_PARTIAL,
+    Partial,
+    finalize,
+    host_partials_many,
+    jax_partials,
+    merge,
+)
+
+__all__ = ['DeviceWork', 'count_device_work', 'force_device_path', 'leaf_partials', 'leaf_rows']
+
+HOST_STAGE = 1 << 16  # device leaves up to this many elements are fetched to the host
+_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+
+
+@dataclasses.dataclass
+class DeviceWork:
+    """What the device route cost: counted by :func:`count_device_work`.
+
+    Attributes:
+      compilations: XLA compilations (of any program, by any caller).
+      dispatches: Executable launches by the engine (pack and kernel calls).
+      fetches: ``jax.device_get`` calls by the engine.
+      fetched_arrays: Arrays those calls fetched.
+    """
+
+    compilations: int = 0
+    dispatches: int = 0
+    fetches: int = 0
+    fetched_arrays: int = 0
+
+
+_ACTIVE: list[DeviceWork] = []
+_FORCE: list[bool] = []
+_LISTENING: list[bool] = []
+
+
+def _on_compile(event: str, duration: float, **_: Any) -> None:
+    if event == _COMPILE_EVENT:
+        for w in _ACTIVE:
+            w.compilations += 1
+
+
+@contextlib.contextmanager
+def count_device_work() -> Iterator[DeviceWork]:
+    """Counts compilations, dispatches and fetches inside the ``with`` block.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> from pytreeparams._engine import count_device_work
+      >>> with count_device_work() as work:
+      ...     _ = ptp.summary({'w': jnp.ones(3)})
+      >>> work.dispatches, work.fetches  # a CPU-resident leaf is read in place
+      (0, 0)
+    """
+    if not _LISTENING:
+        jax.monitoring.register_event_duration_secs_listener(_on_compile)
+        _LISTENING.append(True)
+    work = DeviceWork()
+    _ACTIVE.append(work)
+    try:
+        yield work
+    finally:
+        _ACTIVE.remove(work)
+
+
+@contextlib.contextmanager
+def force_device_path() -> Iterator[None]:
+    """Treats jax arrays on CPU devices as accelerator arrays (for measuring)."""
+    _FORCE.append(True)
+    try:
+        yield
+    finally:
+        _FORCE.pop()
+
+
+def _count(what: str, k: int = 1) -> None:
+    for w in _ACTIVE:
+        setattr(w, what, getattr(w, what) + k)
+
+
+_CPU_ONLY: dict[Any, bool] = {}
+
+
+def _where(x: Any) -> str:
+    """'host', 'device', 'sharded' or 'global' (not fully addressable)."""
+    if not isinstance(x, jax.Array):
+        return 'host'
+    sharding = x.sharding
+    hit = _CPU_ONLY.get(sharding)
+    if hit is None:
+        devices = sharding.device_set
+        hit = _CPU_ONLY[sharding] = all(d.platform == 'cpu' for d in devices)
+    if len(sharding.device_set) > 1:
+        return 'sharded' if x.is_fully_addressable else 'global'
+    return 'device' if (_FORCE or not hit) else 'host'
+
+
+def _pieces(x: jax.Array) -> list[jax.Array]:
+    """The distinct addressable shards of ``x`` (replicas once)."""
+    seen, out = set(), []
+    for shard in x.addressable_shards:
+        key = tuple((s.start, s.stop, s.step) for s in shard.index)
+        if key not in seen:
+            seen.add(key)
+            out.append(shard.data)
+    return out
+
+
+def size_class(n: int) -> int:
+    """The padded size for ``n`` elements: ``2**k * (4 + j) / 4``, a multiple of
+    ``JAX_BLOCK``, at least ``n`` (at most 25% more)."""
+    n = max(n, JAX_BLOCK)
+    top = 1 << (n - 1).bit_length()
+    for j in (5, 6, 7, 8):
+        s = top // 8 * j
+        if s >= n and s % JAX_BLOCK == 0:
+            return s
+    return top  # pragma: no cover - top is always a multiple of JAX_BLOCK here
+
+
+def _pack_impl(x: jax.Array, size: int) -> jax.Array:
+    flat = x.reshape(-1)
+    return jnp.pad(flat, (0, size - flat.shape[0]), mode='edge')
+
+
+_pack = jax.jit(_pack_impl, static_argnums=1)
+
+
+def _kernel_impl(table: jax.Array, xpad: jax.Array, n: jax.Array, i: jax.Array) -> jax.Array:
+    row = jnp.stack(jax_partials(xpad, n)).astype(table.dtype)
+    return table.at[i].set(row)
+
+
+_kernel = jax.jit(_kernel_impl, donate_argnums=0)
+
+
+def _global_impl(x: jax.Array) -> jax.Array:
+    return jnp.stack(jax_partials(x))
+
+
+_global = jax.jit(_global_impl)
+
+
+def _table_dtype() -> Any:
+    return np.float64 if jax.config.jax_enable_x64 else np.float32
+
+
+def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
+    """Partials of single-device arrays: small ones fetched, large ones kernelled."""
+    staged: list[int] = []
+    large: dict[Any, list[int]] = {}
+    for j, x in enumerate(pieces):
+        n = math.prod(x.shape)
+        if n <= HOST_STAGE:
+            staged.append(j)
+        else:
+            large.setdefault(next(iter(x.devices())), []).append(j)
+    tables, order = [], []
+    for device, idx in large.items():
+        rows = 1 << max(3, (len(idx) - 1).bit_length())
+        table = jax.device_put(np.zeros((rows, N_PARTIAL), _table_dtype()), device)
+        for r, j in enumerate(idx):
+            x = pieces[j]
+            n = math.prod(x.shape)
+            xpad = _pack(x, size_class(n))
+            table = _kernel(table, xpad, np.int32(n), np.int32(r))
+            _count('dispatches', 2)
+        tables.append(table)
+        order.append(idx)
+    fetched = jax.device_get([*(pieces[j] for j in staged), *tables]) if pieces else []
+    if fetched:
+        _count('fetches')
+        _count('fetched_arrays', len(fetched))
+    out: list[Any] = [None] * len(pieces)
+    for j, p in zip(staged, host_partials_many(fetched[: len(staged)])):
+        out[j] = p
+    for idx, table in zip(order, fetched[len(staged) :]):
+        t = np.asarray(table, np.float64)
+        for r, j in enumerate(idx):
+            out[j] = Partial(*t[r])
+    return out
+
+
+def leaf_partials(leaves: list[Any]) -> list[Partial | None]:
+    """The merged partial moments of each concrete array leaf, where it lives.
+
+    Args:
+      leaves: Concrete leaves (NumPy or jax arrays, scalars). Entries that are
+        None are skipped.
+
+    Returns:
+      One ``Partial`` of float64 NumPy scalars per leaf (None for None).
+    """
+    out: list[Any] = [None] * len(leaves)
+    host: list[int] = []
+    pieces: list[jax.Array] = []
+    owner: list[int] = []
+    for i, x in enumerate(leaves):
+        if x is None:
+            continue
+        where = _where(x)
+        if where == 'host':
+            host.append(i)
+        elif where == 'device':
+            pieces.append(x)
+            owner.append(i)
+        elif where == 'sharded':
+            for piece in _pieces(x):
+                pieces.append(piece)
+                owner.append(i)
+        else:
+            out[i] = Partial(*np.asarray(_global(x), np.float64))
+            _count('dispatches')
+            _count('fetches')
+            _count('fetched_arrays')
+    for i, p in zip(host, host_partials_many([leaves[i] for i in host])):
+        out[i] = p
+    if pieces:
+        on_host = [not _FORCE and _where(p) == 'host' for p in pieces]
+        parts: list[Any] = [None] * len(pieces)
+        host_idx = [j for j, h in enumerate(on_host) if h]
+        dev_idx = [j for j, h in enumerate(on_host) if not h]
+        for j, p in zip(host_idx, host_partials_many([pieces[j] for j in host_idx])):
+            parts[j] = p
+        for j, p in zip(dev_idx, _device_partials([pieces[j] for j in dev_idx])):
+            parts[j] = p
+        grouped: dict[int, list[Partial]] = {}
+        for i, p in zip(owner, parts):
+            grouped.setdefault(i, []).append(p)
+        for i, ps in grouped.items():
+            if len(ps) == 1:
+                out[i] = ps[0]
+            else:
+                stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
+                out[i] = merge(stacked, np)
+    return out
+
+
+def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
+    """``STAT_NAMES`` rows (float64 NumPy) of concrete leaves; None for None.
+
+    Example:
+      >>> import numpy as np
+      >>> from pytreeparams._engine import leaf_rows
+      >>> leaf_rows([np.array([3.0, 4.0]), None])[0].tolist()
+      [3.5, 0.5, 3.0, 4.0, 5.0, 0.0, 0.0]
+    """
+    parts = leaf_partials(leaves)
+    idx = [i for i, p in enumerate(parts) if p is not None]
+    out: list[Any] = [None] * len(leaves)
+    if idx:
+        stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*(parts[i] for i in idx))))
+        table = finalize(stacked, np)
+        for k, i in enumerate(idx):
+            out[i] = table[k]
+    return out
