@@ -1,0 +1,337 @@
+"""The one moments algorithm: every path gives the same numbers as float64 NumPy."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import run_on_8_devices
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pytreeparams as ptp
+from pytreeparams import _moments
+from pytreeparams._engine import count_device_work, force_device_path, leaf_rows, size_class
+
+FLOAT32_LIKE = ['float32', 'bfloat16', 'float16']
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    """STAT_NAMES of ``x`` in float64 NumPy: the definition every path must meet."""
+    a = np.asarray(x).astype(np.float64).ravel()
+    if a.size == 0:
+        return np.array([np.nan] * 5 + [0.0, np.nan])
+    with np.errstate(all='ignore'):
+        row = np.array(
+            [
+                a.mean(),
+                a.std(),
+                a.min(),
+                a.max(),
+                np.sqrt(np.sum(np.square(a / np.max(np.abs(a[np.isfinite(a)]), initial=1))))
+                * np.max(np.abs(a[np.isfinite(a)]), initial=1),
+                np.count_nonzero(~np.isfinite(a)),
+                np.count_nonzero(a == 0) / a.size,
+            ]
+        )
+    nan, pinf, ninf = np.isnan(a).any(), (a == np.inf).any(), (a == -np.inf).any()
+    if nan:
+        row[[0, 1, 2, 3, 4]] = np.nan
+    elif pinf or ninf:
+        row[0] = np.nan if (pinf and ninf) else (np.inf if pinf else -np.inf)
+        row[1] = np.nan
+        row[4] = np.inf
+    return row
+
+
+def assert_close(got, want, what: str, float32: bool = True) -> None:
+    got = np.asarray(got, np.float64)
+    if float32:  # a float32 table holds float32 values: compare with the rounded reference
+        with np.errstate(over='ignore'):
+            want = want.astype(np.float32).astype(np.float64)
+    mean, std = want[0], want[1]
+    for j, name in enumerate(_moments.STAT_NAMES):
+        g, w = got[j], want[j]
+        if np.isnan(w) or np.isinf(w):
+            assert (np.isnan(g) and np.isnan(w)) or g == w, (what, name, got, want)
+            continue
+        if name == 'mean':
+            tol = 1e-6 * (abs(mean) + std)
+        elif name == 'std':
+            tol = 1e-5 * std + 1e-6 * abs(mean)
+        elif name == 'l2':
+            tol = 1e-5 * abs(w)
+        elif name == 'zero_frac':  # an exact count, divided (and rounded to float32)
+            tol = 1e-7 * w
+        else:  # min, max, the non-finite count: exact
+            tol = 0.0
+        assert abs(g - w) <= tol, (what, name, g, w, tol)
+
+
+@st.composite
+def data(draw):
+    kind = draw(
+        st.sampled_from(
+            [
+                'normal',
+                'outlier_first',
+                'offset',
+                'full_with_zero',
+                'constant',
+                'huge',
+                'tiny',
+                'planted',
+                'ints',
+            ]
+        )
+    )
+    n = draw(st.sampled_from([0, 1, 2, 7, 128, 1000, 4099, 70_001]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    loc = draw(st.sampled_from([0.0, 1.0, -3.0, 1e3]))
+    if kind == 'normal':
+        x = loc + rng.standard_normal(n)
+    elif kind == 'outlier_first':
+        x = np.concatenate([[1e4], rng.standard_normal(max(n - 1, 0))])[:n]
+    elif kind == 'offset':
+        x = 1e6 + 1e-3 * rng.standard_normal(n)
+    elif kind == 'full_with_zero':
+        x = np.full(n, 1e6)
+        x[:1] = 0
+    elif kind == 'constant':
+        x = np.full(n, loc)
+    elif kind == 'huge':
+        x = 1e30 + 1e28 * rng.standard_normal(n)
+    elif kind == 'tiny':
+        x = 1e-20 * rng.standard_normal(n)
+    elif kind == 'ints':
+        x = rng.integers(-100, 100, n).astype(np.float64)
+    else:
+        x = rng.standard_normal(n)
+        for value in draw(st.lists(st.sampled_from([np.nan, np.inf, -np.inf, 0.0]), max_size=3)):
+            if n:
+                x[rng.integers(0, n)] = value
+    dtype = draw(st.sampled_from(FLOAT32_LIKE if kind != 'ints' else ['int8', 'int32', 'bool']))
+    with np.errstate(all='ignore'):
+        if dtype == 'bool':
+            return x > 0
+        if dtype.startswith('int'):
+            return np.clip(x, -100, 100).astype(dtype)
+        arr = x.astype(jnp.dtype(dtype))
+    return arr
+
+
+def _stats_jit(x):
+    return jax.jit(ptp.stats)({'x': x}).table[0]
+
+
+def _summary_row(x):
+    row = ptp.summary({'x': x}).rows[0]
+    return np.array([getattr(row, k) for k in _moments.STAT_NAMES], np.float64)
+
+
+def _gpu_counts(monkeypatch_target):
+    """The counts as the GPU/TPU branch takes them (bits, no branch), on this CPU."""
+    return lambda x, xf, valid, mn, mx: _moments._exact_counts(x, valid)
+
+
+PATHS = ['host', 'device', 'stats', 'stats_jit', 'leaf_stats', 'summary', 'gpu_branch']
+
+
+@given(data())
+def test_every_path_matches_float64_reference(x):
+    want = reference(x)
+    xj = jnp.asarray(x)
+    got = {
+        'host': leaf_rows([x])[0],
+        'stats': ptp.stats({'x': xj}).table[0],
+        'stats_jit': _stats_jit(xj),
+        'leaf_stats': jax.jit(ptp._stats.leaf_stats)(xj),
+        'summary': _summary_row(xj),
+    }
+    with force_device_path():
+        got['device'] = leaf_rows([xj])[0]
+    original = _moments._counts
+    _moments._counts = _gpu_counts(None)
+    try:
+        got['gpu_branch'] = jax.jit(lambda v: _moments.finalize(_moments.jax_partials(v), jnp))(xj)
+    finally:
+        _moments._counts = original
+    for path in PATHS:
+        # host-side rows are float64; device and jitted tables float32
+        assert_close(got[path], want, path, float32=path not in ('host', 'summary', 'device'))
+
+
+@given(data())
+def test_grad_stats_agree_with_the_moments(x):
+    """grad_norm is the L2 norm, grad_mean the mean, grad_max max |x|: one pass,
+    on the CPU branch and on the GPU/TPU branch (a variadic reduction)."""
+    xj = jnp.asarray(x)
+    want = reference(x)
+    with np.errstate(all='ignore'):
+        amax = np.max(np.abs(np.asarray(x, np.float64))) if x.size else np.nan
+    for name, fn in (('cpu', _moments._pass_cpu), ('default', _moments._pass_default)):
+        if x.size == 0:
+            continue
+        n = x.size
+        k = -(-n // min(n, _moments.GRAD_BLOCK))
+        x2 = jnp.pad(xj.reshape(-1), (0, k * min(n, _moments.GRAD_BLOCK) - n)).reshape(k, -1)
+        ss, scale, mean, mx, zeros, nonfinite = jax.jit(lambda v, fn=fn: fn(v, n, True))(x2)
+        norm = float(jnp.sqrt(ss) * scale)
+        w = reference(x).astype(np.float32).astype(np.float64)
+        if np.isfinite(w[4]) and np.isfinite(want[0]):
+            assert abs(norm - w[4]) <= 1e-5 * w[4], (name, norm, w[4])
+            assert abs(float(mean) - want[0]) <= 1e-6 * (abs(want[0]) + want[1]) + 1e-6 * abs(
+                want[0]
+            ), (name, mean, want)
+            assert float(mx) == np.float32(amax), (name, mx, amax)
+        assert float(nonfinite) == want[5], name
+        assert float(zeros) == np.count_nonzero(np.asarray(x, np.float64) == 0), name
+
+
+@pytest.mark.parametrize(
+    'values',
+    [
+        np.concatenate([[1e4], np.random.default_rng(0).standard_normal(10**6)]),  # std 10.0497
+        1e6 + 1e-3 * np.random.default_rng(1).standard_normal(1000),
+        np.where(np.arange(100_000) == 0, 0.0, 1e6),
+        np.full(1000, 3e38),
+        1e-20 * np.random.default_rng(2).standard_normal(1000),
+        np.where(np.arange(6000) == 4000, np.nan, 1.0),  # NaN in a leaf of 5,000+ elements
+        np.array([1e-45, 0.0, 1e-40, 2.0]),  # subnormals are not zeros
+    ],
+    ids=['outlier_first', 'offset', 'full_with_zero', '3e38', '1e-20', 'nan_5000', 'subnormal'],
+)
+def test_reported_cases(values, maybe_jit):
+    x = values.astype(np.float32)
+    want = reference(x)
+    got = maybe_jit(ptp.stats)({'x': jnp.asarray(x)}).table[0]
+    assert_close(got, want, 'stats')
+    assert_close(leaf_rows([x])[0], want, 'host', float32=False)
+
+
+def test_64_bit_host_leaves_keep_their_precision():
+    big = np.array([2**62, 2**62], np.int64)
+    fine = 1e6 + 1e-3 * np.random.default_rng(0).standard_normal(1000)
+    top = np.array([0, 2**64 - 1], np.uint64)
+    s = ptp.summary({'big': big, 'fine': fine, 'top': top})
+    assert s.rows[0].mean == 2.0**62
+    np.testing.assert_allclose(s.rows[1].std, fine.std(), rtol=1e-9)
+    assert s.rows[2].max == float(2**64 - 1)
+    # also as constants inside jit: computed on the host, in float64
+    t = jax.jit(lambda: ptp.stats({'big': big}).table)()
+    assert float(t[0, 0]) == np.float32(2.0**62)
+
+
+def test_big_endian_arrays_are_read():
+    x = np.arange(5.0).astype('>f4')
+    chex.assert_trees_all_close(ptp.summary({'x': x}).rows[0].mean, 2.0)
+    assert ptp.stats({'x': x}).to_dict()['x/max'] == 4.0
+
+
+def test_sharded_arrays_agree_and_show_nan_in_min_max():
+    out = run_on_8_devices(
+        """
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import pytreeparams as ptp
+from pytreeparams._engine import force_device_path, count_device_work
+mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('a', 'b'))
+rng = np.random.default_rng(0)
+x = (3.0 + rng.standard_normal((256, 512))).astype(np.float32)
+x[0, 0] = 1e4
+y = x.copy(); y[100, 7] = np.nan
+sh = NamedSharding(mesh, P('a', 'b'))
+rep = NamedSharding(mesh, P('a', None))  # replicated over 'b': replicas counted once
+tree = {'x': jax.device_put(x, sh), 'y': jax.device_put(y, sh), 'r': jax.device_put(x, rep)}
+plain = ptp.summary({'x': x, 'y': y, 'r': x})
+for force in (False, True):
+    if force:
+        with force_device_path(), count_device_work() as work:
+            s = ptp.summary(tree)
+        assert work.fetches == 1, work
+    else:
+        s = ptp.summary(tree)
+    for a, b in zip(s.rows, plain.rows):
+        for k in ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac'):
+            u, v = getattr(a, k), getattr(b, k)
+            assert (u != u and v != v) or abs(u - v) <= 1e-5 * (abs(v) + 1), (force, a.path, k, u, v)
+    y_row = s.rows[[r.path for r in s.rows].index('y')]
+    assert y_row.min != y_row.min and y_row.max != y_row.max and y_row.nonfinite == 1
+g = jax.jit(ptp.grad_stats)(tree).to_dict()
+g0 = ptp.grad_stats({'x': x, 'y': y, 'r': x}).to_dict()
+for k in g0:
+    u, v = g[k], g0[k]
+    assert (u != u and v != v) or abs(u - v) <= 1e-5 * (abs(v) + 1), (k, u, v)
+print('OK')
+"""
+    )
+    assert 'OK' in out
+
+
+def test_new_shapes_of_a_seen_size_class_compile_only_their_pack():
+    """The device route's compilations, counted on the CPU (forced device path).
+
+    A tree's first large shapes compile one tiny pack program each plus one
+    statistics kernel per size class; a second tree with *new* shapes of the
+    same size class compiles only its packs (the kernel is shared); small
+    leaves of any shape never compile (they are fetched with the rest); a
+    repeated call compiles nothing. Every call fetches once.
+    """
+    assert size_class(90_000) == size_class(93_000) == 98_304
+    a = {'w': jnp.ones((300, 300)), 'v': jnp.ones((300, 301)), 'b': jnp.zeros(300)}
+    b = {'w': jnp.ones((310, 300)), 'v': jnp.ones((450, 200)), 'b': jnp.zeros(301)}
+    b['c'] = jnp.ones((7, 9))
+    jax.clear_caches()
+    counts = []
+    with force_device_path():
+        for tree in (a, b, b):
+            with count_device_work() as work:
+                ptp.summary(tree)
+            counts.append(work)
+    assert [w.compilations for w in counts] == [3, 2, 0]
+    assert all(w.fetches == 1 and w.dispatches == 4 for w in counts)
+
+
+def test_gpu_lowering_has_one_reduction_per_leaf_and_no_runtime_branch():
+    """grad_stats lowered for CUDA (no GPU needed): one (variadic) reduction over
+    each leaf's data (and one over its block partials), and the only conditionals are platform selections on
+    constants, which XLA removes before it runs anything."""
+    tree = {'a': jnp.ones((64, 32)), 'b': jnp.ones(32), 'c': {'d': jnp.ones((3, 5, 7))}}
+
+    def step(g):
+        return ptp.grad_stats(g, g, g)
+
+    text = jax.export.export(jax.jit(step), platforms=['cuda'])(tree).mlir_module()
+    leaves = len(jax.tree_util.tree_leaves(tree))
+    # per leaf and tree: one reduction over the data, one over its block partials
+    assert text.count('stablehlo.reduce(') + text.count('stablehlo.reduce"(') == 2 * 3 * leaves
+    constants = set(re.findall(r'(%\S+) = stablehlo\.constant dense<\d+> : tensor<i32>', text))
+    cases = re.findall(r'(%\S+) = "stablehlo\.case"\((%\S+)\)', text)
+    # platform_dependent: a case on a constant picks the platform index (its
+    # branches return constants); a second case switches on that index
+    platform_index = {out for out, sel in cases if sel in constants}
+    assert cases and all(sel in constants or sel in platform_index for _, sel in cases), cases
+    assert 'stablehlo.if' not in text and 'stablehlo.while' not in text
+
+
+def test_the_package_is_pure_python_and_uses_no_private_jax():
+    root = pathlib.Path(ptp.__file__).parent
+    assert not list(root.glob('*.c')) and not list(root.glob('*.so'))
+    assert not (root.parent / 'setup.py').exists()
+    for f in root.glob('*.py'):
+        assert 'jax._src' not in f.read_text(), f
+
+
+def test_empty_and_non_array_leaves():
+    s = ptp.stats({'e': jnp.zeros((0,)), 'x': jnp.ones(2), 's': 'text'})
+    assert s.paths == ('e', 'x')
+    row = np.asarray(s.table[0])
+    assert np.isnan(row[:5]).all() and row[5] == 0 and np.isnan(row[6])
+    with pytest.raises(KeyError, match='the statistics are mean'):
+        s['mena']
