@@ -181,7 +181,7 @@ def test_grad_stats_agree_with_the_moments(x):
         n = x.size
         k = -(-n // min(n, _moments.GRAD_BLOCK))
         x2 = jnp.pad(xj.reshape(-1), (0, k * min(n, _moments.GRAD_BLOCK) - n)).reshape(k, -1)
-        ss, scale, mean, mx, zeros, nonfinite = jax.jit(lambda v, fn=fn: fn(v, n, True))(x2)
+        ss, scale, mean, mx, zeros, nonfinite = jax.jit(lambda v, fn=fn, n=n: fn(v, n, True))(x2)
         norm = float(jnp.sqrt(ss) * scale)
         w = reference(x).astype(np.float32).astype(np.float64)
         if np.isfinite(w[4]) and np.isfinite(want[0]):
@@ -260,7 +260,8 @@ for force in (False, True):
     for a, b in zip(s.rows, plain.rows):
         for k in ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac'):
             u, v = getattr(a, k), getattr(b, k)
-            assert (u != u and v != v) or abs(u - v) <= 1e-5 * (abs(v) + 1), (force, a.path, k, u, v)
+            ok = (u != u and v != v) or abs(u - v) <= 1e-5 * (abs(v) + 1)
+            assert ok, (force, a.path, k, u, v)
     y_row = s.rows[[r.path for r in s.rows].index('y')]
     assert y_row.min != y_row.min and y_row.max != y_row.max and y_row.nonfinite == 1
 g = jax.jit(ptp.grad_stats)(tree).to_dict()
@@ -299,9 +300,10 @@ def test_new_shapes_of_a_seen_size_class_compile_only_their_pack():
 
 
 def test_gpu_lowering_has_one_reduction_per_leaf_and_no_runtime_branch():
-    """grad_stats lowered for CUDA (no GPU needed): one (variadic) reduction over
-    each leaf's data (and one over its block partials), and the only conditionals are platform selections on
-    constants, which XLA removes before it runs anything."""
+    """grad_stats lowered for CUDA (no GPU needed): one (variadic) reduction
+    over each leaf's data (and one over its block partials), and the only
+    conditionals are platform selections on constants, which XLA removes
+    before it runs anything."""
     tree = {'a': jnp.ones((64, 32)), 'b': jnp.ones(32), 'c': {'d': jnp.ones((3, 5, 7))}}
 
     def step(g):
