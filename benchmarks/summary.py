@@ -1,7 +1,13 @@
 """ptp.summary(stats=True) against clu.parameter_overview and reading the bytes once.
 
-Run: python benchmarks/summary.py [--trees resnet50,gpt2,...] [--rounds N]
+Run: python benchmarks/summary.py [--trees resnet50,gpt2,...] [--rounds N] [--device-path]
 Needs `pip install clu` (benchmark only).
+
+``--device-path`` sends the (CPU-resident) leaves down the accelerator route
+(small leaves fetched in one ``device_get``, large ones through the size-class
+kernels) and prints, per tree, the XLA compilations, executable dispatches and
+device-to-host fetches of the first and of a warm call: what costs on a GPU,
+counted on a machine without one.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from _common import block, fmt_s, interleaved
 
 import pytreeparams as ptp
 from pytreeparams import _paths
+from pytreeparams._engine import count_device_work, force_device_path
 
 
 def first_call(fn) -> float:
@@ -31,7 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--trees', default=','.join(trees.SPECS))
     ap.add_argument('--rounds', type=int, default=7)
+    ap.add_argument('--device-path', action='store_true')
     args = ap.parse_args()
+    if args.device_path:
+        return device_path(args)
     from clu import parameter_overview
 
     print(f'jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}')
@@ -76,6 +86,40 @@ def main() -> None:
             flush=True,
         )
         del tree, buf
+
+
+def device_path(args) -> None:
+    """The accelerator route forced on CPU arrays: counts, and times against
+    the host route of the same run."""
+    print(f'jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}')
+    print(
+        '| tree | first call | compilations | dispatches | fetches (arrays) | warm | '
+        'warm compilations | warm dispatches | warm fetches | host route warm | device / host |'
+    )
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    for name in args.trees.split(','):
+        tree = trees.make(name)
+
+        def dev(tree=tree):
+            with force_device_path():
+                return ptp.summary(tree, stats=True).totals
+
+        def host(tree=tree):
+            return ptp.summary(tree, stats=True).totals
+
+        with count_device_work() as first:
+            t_first = first_call(dev)
+        with count_device_work() as warm:
+            dev()
+        res = interleaved({'device': dev, 'host': host}, rounds=args.rounds)
+        print(
+            f'| {name} | {fmt_s(t_first)} | {first.compilations} | {first.dispatches} | '
+            f'{first.fetches} ({first.fetched_arrays}) | {fmt_s(res["device"])} | '
+            f'{warm.compilations} | {warm.dispatches} | {warm.fetches} | {fmt_s(res["host"])} | '
+            f'{res["device"] / res["host"]:.2f} |',
+            flush=True,
+        )
+        del tree
 
 
 if __name__ == '__main__':

@@ -43,15 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._moments import (
-    JAX_BLOCK,
-    N_PARTIAL,
-    Partial,
-    finalize,
-    host_partials_many,
-    jax_partials,
-    merge,
-)
+from ._host_moments import host_partials_many
+from ._jax_moments import JAX_BLOCK, jax_partials
+from ._moments import N_PARTIAL, Partial, finalize, merge
 
 __all__ = ['DeviceWork', 'count_device_work', 'force_device_path', 'leaf_partials', 'leaf_rows']
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import struct
 
 from ._errors import NonFiniteError, StructureError
-from ._moments import jax_grad_partials
+from ._jax_moments import jax_grad_partials
 from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox_all
 from ._stats import eager_leaf_stats, is_array
 from ._typing import Pattern, PyTree

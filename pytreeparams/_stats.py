@@ -16,7 +16,8 @@ import numpy as np
 from flax import struct
 
 from ._engine import leaf_rows
-from ._moments import STAT_NAMES, finalize, jax_partials
+from ._jax_moments import jax_partials
+from ._moments import STAT_NAMES, finalize
 from ._paths import _flatten, unbox
 from ._typing import PyTree
 

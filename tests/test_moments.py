@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pytreeparams as ptp
-from pytreeparams import _moments
+from pytreeparams import _jax_moments, _moments
 from pytreeparams._engine import count_device_work, force_device_path, leaf_rows, size_class
 
 FLOAT32_LIKE = ['float32', 'bfloat16', 'float16']
@@ -137,7 +137,7 @@ def _summary_row(x):
 
 def _gpu_counts(monkeypatch_target):
     """The counts as the GPU/TPU branch takes them (bits, no branch), on this CPU."""
-    return lambda x, xf, valid, mn, mx: _moments._exact_counts(x, valid)
+    return lambda x, xf, valid, mn, mx: _jax_moments._exact_counts(x, valid)
 
 
 PATHS = ['host', 'device', 'stats', 'stats_jit', 'leaf_stats', 'summary', 'gpu_branch']
@@ -156,12 +156,14 @@ def test_every_path_matches_float64_reference(x):
     }
     with force_device_path():
         got['device'] = leaf_rows([xj])[0]
-    original = _moments._counts
-    _moments._counts = _gpu_counts(None)
+    original = _jax_moments._counts
+    _jax_moments._counts = _gpu_counts(None)
     try:
-        got['gpu_branch'] = jax.jit(lambda v: _moments.finalize(_moments.jax_partials(v), jnp))(xj)
+        got['gpu_branch'] = jax.jit(lambda v: _moments.finalize(_jax_moments.jax_partials(v), jnp))(
+            xj
+        )
     finally:
-        _moments._counts = original
+        _jax_moments._counts = original
     for path in PATHS:
         # host-side rows are float64; device and jitted tables float32
         assert_close(got[path], want, path, float32=path not in ('host', 'summary', 'device'))
@@ -175,12 +177,12 @@ def test_grad_stats_agree_with_the_moments(x):
     want = reference(x)
     with np.errstate(all='ignore'):
         amax = np.max(np.abs(np.asarray(x, np.float64))) if x.size else np.nan
-    for name, fn in (('cpu', _moments._pass_cpu), ('default', _moments._pass_default)):
+    for name, fn in (('cpu', _jax_moments._pass_cpu), ('default', _jax_moments._pass_default)):
         if x.size == 0:
             continue
         n = x.size
-        k = -(-n // min(n, _moments.GRAD_BLOCK))
-        x2 = jnp.pad(xj.reshape(-1), (0, k * min(n, _moments.GRAD_BLOCK) - n)).reshape(k, -1)
+        k = -(-n // min(n, _jax_moments.GRAD_BLOCK))
+        x2 = jnp.pad(xj.reshape(-1), (0, k * min(n, _jax_moments.GRAD_BLOCK) - n)).reshape(k, -1)
         ss, scale, mean, mx, zeros, nonfinite = jax.jit(lambda v, fn=fn, n=n: fn(v, n, True))(x2)
         norm = float(jnp.sqrt(ss) * scale)
         w = reference(x).astype(np.float32).astype(np.float64)

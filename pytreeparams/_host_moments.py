@@ -1,0 +1,213 @@
+"""The moments algorithm in NumPy: statistics of leaves in host memory.
+
+Steps 1-2 of ``_moments`` per block of ``HOST_BLOCK`` elements (held in
+cache), in float64 where it matters: min and max on the data; the exact zero
+count (``x == 0``; NumPy does not flush subnormals); the deviations from an
+approximate block mean (a float32 dot product of ``x / n`` with ones: only a
+shift) written into a float64 buffer, then summed and squared by float64
+dot products. The corrected two-pass formula turns these into the block's
+exact mean and ``M2``, whatever the BLAS kernel's summation order (float64
+accumulation leaves it ~1e-14 relative). Steps 3-4 (merge, finalize) are the
+shared ones. Blocks of large leaves go to one thread per core; small leaves of
+one size and dtype are stacked and reduced together, one row per leaf.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ._moments import Partial, merge, scale_of
+
+__all__ = ['HOST_BLOCK', 'host_array', 'host_partials', 'host_partials_many']
+
+HOST_BLOCK = 1 << 16  # elements per block: 256 KiB of float32, 512 KiB of float64
+_SMALL = 4096  # leaves up to this size are stacked with others of their size
+_EMPTY = Partial(*np.array([0.0, 0.0, 0.0, 1.0, np.nan, np.nan, 0.0, 0.0, 0.0]))
+_POOL: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)))
+    return _POOL[0]
+
+
+def host_array(x: Any) -> np.ndarray:
+    """``x`` as a flat NumPy array of a kind the host path reads.
+
+    Complex values become their modulus, bfloat16 widens exactly to float32
+    (by integer shifts), float16 and 8-bit floats to float32, bool to uint8,
+    big-endian data to native order; integers and float64 keep their
+    precision.
+
+    Example:
+      >>> import numpy as np
+      >>> host_array(np.arange(3, dtype='>f4')).dtype.isnative
+      True
+    """
+    a = np.asarray(x).reshape(-1)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder('='))
+    if np.iscomplexobj(a):
+        a = np.abs(a)
+    if a.dtype.name == 'bfloat16':
+        return np.left_shift(a.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
+    if a.dtype.kind == 'f' and a.dtype.itemsize < 4:  # float16, float8 types
+        return a.astype(np.float32)
+    if a.dtype == np.bool_:
+        return a.view(np.uint8)
+    return a
+
+
+def _inv_scale(a: np.ndarray) -> float:
+    """``1 / scale``: 1 unless squares could leave float64's range (float64 data)."""
+    if a.dtype != np.float64 or a.size == 0:
+        return 1.0
+    with np.errstate(invalid='ignore'):
+        amax = float(np.max(np.abs(a)))
+    if not math.isfinite(amax) or 1e-140 < amax < 1e140:
+        return 1.0
+    return float(1.0 / scale_of(np.float64(amax), np, -1020, 1020))
+
+
+def _block(c: np.ndarray, inv: float, buf: np.ndarray) -> list[float]:
+    """Steps 1-2 on one 1-D block: [n, mean, m2, scale, min, max, zeros, nonfinite, nans]."""
+    m = c.size
+    mn, mx = c.min(), c.max()
+    zeros = np.count_nonzero(c == 0)
+    work = c if inv == 1.0 else c * inv  # an exact power-of-two scaling (float64 data only)
+    flt = work.dtype.kind == 'f'
+    ones = _means_of(m, work.dtype if flt else np.dtype(np.float64))
+    shift = float(np.dot(work, ones)) if flt else float(np.dot(work.astype(np.float64), ones))
+    if not math.isfinite(shift):
+        shift = float(work[0]) if math.isfinite(float(work[0])) else 0.0
+    d = np.subtract(work, shift, out=buf[:m], casting='unsafe')
+    sd = float(np.dot(d, _ONES64[:m]))
+    sdd = float(np.dot(d, d))
+    nonfinite = nans = 0
+    if flt and not (math.isfinite(mn) and math.isfinite(mx)):
+        nonfinite = int(np.count_nonzero(~np.isfinite(c)))
+        nans = int(np.count_nonzero(np.isnan(c)))
+    mean = shift + sd / m
+    m2 = max(sdd - sd * sd / m, 0.0)
+    return [m, mean, m2, 1.0 / inv, float(mn), float(mx), zeros, nonfinite, nans]
+
+
+_ONES64 = np.ones(HOST_BLOCK)
+_MEANS: dict[tuple[int, Any], np.ndarray] = {}
+
+
+def _means_of(m: int, dtype: Any) -> np.ndarray:
+    """``np.full(m, 1 / m, dtype)``, cached: ``dot(x, it)`` is the mean of ``x``."""
+    key = (m, dtype)
+    if key not in _MEANS:
+        _MEANS[key] = np.full(m, 1.0 / m, dtype)
+    return _MEANS[key]
+
+
+def _blocks(a: np.ndarray, lo: int, hi: int, inv: float) -> np.ndarray:
+    """Step 1-2 rows of the blocks starting in ``[lo, hi)`` of a flat leaf."""
+    buf = np.empty(HOST_BLOCK)
+    with np.errstate(all='ignore'):  # non-finite data: replaced in finalize
+        return np.array(
+            [_block(a[i : i + HOST_BLOCK], inv, buf) for i in range(lo, hi, HOST_BLOCK)],
+            np.float64,
+        )
+
+
+def _rows(rows: np.ndarray) -> np.ndarray:
+    """Step 1-2 of each row of a 2-D array of small leaves (one block each)."""
+    m = rows.shape[1]
+    with np.errstate(all='ignore'):
+        mn, mx = rows.min(axis=1), rows.max(axis=1)
+        zeros = np.count_nonzero(rows == 0, axis=1)
+        mean = rows.sum(axis=1, dtype=np.float64) / m
+        d = np.subtract(rows, mean[:, None], dtype=np.float64)
+        sd = d.sum(axis=1)
+        sdd = np.einsum('ij,ij->i', d, d)
+        nonfinite = np.zeros(rows.shape[0])
+        nans = np.zeros(rows.shape[0])
+        if rows.dtype.kind == 'f':
+            bad = ~(np.isfinite(mn) & np.isfinite(mx))
+            if bad.any():
+                nonfinite[bad] = np.count_nonzero(~np.isfinite(rows[bad]), axis=1)
+                nans[bad] = np.count_nonzero(np.isnan(rows[bad]), axis=1)
+        k = rows.shape[0]
+        cols = [np.full(k, float(m)), mean + sd / m, np.maximum(sdd - sd * sd / m, 0.0)]
+        cols += [np.ones(k), mn, mx, zeros, nonfinite, nans]
+        return np.stack([np.asarray(c, np.float64) for c in cols], axis=1)
+
+
+def _merge_rows(table: np.ndarray) -> Partial:
+    if table.shape[0] == 1:
+        return Partial(*table[0])
+    return merge(Partial(*table.T), np)
+
+
+def host_partials(x: Any) -> Partial:
+    """The merged partial moments of one host leaf (NumPy, float64 accumulation).
+
+    Args:
+      x: A NumPy array, scalar, or anything ``np.asarray`` reads.
+
+    Returns:
+      A :class:`~pytreeparams._moments.Partial` of float64 scalars.
+
+    Example:
+      >>> import numpy as np
+      >>> p = host_partials(np.array([1.0, 2.0, 3.0]))
+      >>> float(p.n), float(p.mean), float(p.m2)
+      (3.0, 2.0, 2.0)
+    """
+    return host_partials_many([x])[0]
+
+
+def host_partials_many(xs: list[Any]) -> list[Partial]:
+    """``host_partials`` of many leaves at once: blocks of large leaves shared
+    out to one thread per core (NumPy and BLAS release the GIL), small leaves
+    of one size and dtype stacked (one row each).
+
+    Args:
+      xs: Host leaves.
+
+    Returns:
+      One merged :class:`~pytreeparams._moments.Partial` per leaf.
+    """
+    out: list[Any] = [None] * len(xs)
+    arrays = [host_array(x) for x in xs]
+    groups: dict[tuple[int, Any], list[int]] = {}
+    tasks: list[tuple[int, Any]] = []
+    workers = _pool()._max_workers
+    for i, a in enumerate(arrays):
+        n = a.size
+        if n == 0:
+            out[i] = _EMPTY
+        elif n <= _SMALL and a.dtype != np.float64:
+            groups.setdefault((n, a.dtype), []).append(i)
+        else:
+            inv = _inv_scale(a)
+            blocks = -(-n // HOST_BLOCK)
+            pieces = max(1, min(workers, blocks // 2))
+            cuts = [HOST_BLOCK * (blocks * j // pieces) for j in range(pieces + 1)]
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                if pieces == 1:
+                    tasks.append((i, _blocks(a, lo, n, inv)))
+                else:
+                    tasks.append((i, _pool().submit(_blocks, a, lo, min(hi, n), inv)))
+    for (_, _), idx in groups.items():
+        step = max(1, HOST_BLOCK // arrays[idx[0]].size)
+        for lo in range(0, len(idx), step):
+            part = idx[lo : lo + step]
+            for i, row in zip(part, _rows(np.stack([arrays[i] for i in part]))):
+                out[i] = Partial(*row)
+    per_leaf: dict[int, list[np.ndarray]] = {}
+    for i, t in tasks:
+        per_leaf.setdefault(i, []).append(t if isinstance(t, np.ndarray) else t.result())
+    for i, tables in per_leaf.items():
+        out[i] = _merge_rows(np.concatenate(tables))
+    return out
