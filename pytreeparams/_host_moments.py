@@ -41,7 +41,8 @@ def host_array(x: Any) -> np.ndarray:
     """``x`` as a flat NumPy array of a kind the host path reads.
 
     Complex values become their modulus, bfloat16 widens exactly to float32
-    (by integer shifts), float16 and 8-bit floats to float32, bool to uint8,
+    (by integer shifts; a large leaf stays as its uint16 bits, widened block by
+    block), float16 and 8-bit floats to float32, bool to uint8,
     big-endian data to native order; integers and float64 keep their
     precision.
 
@@ -55,7 +56,11 @@ def host_array(x: Any) -> np.ndarray:
         a = a.astype(a.dtype.newbyteorder('='))
     if np.iscomplexobj(a):
         a = np.abs(a)
+    if a.dtype == np.uint16:  # (uint16 below means bfloat16 bits)
+        return a.astype(np.int32)
     if a.dtype.name == 'bfloat16':
+        if a.size > _SMALL:  # widened block by block (``_block``), never as a whole
+            return a.view(np.uint16)
         return np.left_shift(a.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
     if a.dtype.kind == 'f' and a.dtype.itemsize < 4:  # float16, float8 types
         return a.astype(np.float32)
@@ -75,30 +80,57 @@ def _inv_scale(a: np.ndarray) -> float:
     return float(1.0 / scale_of(np.float64(amax), np, -1020, 1020))
 
 
-def _block(c: np.ndarray, inv: float, buf: np.ndarray) -> list[float]:
-    """Steps 1-2 on one 1-D block: [n, mean, m2, scale, min, max, zeros, nonfinite, nans]."""
+_ROW = 64  # values per BLAS dot: float32 rounding bounded by 63 eps in any summation order
+
+
+def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list[float]:
+    """Steps 1-2 on one 1-D block: [n, mean, m2, scale, min, max, zeros, nonfinite, nans].
+
+    float32 data (and bfloat16/float16, widened into ``wide``): deviations from
+    an approximate mean in float32, summed and squared in rows of ``_ROW`` by
+    BLAS (an error bound of 63 eps whatever the kernel's order), the row sums
+    added in float64. Other data: float64 deviations and float64 dot products.
+    """
+    if c.dtype == np.uint16:  # bfloat16 bits: widened exactly, block by block
+        c = np.left_shift(c, 16, out=wide[: c.size].view(np.uint32), dtype=np.uint32).view(
+            np.float32
+        )
     m = c.size
     mn, mx = c.min(), c.max()
-    zeros = np.count_nonzero(c == 0)
+    zeros = 0 if (mn > 0 or mx < 0) else np.count_nonzero(c == 0)
     work = c if inv == 1.0 else c * inv  # an exact power-of-two scaling (float64 data only)
     flt = work.dtype.kind == 'f'
-    ones = _means_of(m, work.dtype if flt else np.dtype(np.float64))
-    shift = float(np.dot(work, ones)) if flt else float(np.dot(work.astype(np.float64), ones))
-    if not math.isfinite(shift):
-        shift = float(work[0]) if math.isfinite(float(work[0])) else 0.0
-    d = np.subtract(work, shift, out=buf[:m], casting='unsafe')
-    sd = float(np.dot(d, _ONES64[:m]))
-    sdd = float(np.dot(d, d))
     nonfinite = nans = 0
     if flt and not (math.isfinite(mn) and math.isfinite(mx)):
         nonfinite = int(np.count_nonzero(~np.isfinite(c)))
         nans = int(np.count_nonzero(np.isnan(c)))
-    mean = shift + sd / m
+    if work.dtype == np.float32 and m % _ROW == 0:
+        shift = np.float32(np.dot(work, _means_of(m, np.dtype(np.float32))))
+        if not math.isfinite(shift):
+            shift = work[0] if math.isfinite(work[0]) else np.float32(0)
+        d = np.subtract(work, shift, out=wide[:m])
+        rows = d.reshape(-1, _ROW)
+        ones = _ONES32[:_ROW]
+        sd = float(np.sum(rows @ ones, dtype=np.float64))
+        np.multiply(d, d, out=d)
+        sdd = float(np.sum(rows @ ones, dtype=np.float64))
+        mean = float(shift) + sd / m
+    else:
+        ones = _means_of(m, work.dtype if flt else np.dtype(np.float64))
+        w64 = work if flt else work.astype(np.float64)
+        shift = float(np.dot(w64, ones))
+        if not math.isfinite(shift):
+            shift = float(work[0]) if math.isfinite(float(work[0])) else 0.0
+        d = np.subtract(work, shift, out=buf[:m], casting='unsafe')
+        sd = float(np.dot(d, _ONES64[:m]))
+        sdd = float(np.dot(d, d))
+        mean = shift + sd / m
     m2 = max(sdd - sd * sd / m, 0.0)
     return [m, mean, m2, 1.0 / inv, float(mn), float(mx), zeros, nonfinite, nans]
 
 
 _ONES64 = np.ones(HOST_BLOCK)
+_ONES32 = np.ones(HOST_BLOCK, np.float32)
 _MEANS: dict[tuple[int, Any], np.ndarray] = {}
 
 
@@ -113,9 +145,10 @@ def _means_of(m: int, dtype: Any) -> np.ndarray:
 def _blocks(a: np.ndarray, lo: int, hi: int, inv: float) -> np.ndarray:
     """Step 1-2 rows of the blocks starting in ``[lo, hi)`` of a flat leaf."""
     buf = np.empty(HOST_BLOCK)
+    wide = np.empty(HOST_BLOCK, np.float32)
     with np.errstate(all='ignore'):  # non-finite data: replaced in finalize
         return np.array(
-            [_block(a[i : i + HOST_BLOCK], inv, buf) for i in range(lo, hi, HOST_BLOCK)],
+            [_block(a[i : i + HOST_BLOCK], inv, buf, wide) for i in range(lo, hi, HOST_BLOCK)],
             np.float64,
         )
 

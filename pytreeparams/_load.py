@@ -173,6 +173,14 @@ def load_into(
             out.append(x)
             continue
         t_dtype, s_dtype = getattr(tgt, 'dtype', None), getattr(src, 'dtype', None)
+        if t_dtype is not None and s_dtype is None and isinstance(src, (bool, int, float, complex)):
+            # a Python scalar has no dtype of its own: the target's wins, if it holds the value
+            cast_src = np.asarray(src).astype(t_dtype)
+            if cast_src.item() != src:
+                dtype_mm[p] = (describe(tgt), describe(src))
+                out.append(x)
+                continue
+            src = cast_src
         if t_dtype is not None and s_dtype is not None and np.dtype(t_dtype) != np.dtype(s_dtype):
             if not cast:
                 dtype_mm[p] = (describe(tgt), describe(src))

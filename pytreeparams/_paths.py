@@ -26,6 +26,7 @@ import difflib
 import functools
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -214,12 +215,16 @@ def describe(x: Any) -> str:
 
 
 class _LRU(dict):
-    """A tiny bounded cache (insertion order eviction)."""
+    """A tiny bounded cache (insertion order eviction), safe across threads:
+    ``get`` is one dict lookup (atomic); ``put`` holds a lock while it evicts."""
+
+    _lock = threading.Lock()
 
     def put(self, key: Any, value: Any) -> Any:
-        if len(self) >= _CACHE_SIZE:
-            self.pop(next(iter(self)))
-        self[key] = value
+        with self._lock:
+            while len(self) >= _CACHE_SIZE:
+                self.pop(next(iter(self)), None)
+            self[key] = value
         return value
 
 
@@ -524,6 +529,16 @@ def _check_replacement(old: Any, new: Any, where: str) -> None:
         )
 
 
+def _like_container(old: Any, new: Any) -> Any:
+    """``new`` as the mapping kind ``old`` is (a FrozenDict holds plain dicts inside,
+    so ``get`` hands out a FrozenDict where ``set`` finds a dict, and back)."""
+    if isinstance(old, FrozenDict) and type(new) is dict:
+        return FrozenDict(new)
+    if type(old) is dict and isinstance(new, FrozenDict):
+        return new.unfreeze()
+    return new
+
+
 def set(tree: PyTree, path: PathLike, value: Any, *, check: bool = True) -> PyTree:  # noqa: A001
     """Returns a new tree with the node at ``path`` replaced by ``value``.
 
@@ -555,9 +570,10 @@ def set(tree: PyTree, path: PathLike, value: Any, *, check: bool = True) -> PyTr
 
     def rec(node: Any, depth: int) -> Any:
         if depth == len(keys):
+            new = _like_container(node, value)
             if check:
-                _check_replacement(node, value, where)
-            return rebox(node, value)
+                _check_replacement(node, new, where)
+            return rebox(node, new)
         kids = _children(node)
         i = -1 if kids is None else _find(kids, keys[depth])
         if i < 0:

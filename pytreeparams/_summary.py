@@ -337,7 +337,8 @@ class Summary:
         )
 
     def to_dict(self) -> dict[str, float]:
-        """Flat ``{'path/stat': float}`` (groups with ``depth``), plus ``total/...``.
+        """Flat ``{'path/stat': float}`` (groups with ``depth``), plus ``total/...``
+        (``_total/...`` when the tree has a top-level key ``total`` of its own).
 
         Returns:
           Sizes, bytes and (with statistics) every statistic, for loggers such as
@@ -345,7 +346,11 @@ class Summary:
         """
         out: dict[str, float] = {}
         body = self.groups if self.depth is not None else self.rows
-        for r in (*body, self.totals):
+        total = 'total'
+        while any(r.path == total or r.path.startswith(total + '/') for r in body):
+            total = '_' + total  # a tree with its own 'total' keeps it; the totals move aside
+        totals = dataclasses.replace(self.totals, path=total)
+        for r in (*body, totals):
             out[f'{r.path}/size'] = float(r.size)
             out[f'{r.path}/nbytes'] = float(r.nbytes)
             if self.has_stats and r.mean is not None:
@@ -604,6 +609,9 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
             continue
         va = np.asarray(jax.device_get(xa)).astype(np.float64)
         vb = np.asarray(jax.device_get(xb)).astype(np.float64)
+        if np.array_equal(va, vb, equal_nan=True):  # NaN in the same places is no change
+            rel[p] = 0.0
+            continue
         num = float(np.linalg.norm((va - vb).ravel()))
         den = float(np.linalg.norm(va.ravel()))
         rel[p] = num / den if den > 0 else (0.0 if num == 0 else float('inf'))

@@ -137,8 +137,26 @@ def to_torch_state_dict(
     if tensors:
         import torch
 
-        out = OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in out.items())
+        out = OrderedDict((k, _tensor(torch, v)) for k, v in out.items())
     return out
+
+
+def _tensor(torch: Any, v: Any) -> Any:
+    """A torch tensor holding ``v`` bit for bit (bfloat16 and float8 through their bits,
+    which ``torch.from_numpy`` does not take)."""
+    a = np.array(v)
+    name = a.dtype.name
+    if name in _TORCH_BITS:
+        bits, torch_dtype = _TORCH_BITS[name]
+        return torch.from_numpy(a.view(bits)).view(getattr(torch, torch_dtype))
+    return torch.from_numpy(a)
+
+
+_TORCH_BITS = {
+    'bfloat16': (np.int16, 'bfloat16'),
+    'float8_e4m3fn': (np.uint8, 'float8_e4m3fn'),
+    'float8_e5m2': (np.uint8, 'float8_e5m2'),
+}
 
 
 def _to_numpy(v: Any) -> np.ndarray:

@@ -20,7 +20,18 @@ import numpy as np
 from flax.core import FrozenDict
 
 from ._errors import StructureError
-from ._paths import _children, _flatten, get, path_str, path_tuple, set, unbox, unbox_all
+from ._paths import (
+    _children,
+    _flatten,
+    get,
+    is_box,
+    path_str,
+    path_tuple,
+    rebox,
+    set,
+    unbox,
+    unbox_all,
+)
 from ._typing import PathLike, PyTree
 
 __all__ = [
@@ -178,9 +189,15 @@ def _apply(fn: Callable[[Any], Any] | None, node: PyTree) -> PyTree:
 
 
 def _abstract(x: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda v: jax.ShapeDtypeStruct(np.shape(v), getattr(v, 'dtype', np.asarray(v).dtype)), x
-    )
+    def one(v: Any) -> jax.ShapeDtypeStruct:
+        dtype = v.dtype if hasattr(v, 'dtype') else np.asarray(v).dtype  # no eager default
+        return jax.ShapeDtypeStruct(np.shape(v), dtype)
+
+    return jax.tree_util.tree_map(one, x)
+
+
+def _traced(tree: Any) -> bool:
+    return any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(tree))
 
 
 def _check_shapes(alias: str, source: str, fn: Any, src_node: Any, alias_node: Any) -> None:
@@ -227,12 +244,36 @@ def _insert(node: Any, keys: tuple[str, ...], value: Any) -> Any:
         return value
     key = keys[0]
     if isinstance(node, Mapping):
-        match = next((k for k in node if str(k) == key), key)
+        match = next((k for k in node if str(k) == key), None)
+        if match is None:  # a removed key: of the kind its siblings have (NNX: ints)
+            ints = bool(node) and all(isinstance(k, int) for k in node)
+            match = int(key) if ints and key.lstrip('-').isdigit() else key
         child = node[match] if match in node else {}
         new = {**node, match: _insert(child, keys[1:], value)}
-        return FrozenDict(new) if isinstance(node, FrozenDict) else new
+        if isinstance(node, FrozenDict):
+            return FrozenDict(new)
+        return new if type(node) is dict else _same_mapping(node, new)
     child = get(node, (key,))
     return set(node, (key,), _insert(child, keys[1:], value), check=False)
+
+
+def _same_mapping(node: Mapping, new: dict) -> Any:
+    """``new`` in ``node``'s mapping type (e.g. NNX ``State``), else a dict."""
+    try:
+        return type(node)(new)
+    except TypeError:
+        return new
+
+
+def _boxed(tree: PyTree, path: str, value: Any) -> Any:
+    """``value`` in the box that holds ``path`` in ``tree`` (an NNX ``Variable``,
+    ``nn.Partitioned``), so that a rebuilt alias is boxed as its source is."""
+    leaves, _, paths_ = _flatten(tree)
+    if path in paths_:
+        leaf = leaves[paths_.index(path)]
+        if is_box(leaf):
+            return rebox(leaf, value)
+    return value
 
 
 def untie(
@@ -246,7 +287,7 @@ def untie(
       rtol: Relative tolerance of the check that each alias equals the
         transform of its source.
       atol: Absolute tolerance of that check.
-      check: Whether to check values at all (off under ``jit``).
+      check: Whether to check values (skipped for traced values, under ``jit``).
 
     Returns:
       The tree without aliases (dict and FrozenDict keys removed; sequence
@@ -267,12 +308,16 @@ def untie(
     for a, s, fn in ties.items():
         src, ali = get(params, s), get(params, a)
         _check_shapes(a, s, fn, src, ali)
-        if check:
+        if check and not _traced((src, ali)):
             want = jax.tree_util.tree_leaves(_apply(fn, src))
             have = jax.tree_util.tree_leaves(ali)
             if not all(
                 np.allclose(
-                    np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol
+                    np.asarray(x, np.float64),
+                    np.asarray(y, np.float64),
+                    rtol=rtol,
+                    atol=atol,
+                    equal_nan=True,  # NaN where the source holds NaN is the same value
                 )
                 for x, y in zip(want, have)
             ):
@@ -314,7 +359,8 @@ def tie(compact: PyTree, ties: Ties) -> PyTree:
     """
     full = compact
     for a, s, fn in ties.items():
-        full = _insert(full, path_tuple(a), _apply(fn, get(compact, s)))
+        value = _boxed(compact, s, _apply(fn, get(compact, s)))
+        full = _insert(full, path_tuple(a), value)
     return full
 
 
@@ -333,6 +379,8 @@ def tied_grads(full_grads: PyTree, ties: Ties) -> dict[str, dict[str, jax.Array]
 
     Raises:
       PathError: If a source or an alias is not in ``full_grads``.
+      StructureError: If a tied subtree's keys differ from its source's (the
+        leaves are matched by key, never by position).
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -348,7 +396,20 @@ def tied_grads(full_grads: PyTree, ties: Ties) -> dict[str, dict[str, jax.Array]
         ali_flat = {
             path_str((a, p)) if p else a: v for p, v in _subflat(get(full_grads, a)).items()
         }
-        for (sp, g_src), (ap, g_ali) in zip(src_flat.items(), ali_flat.items()):
+        src_rel = {k[len(s) :]: k for k in src_flat}
+        ali_rel = {k[len(a) :]: k for k in ali_flat}
+        if builtins.set(src_rel) != builtins.set(ali_rel):
+            only_s = [src_rel[k] for k in src_rel if k not in ali_rel]
+            only_a = [ali_rel[k] for k in ali_rel if k not in src_rel]
+            raise StructureError(
+                f'tied_grads: {a!r} and its source {s!r} hold different keys: only in the '
+                f'source {only_s}, only in the alias {only_a}'
+            )
+        pairs = [
+            ((src_rel[k], src_flat[src_rel[k]]), (ali_rel[k], ali_flat[ali_rel[k]]))
+            for k in src_rel
+        ]
+        for (sp, g_src), (ap, g_ali) in pairs:
             if fn is None:
                 back = g_ali
             else:
@@ -399,6 +460,14 @@ class TieGroup:
         return Ties(mapping)
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal values, NaN where the other holds NaN included."""
+    try:
+        return bool(np.array_equal(a, b, equal_nan=True))
+    except TypeError:  # dtypes without NaN (ints, bool)
+        return bool(np.array_equal(a, b))
+
+
 def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
     """Finds groups of leaves with identical values (or the same object).
 
@@ -434,7 +503,9 @@ def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
         shape = tuple(np.shape(leaves[i]))
         key_shape = tuple(sorted(shape[-2:])) + shape[:-2] if transposed else shape
         dtype = np.dtype(leaves[i].dtype).name
-        key = (key_shape, dtype, tuple(np.round(fp[[0, 1, 2, 3]], 6)) if fp is not None else None)
+        prints = np.round(fp[[0, 1, 2, 3]], 6) if fp is not None else None
+        # NaN != NaN: fingerprints of NaN-holding leaves compare by their text
+        key = (key_shape, dtype, None if prints is None else tuple(repr(v) for v in prints))
         buckets.setdefault(key, []).append(i)
     groups = []
     claimed: builtins.set[int] = builtins.set()
@@ -450,13 +521,13 @@ def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
                 if k in claimed:
                     continue
                 b = np.asarray(leaves[k])
-                if leaves[k] is leaves[i] or (a.shape == b.shape and np.array_equal(a, b)):
+                if leaves[k] is leaves[i] or (a.shape == b.shape and _same(a, b)):
                     same.append(k)
                 elif (
                     transposed
                     and a.ndim >= 2
                     and np.swapaxes(b, -1, -2).shape == a.shape
-                    and (np.array_equal(a, np.swapaxes(b, -1, -2)))
+                    and _same(a, np.swapaxes(b, -1, -2))
                 ):
                     trans.append(k)
             if same or trans:

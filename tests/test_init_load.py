@@ -212,3 +212,14 @@ SHARDED = textwrap.dedent(
 
 def test_sharded_reinit_and_load_keep_sharding():
     assert 'OK' in run_on_8_devices(SHARDED)
+
+
+def test_python_scalar_source_takes_the_target_dtype():
+    out, report = ptp.load_into(
+        {'x': jnp.zeros(()), 'i': jnp.zeros((), jnp.int32)}, {'x': 5, 'i': 7}
+    )
+    assert out['x'].dtype == jnp.float32 and float(out['x']) == 5.0 and report.ok
+    assert out['i'].dtype == jnp.int32 and int(out['i']) == 7
+    # a value the target dtype cannot hold is reported, not silently changed
+    out, report = ptp.load_into({'i': jnp.zeros((), jnp.int32)}, {'i': 2.5})
+    assert not report.ok and 'i' in report.dtype_mismatch and int(out['i']) == 0

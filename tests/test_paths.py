@@ -380,3 +380,36 @@ def test_partition_combine_round_trip(tree, pattern):
     m = ptp.mask(tree, pattern, missing_ok=True)
     assert ptp.paths(m) == ptp.paths(tree)
     assert [k for k, v in ptp.flatten(m).items() if v] == ptp.paths(matched)
+
+
+def test_set_takes_what_get_gives_on_frozendicts():
+    fd = FrozenDict({'p': {'d': {'x': jnp.ones(2)}}})
+    back = ptp.set(fd, 'p/d', ptp.get(fd, 'p/d'))
+    assert isinstance(back, FrozenDict)
+    chex.assert_trees_all_equal(back, fd)
+    plain = {'p': {'d': {'x': jnp.ones(2)}}}
+    assert type(ptp.set(plain, 'p', FrozenDict(plain['p']))['p']) is dict
+
+
+def test_path_caches_are_thread_safe():
+    """8 threads selecting on trees of many structures (more than the cache holds)."""
+    import concurrent.futures
+
+    from pytreeparams import _paths
+
+    trees_ = [
+        {f'k{i}': {'kernel': np.zeros(1), f'b{j}': np.zeros(1)}}
+        for i in range(40)
+        for j in range(10)
+    ]
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            t = trees_[rng.integers(len(trees_))]
+            assert len(ptp.select(t, '**/kernel')) == 1
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, range(8)))
+    assert len(_paths._PATHS_CACHE) <= _paths._CACHE_SIZE

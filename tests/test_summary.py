@@ -312,3 +312,11 @@ def test_summary_of_nnx_state_groups_modules():
     s = ptp.summary(nnx.state(Net(nnx.Rngs(0))), depth=1)
     assert {g.path: g.size for g in s.groups} == {'bn': 12, 'l0': 15}
     assert s.totals.size == 27 and s.totals.nbytes == 108
+
+
+def test_diff_of_identical_nan_trees_is_same_and_total_key_kept():
+    t = {'a': jnp.array([1.0, jnp.nan]), 'b': jnp.ones(2)}
+    r = ptp.diff(t, t)
+    assert r.same and r.rel_change == {'a': 0.0, 'b': 0.0}
+    d = ptp.summary({'total': jnp.ones(3), 'b': jnp.ones(2)}).to_dict()
+    assert d['total/size'] == 3.0 and d['_total/size'] == 5.0

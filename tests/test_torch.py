@@ -143,3 +143,15 @@ def test_saved_file_runs_in_pytorch(tmp_path):
     tm = torch_mlp().eval()
     tm.load_state_dict(sd)
     np.testing.assert_allclose(run_torch(tm, x), net.apply(v, x), atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16', 'float32', 'int8', 'bool'])
+def test_tensors_of_every_torch_dtype_bit_exact(dtype):
+    x = (jnp.arange(6.0).reshape(2, 3) - 2.5).astype(dtype)
+    sd = ptp.to_torch_state_dict({'params': {'Dense_0': {'kernel': x}}}, tensors=True)
+    t = sd['Dense_0.weight']
+    assert str(t.dtype) == f'torch.{dtype}'
+    back = np.asarray(jax.device_get(x)).T
+    got = t.numpy() if dtype != 'bfloat16' else t.view(torch.int16).numpy()
+    want = back if dtype != 'bfloat16' else back.view(np.int16)
+    np.testing.assert_array_equal(got, want)

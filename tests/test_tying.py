@@ -213,3 +213,85 @@ def test_shared_modules_nnx():
     # NNX's State lists the shared layer once, under one of its paths
     assert [p.rsplit('/', 1)[1] for p in by_path['shared'].param_paths] == ['bias', 'kernel']
     assert by_path['shared'].param_paths[0].rsplit('/', 1)[0] in by_path['shared'].call_sites
+
+
+# --------------------------------------------------------------------------
+# Hardening (issue 13): containers, keys, jit, NaN.
+
+Pair2 = __import__('collections').namedtuple('Pair2', ['first', 'second'])
+
+
+class _Two(nnx.Module):
+    def __init__(self, n: int):
+        self.w = nnx.Param(jnp.arange(float(n)))
+        self.v = nnx.Param(jnp.arange(float(n)))
+
+
+@st.composite
+def tied_trees(draw):
+    """A tree holding a leaf ``x`` twice, in containers of every kind, and its Ties."""
+    n = draw(st.integers(1, 4))
+    x = jnp.arange(float(n)) * draw(st.sampled_from([1.0, -2.0]))
+    kind = draw(st.sampled_from(['int_keys', 'frozen', 'list', 'namedtuple', 'nnx', 'partitioned']))
+    if kind == 'int_keys':
+        return {0: x, 1: x, 2: {'k': x}}, ptp.Ties({'1': '0'})
+    if kind == 'frozen':
+        return FrozenDict({'a': {'w': x}, 'b': {'w': x}}), ptp.Ties({'b': 'a'})
+    if kind == 'list':
+        return {'l': [x, {'w': x}], 'src': {'w': x}}, ptp.Ties({'l/1': 'src'})
+    if kind == 'namedtuple':
+        return {'p': Pair2(x, x), 'q': x}, ptp.Ties({'q': 'p/first'})
+    if kind == 'nnx':
+        return nnx.state(_Two(n)), ptp.Ties({'v': 'w'})
+    box = nn.Partitioned(x, names=('model',))
+    return {'a': box, 'b': nn.Partitioned(x, names=('model',))}, ptp.Ties({'b': 'a'})
+
+
+@given(tied_trees())
+def test_tie_of_untie_keeps_structure_containers_boxes_and_values(case):
+    tree, ties = case
+    back = ptp.tie(ptp.untie(tree, ties), ties)
+    is_box = lambda x: isinstance(x, (nnx.Variable, nn.Partitioned))  # noqa: E731
+    assert jax.tree_util.tree_structure(back, is_leaf=is_box) == jax.tree_util.tree_structure(
+        tree, is_leaf=is_box
+    )
+    assert type(back) is type(tree)
+    for (p1, a), (p2, b) in zip(
+        jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)[0],
+        jax.tree_util.tree_flatten_with_path(back, is_leaf=is_box)[0],
+    ):
+        assert p1 == p2 and type(a) is type(b)
+    chex.assert_trees_all_equal(back, tree)
+
+
+def test_tied_grads_match_subtrees_by_key_and_raise_on_mismatch():
+    g = {
+        'enc': {'a': jnp.ones(1), 'c': jnp.full(1, 2.0)},
+        'dec': {'a': jnp.ones(1), 'b': jnp.ones(1)},
+    }
+    with pytest.raises(ptp.StructureError, match="only in the source \\['enc/c'\\]"):
+        ptp.tied_grads(g, ptp.Ties({'dec': 'enc'}))
+    ok = {
+        'enc': {'a': jnp.ones(1), 'c': jnp.full(1, 2.0)},
+        'dec': {'c': jnp.full(1, 5.0), 'a': jnp.ones(1)},
+    }
+    out = ptp.tied_grads(ok, ptp.Ties({'dec': 'enc'}))
+    assert float(out['enc/c']['sum'][0]) == 7.0 and float(out['enc/a']['sum'][0]) == 2.0
+
+
+def test_tie_untie_tied_grads_run_under_jit():
+    ties = ptp.Ties({'b': ('a', ptp.transpose)})
+    full = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.arange(6.0).reshape(2, 3).T}
+    compact = jax.jit(lambda p: ptp.untie(p, ties, check=False))(full)
+    chex.assert_trees_all_equal(compact, {'a': full['a']})
+    chex.assert_trees_all_equal(jax.jit(lambda c: ptp.tie(c, ties))(compact), full)
+    g = jax.jit(lambda f: ptp.tied_grads(f, ties))(full)
+    chex.assert_trees_all_close(g['a']['sum'], full['a'] * 2)
+
+
+def test_nan_holding_aliases_are_ties():
+    x = jnp.array([1.0, jnp.nan])
+    tree = {'a': x, 'b': x, 'c': jnp.array([1.0, jnp.nan])}
+    (group,) = ptp.find_ties(tree)
+    assert group.source == 'a' and group.aliases == ('b', 'c')
+    assert ptp.untie(tree, ptp.Ties({'b': 'a'})).keys() == {'a', 'c'}
