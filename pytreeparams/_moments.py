@@ -86,6 +86,13 @@ def merge(p: Partial, xp: Any = np, axis: int = 0) -> Partial:
     Returns:
       The merged :class:`Partial` (that axis reduced).
     """
+    if xp is np:
+        with np.errstate(all='ignore'):  # non-finite pieces: replaced in finalize
+            return _merge(p, xp, axis)
+    return _merge(p, xp, axis)
+
+
+def _merge(p: Partial, xp: Any, axis: int) -> Partial:
     n = p.n
     total = xp.sum(n, axis=axis)
     scale = xp.max(p.scale, axis=axis)

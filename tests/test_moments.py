@@ -67,7 +67,7 @@ def assert_close(got, want, what: str, float32: bool = True) -> None:
         elif name == 'l2':
             tol = 1e-5 * abs(w)
         elif name == 'zero_frac':  # an exact count, divided (and rounded to float32)
-            tol = 1e-7 * w
+            tol = 2.0**-23 * w  # one float32 rounding
         else:  # min, max, the non-finite count: exact
             tol = 0.0
         assert abs(g - w) <= tol, (what, name, g, w, tol)
