@@ -90,8 +90,10 @@ def atomic_write_path(path: str, write: Callable[[str], None]) -> None:
     Raises:
       Whatever ``write`` raises; the temporary file is then removed.
     """
-    path = os.path.abspath(path)
+    path = os.path.realpath(path)  # through a symlink to its target, the link kept
     folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'save: the folder {folder!r} does not exist; create it first')
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
     os.close(fd)
     try:
@@ -381,26 +383,53 @@ def _save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
                 f'save: {p!r} is an empty array ({describe(x)}), which an Orbax checkpoint '
                 'cannot hold; use a .safetensors or .msgpack file; nothing was written'
             )
-    path = os.path.abspath(path.rstrip(os.sep))
+    path = os.path.realpath(path.rstrip(os.sep))
     parent = os.path.dirname(path)
+    if os.path.lexists(path) and not _is_checkpoint(path):
+        kind = 'a folder that is not a checkpoint' if os.path.isdir(path) else 'a file'
+        raise FileExistsError(
+            f'save: {path!r} exists and is {kind}; an Orbax save replaces only an existing '
+            'checkpoint. Choose another path, or remove it first if it may go; nothing was written'
+        )
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f'save: the folder {parent!r} does not exist; create it first')
     tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(path) + '.', dir=parent)
-    os.rmdir(tmp)  # orbax creates it
+    os.rmdir(tmp)  # orbax creates it (through its own temporary folder and atomic rename)
+    backup = None
     try:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp, tree)
             ckptr.wait_until_finished()
         with open(os.path.join(tmp, 'pytreeparams.json'), 'w') as f:
             json.dump({'version': _FORMAT_VERSION, **extra}, f)
-        backup = None
         if os.path.exists(path):
             backup = path + '.old-' + os.path.basename(tmp)
             os.replace(path, backup)
-        os.replace(tmp, path)
-        if backup:
-            shutil.rmtree(backup, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if backup is not None:  # put the previous checkpoint back where it was
+                os.replace(backup, path)
+                backup = None
+            raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_leftovers(parent, os.path.basename(tmp))
         raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _is_checkpoint(path: str) -> bool:
+    """Whether ``path`` is an Orbax checkpoint folder (a save may replace it)."""
+    names = ('_METADATA', '_CHECKPOINT_METADATA', 'pytreeparams.json', '_sharding')
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, n)) for n in names)
+
+
+def _remove_leftovers(parent: str, stem: str) -> None:
+    """Removes a failed save's temporary folders (ours and Orbax's)."""
+    for name in os.listdir(parent):
+        if name == stem or name.startswith(stem + '.orbax-checkpoint-tmp'):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _orbax_meta(path: str) -> dict[str, Any]:
@@ -414,10 +443,41 @@ def _orbax_meta(path: str) -> dict[str, Any]:
         raise FormatError(f'{path!r}: corrupt pytreeparams.json: {e}') from e
 
 
-def _load_orbax(path: str, like: PyTree) -> PyTree:
+def _orbax_dtypes(ckptr: Any, path: str) -> dict[str, np.dtype]:
+    """``{path: dtype}`` of the arrays stored in an Orbax checkpoint (its metadata)."""
+    meta = ckptr.metadata(path)
+    tree = getattr(meta, 'tree', None)
+    if tree is None:
+        tree = getattr(getattr(meta, 'item_metadata', None), 'tree', meta)
+    out = {}
+    for p, m in flatten(tree).items():
+        dtype = getattr(m, 'dtype', None)
+        if dtype is not None:
+            out[p] = np.dtype(dtype)
+    return out
+
+
+def _load_orbax(path: str, like: PyTree, cast: bool = False) -> PyTree:
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path.rstrip(os.sep))
+    if like is not None and not cast:
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                stored = _orbax_dtypes(ckptr, path)
+        except Exception as e:
+            raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+        bad = [
+            f'{p!r} (expected {np.dtype(x.dtype).name}, file has {stored[p].name})'
+            for p, x in flatten(like).items()
+            if hasattr(x, 'dtype') and p in stored and np.dtype(x.dtype) != stored[p]
+        ]
+        if bad:
+            raise StructureError(
+                f'load: {path!r} does not match `like`: dtype mismatched {len(bad)}: '
+                + ', '.join(bad[:12])
+                + '. Pass cast=True to convert to the dtypes of `like`.'
+            )
     try:
         with ocp.StandardCheckpointer() as ckptr:
             if like is None:
@@ -459,6 +519,13 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
       ValueError: If a leaf cannot be stored in the format (e.g. complex in
         safetensors), before anything is written.
       StructureError: If an alias of ``ties`` differs from its source.
+      FileExistsError: For an Orbax save onto a file, or onto a folder that is
+        not an Orbax checkpoint (an existing checkpoint is replaced; after a
+        failure midway the previous one loads as before).
+      FileNotFoundError: If the target's folder does not exist.
+
+    A path that is a symlink is written through: its target gets the new
+    content (atomically), the link stays.
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
@@ -483,21 +550,23 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
         _save_orbax(path, tree, extra)
 
 
-def _check_like(loaded: PyTree, like: PyTree, path: str) -> PyTree:
+def _check_like(loaded: PyTree, like: PyTree, path: str, cast: bool = False) -> PyTree:
     flat = flatten(loaded)
     like_leaves, _, like_paths = _flatten(like)
     missing = [p for p in like_paths if p not in flat]
     known = set(like_paths)
     unexpected = [p for p in flat if p not in known]
     bad = []
+    dtype_only = False
     for p, x in zip(like_paths, like_leaves):
         x = unbox(x)
         if p in flat and hasattr(x, 'shape'):
             y = flat[p]
             if tuple(np.shape(y)) != tuple(np.shape(x)) or (
-                hasattr(y, 'dtype') and np.dtype(y.dtype) != np.dtype(x.dtype)
+                not cast and hasattr(y, 'dtype') and np.dtype(y.dtype) != np.dtype(x.dtype)
             ):
                 bad.append(f'{p!r} (expected {describe(x)}, file has {describe(y)})')
+                dtype_only = dtype_only or tuple(np.shape(y)) == tuple(np.shape(x))
     if missing or unexpected or bad:
         parts = []
         if missing:
@@ -509,12 +578,19 @@ def _check_like(loaded: PyTree, like: PyTree, path: str) -> PyTree:
         raise StructureError(
             f'load: {path!r} does not match `like`: '
             + '; '.join(parts)
+            + ('. Pass cast=True to convert to the dtypes of `like`' if dtype_only else '')
             + '. For a partial load use ptp.load_into(like, ptp.load(path)).'
         )
     out = {}
     for p, x in zip(like_paths, like_leaves):
         y = flat[p]
         target = unbox(x)
+        if cast and hasattr(y, 'dtype') and hasattr(target, 'dtype'):
+            y = (
+                np.asarray(y).astype(target.dtype)
+                if isinstance(y, np.ndarray)
+                else y.astype(target.dtype)
+            )
         sharding = getattr(target, 'sharding', None)
         if sharding is not None and hasattr(y, 'shape'):
             y = jax.device_put(y, sharding)
@@ -524,7 +600,7 @@ def _check_like(loaded: PyTree, like: PyTree, path: str) -> PyTree:
     return unflatten(out, like=like)
 
 
-def load(path: str | os.PathLike[str], like: PyTree = None) -> PyTree:
+def load(path: str | os.PathLike[str], like: PyTree = None, *, cast: bool = False) -> PyTree:
     """Loads a tree saved by :func:`save` (or by another safetensors writer).
 
     Args:
@@ -532,6 +608,8 @@ def load(path: str | os.PathLike[str], like: PyTree = None) -> PyTree:
       like: Optional tree (concrete, or ``jax.ShapeDtypeStruct`` leaves, with
         shardings): the result takes its structure and container types, each
         shape and dtype is checked, and arrays are placed with its shardings.
+      cast: Convert each array to the dtype of ``like`` instead of raising on
+        a dtype mismatch (the same rule for every format).
 
     Returns:
       The tree: without ``like``, nested dicts/FrozenDicts/lists/tuples as
@@ -570,9 +648,9 @@ def load(path: str | os.PathLike[str], like: PyTree = None) -> PyTree:
             like = untie(like, ties, check=False)
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
-        tree = _load_orbax(path, like)
+        tree = _load_orbax(path, like, cast)
     if like is not None:
-        tree = _check_like(tree, like, path)
+        tree = _check_like(tree, like, path, cast)
     if ties is not None:
         tree = tie(tree, ties)
     return tree

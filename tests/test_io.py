@@ -387,3 +387,86 @@ def test_nnx_state_and_partitioned_boxes_round_trip(tmp_path):
     ptp.save(path, v)
     box = ptp.load(path, like=v)['params']['Dense_0']['kernel']
     assert isinstance(box, nn.Partitioned) and box.names == (None, 'model')
+
+
+# --------------------------------------------------------------------------
+# Hardening (issue 13): nothing lost.
+
+
+def test_orbax_save_refuses_a_folder_or_file_that_is_no_checkpoint(tmp_path):
+    pytest.importorskip('orbax.checkpoint')
+    results = tmp_path / 'results'
+    results.mkdir()
+    (results / 'thesis.txt').write_text('x')
+    with pytest.raises(FileExistsError, match='not a checkpoint'):
+        ptp.save(str(results), {'w': jnp.ones(2)})
+    assert (results / 'thesis.txt').read_text() == 'x'
+    makefile = tmp_path / 'Makefile'
+    makefile.write_text('all:')
+    with pytest.raises(FileExistsError, match='is a file'):
+        ptp.save(str(makefile), {'w': jnp.ones(2)})
+    assert makefile.read_text() == 'all:'
+
+
+@pytest.mark.parametrize('fail', ['write', 'first_rename', 'second_rename'])
+def test_orbax_failure_midway_keeps_the_old_checkpoint_and_no_temporary(
+    tmp_path, monkeypatch, fail
+):
+    ocp = pytest.importorskip('orbax.checkpoint')
+    from pytreeparams import _io
+
+    ck = str(tmp_path / 'ck')
+    ptp.save(ck, {'w': jnp.arange(3.0)})
+    real_replace = os.replace
+    calls = []
+
+    def replace(a, b):
+        calls.append((a, b))
+        if (fail == 'first_rename' and len(calls) == 1) or (
+            fail == 'second_rename' and len(calls) == 2
+        ):
+            raise OSError('injected')
+        return real_replace(a, b)
+
+    if fail == 'write':
+
+        def boom(self, *a, **k):
+            raise OSError('injected disk error')
+
+        monkeypatch.setattr(ocp.StandardCheckpointer, 'save', boom)
+    else:
+        monkeypatch.setattr(_io.os, 'replace', replace)
+    with pytest.raises(OSError, match='injected'):
+        ptp.save(ck, {'w': jnp.arange(3.0) + 10})
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ['ck']
+    np.testing.assert_array_equal(ptp.load(ck)['w'], np.arange(3.0))
+
+
+def test_save_through_a_symlink_writes_the_target(tmp_path):
+    target = tmp_path / 'real.safetensors'
+    link = tmp_path / 'link.safetensors'
+    ptp.save(str(target), {'w': jnp.zeros(2)})
+    link.symlink_to(target)
+    ptp.save(str(link), {'w': jnp.ones(2)})
+    assert link.is_symlink()
+    np.testing.assert_array_equal(ptp.load(str(target))['w'], np.ones(2))
+
+
+def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist') as e:
+        ptp.save(str(tmp_path / 'nope' / 'x.safetensors'), {'w': jnp.ones(2)})
+    assert '.tmp' not in str(e.value)
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.msgpack', ''])
+def test_dtype_mismatch_is_an_error_in_every_format_unless_cast(tmp_path, suffix):
+    if not suffix:
+        pytest.importorskip('orbax.checkpoint')
+    path = str(tmp_path / f'f{suffix}')
+    ptp.save(path, {'a': jnp.array([1.7, -2.5])})
+    like = {'a': jnp.zeros(2, jnp.int32)}
+    with pytest.raises(ptp.StructureError, match='cast=True'):
+        ptp.load(path, like=like)
+    out = ptp.load(path, like=like, cast=True)
+    assert out['a'].dtype == jnp.int32 and out['a'].tolist() == [1, -2]
