@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._host_moments import host_partials_many
+from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
 from ._moments import N_PARTIAL, Partial, finalize, merge
 
@@ -119,7 +119,7 @@ def _count(what: str, k: int = 1) -> None:
         setattr(w, what, getattr(w, what) + k)
 
 
-_CPU_ONLY: dict[Any, bool] = {}
+_KIND: dict[Any, str] = {}
 
 
 def _where(x: Any) -> str:
@@ -127,13 +127,15 @@ def _where(x: Any) -> str:
     if not isinstance(x, jax.Array):
         return 'host'
     sharding = x.sharding
-    hit = _CPU_ONLY.get(sharding)
-    if hit is None:
+    kind = _KIND.get(sharding)
+    if kind is None:
         devices = sharding.device_set
-        hit = _CPU_ONLY[sharding] = all(d.platform == 'cpu' for d in devices)
-    if len(sharding.device_set) > 1:
-        return 'sharded' if x.is_fully_addressable else 'global'
-    return 'device' if (_FORCE or not hit) else 'host'
+        if len(devices) > 1:
+            kind = 'sharded' if x.is_fully_addressable else 'global'
+        else:
+            kind = 'host' if all(d.platform == 'cpu' for d in devices) else 'device'
+        _KIND[sharding] = kind
+    return 'device' if (kind == 'host' and _FORCE) else kind
 
 
 def _pieces(x: jax.Array) -> list[jax.Array]:
@@ -222,23 +224,26 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
     return out
 
 
-def leaf_partials(leaves: list[Any]) -> list[Partial | None]:
-    """The merged partial moments of each concrete array leaf, where it lives.
+def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Merged partial moments of each concrete array leaf, where it lives.
 
     Args:
-      leaves: Concrete leaves (NumPy or jax arrays, scalars). Entries that are
-        None are skipped.
+      leaves: Concrete leaves (NumPy or jax arrays, scalars); None entries
+        are skipped.
 
     Returns:
-      One ``Partial`` of float64 NumPy scalars per leaf (None for None).
+      ``(table, has)``: a float64 ``(len(leaves), N_PARTIAL)`` table of merged
+      partials, and a bool mask of the rows that hold a leaf.
     """
-    out: list[Any] = [None] * len(leaves)
+    table = np.zeros((len(leaves), N_PARTIAL))
+    has = np.zeros(len(leaves), bool)
     host: list[int] = []
     pieces: list[jax.Array] = []
     owner: list[int] = []
     for i, x in enumerate(leaves):
         if x is None:
             continue
+        has[i] = True
         where = _where(x)
         if where == 'host':
             host.append(i)
@@ -250,12 +255,12 @@ def leaf_partials(leaves: list[Any]) -> list[Partial | None]:
                 pieces.append(piece)
                 owner.append(i)
         else:
-            out[i] = Partial(*np.asarray(_global(x), np.float64))
+            table[i] = np.asarray(_global(x), np.float64)
             _count('dispatches')
             _count('fetches')
             _count('fetched_arrays')
-    for i, p in zip(host, host_partials_many([leaves[i] for i in host])):
-        out[i] = p
+    if host:
+        table[host] = host_table([leaves[i] for i in host])
     if pieces:
         on_host = [not _FORCE and _where(p) == 'host' for p in pieces]
         parts: list[Any] = [None] * len(pieces)
@@ -269,12 +274,15 @@ def leaf_partials(leaves: list[Any]) -> list[Partial | None]:
         for i, p in zip(owner, parts):
             grouped.setdefault(i, []).append(p)
         for i, ps in grouped.items():
-            if len(ps) == 1:
-                out[i] = ps[0]
-            else:
-                stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
-                out[i] = merge(stacked, np)
-    return out
+            stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
+            table[i] = np.asarray(ps[0] if len(ps) == 1 else merge(stacked, np), np.float64)
+    return table, has
+
+
+def leaf_partials(leaves: list[Any]) -> list[Partial | None]:
+    """``leaf_table`` as one :class:`Partial` per leaf (None for None)."""
+    table, has = leaf_table(leaves)
+    return [Partial(*row) if h else None for row, h in zip(table, has)]
 
 
 def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
@@ -286,12 +294,6 @@ def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
       >>> leaf_rows([np.array([3.0, 4.0]), None])[0].tolist()
       [3.5, 0.5, 3.0, 4.0, 5.0, 0.0, 0.0]
     """
-    parts = leaf_partials(leaves)
-    idx = [i for i, p in enumerate(parts) if p is not None]
-    out: list[Any] = [None] * len(leaves)
-    if idx:
-        stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*(parts[i] for i in idx))))
-        table = finalize(stacked, np)
-        for k, i in enumerate(idx):
-            out[i] = table[k]
-    return out
+    table, has = leaf_table(leaves)
+    stats = finalize(Partial(*table.T), np)
+    return [row if h else None for row, h in zip(stats, has)]

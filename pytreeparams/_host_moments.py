@@ -23,7 +23,7 @@ import numpy as np
 
 from ._moments import Partial, merge, scale_of
 
-__all__ = ['HOST_BLOCK', 'host_array', 'host_partials', 'host_partials_many']
+__all__ = ['HOST_BLOCK', 'host_array', 'host_partials', 'host_partials_many', 'host_table']
 
 HOST_BLOCK = 1 << 16  # elements per block: 256 KiB of float32, 512 KiB of float64
 _SMALL = 4096  # leaves up to this size are stacked with others of their size
@@ -37,14 +37,33 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
     return _POOL[0]
 
 
+_PLANS: dict[Any, str] = {}
+
+
+def _plan(dtype: np.dtype) -> str:
+    """How ``host_array`` reads a dtype (looked up once per dtype)."""
+    if not dtype.isnative:
+        return 'native'
+    if dtype.kind == 'c':
+        return 'abs'
+    if dtype == np.uint16:  # (uint16 below means bfloat16 bits)
+        return 'int32'
+    if dtype.name == 'bfloat16':
+        return 'bfloat16'
+    if dtype.kind == 'f' and dtype.itemsize < 4:  # float16, float8 types
+        return 'float32'
+    if dtype == np.bool_:
+        return 'uint8'
+    return 'as_is'
+
+
 def host_array(x: Any) -> np.ndarray:
     """``x`` as a flat NumPy array of a kind the host path reads.
 
     Complex values become their modulus, bfloat16 widens exactly to float32
     (by integer shifts; a large leaf stays as its uint16 bits, widened block by
-    block), float16 and 8-bit floats to float32, bool to uint8,
-    big-endian data to native order; integers and float64 keep their
-    precision.
+    block), float16 and 8-bit floats to float32, bool to uint8, big-endian
+    data to native order; integers and float64 keep their precision.
 
     Example:
       >>> import numpy as np
@@ -52,21 +71,24 @@ def host_array(x: Any) -> np.ndarray:
       True
     """
     a = np.asarray(x).reshape(-1)
-    if not a.dtype.isnative:
-        a = a.astype(a.dtype.newbyteorder('='))
-    if np.iscomplexobj(a):
-        a = np.abs(a)
-    if a.dtype == np.uint16:  # (uint16 below means bfloat16 bits)
+    plan = _PLANS.get(a.dtype)
+    if plan is None:
+        plan = _PLANS[a.dtype] = _plan(a.dtype)
+    if plan == 'as_is':
+        return a
+    if plan == 'native':
+        return host_array(a.astype(a.dtype.newbyteorder('=')))
+    if plan == 'abs':
+        return host_array(np.abs(a))
+    if plan == 'int32':
         return a.astype(np.int32)
-    if a.dtype.name == 'bfloat16':
+    if plan == 'bfloat16':
         if a.size > _SMALL:  # widened block by block (``_block``), never as a whole
             return a.view(np.uint16)
         return np.left_shift(a.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
-    if a.dtype.kind == 'f' and a.dtype.itemsize < 4:  # float16, float8 types
+    if plan == 'float32':
         return a.astype(np.float32)
-    if a.dtype == np.bool_:
-        return a.view(np.uint8)
-    return a
+    return a.view(np.uint8)
 
 
 def _inv_scale(a: np.ndarray) -> float:
@@ -197,21 +219,29 @@ def host_partials(x: Any) -> Partial:
       >>> float(p.n), float(p.mean), float(p.m2)
       (3.0, 2.0, 2.0)
     """
-    return host_partials_many([x])[0]
+    return Partial(*host_table([x])[0])
 
 
 def host_partials_many(xs: list[Any]) -> list[Partial]:
-    """``host_partials`` of many leaves at once: blocks of large leaves shared
-    out to one thread per core (NumPy and BLAS release the GIL), small leaves
-    of one size and dtype stacked (one row each).
+    """``host_partials`` of many leaves (see :func:`host_table`)."""
+    return [Partial(*row) for row in host_table(xs)]
+
+
+def host_table(xs: list[Any]) -> np.ndarray:
+    """Merged partials of many host leaves, one row each (``N_PARTIAL`` columns).
+
+    Blocks of large leaves are shared out to one thread per core (NumPy and
+    BLAS release the GIL); small leaves of one size and dtype are stacked and
+    reduced together (one row each), so thousands of small leaves cost a few
+    NumPy calls, not thousands.
 
     Args:
       xs: Host leaves.
 
     Returns:
-      One merged :class:`~pytreeparams._moments.Partial` per leaf.
+      A float64 array of shape ``(len(xs), 9)``.
     """
-    out: list[Any] = [None] * len(xs)
+    table = np.empty((len(xs), len(Partial._fields)))
     arrays = [host_array(x) for x in xs]
     groups: dict[tuple[int, Any], list[int]] = {}
     tasks: list[tuple[int, Any]] = []
@@ -219,7 +249,7 @@ def host_partials_many(xs: list[Any]) -> list[Partial]:
     for i, a in enumerate(arrays):
         n = a.size
         if n == 0:
-            out[i] = _EMPTY
+            table[i] = _EMPTY
         elif n <= _SMALL and a.dtype != np.float64:
             groups.setdefault((n, a.dtype), []).append(i)
         else:
@@ -232,15 +262,14 @@ def host_partials_many(xs: list[Any]) -> list[Partial]:
                     tasks.append((i, _blocks(a, lo, n, inv)))
                 else:
                     tasks.append((i, _pool().submit(_blocks, a, lo, min(hi, n), inv)))
-    for (_, _), idx in groups.items():
-        step = max(1, HOST_BLOCK // arrays[idx[0]].size)
+    for (size, _), idx in groups.items():
+        step = max(1, HOST_BLOCK // size)
         for lo in range(0, len(idx), step):
             part = idx[lo : lo + step]
-            for i, row in zip(part, _rows(np.stack([arrays[i] for i in part]))):
-                out[i] = Partial(*row)
+            table[part] = _rows(np.stack([arrays[i] for i in part]))
     per_leaf: dict[int, list[np.ndarray]] = {}
     for i, t in tasks:
         per_leaf.setdefault(i, []).append(t if isinstance(t, np.ndarray) else t.result())
     for i, tables in per_leaf.items():
-        out[i] = _merge_rows(np.concatenate(tables))
-    return out
+        table[i] = _merge_rows(np.concatenate(tables))
+    return table

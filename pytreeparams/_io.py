@@ -298,7 +298,31 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] 
 def _load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
     arrays, meta = _read_safetensors(path)
     if meta is None:  # written by another program: nest by '/' or '.'
-        flat = {k.replace('.', '/') if '/' not in k else k: v for k, v in arrays.items()}
+        flat: dict[str, np.ndarray] = {}
+        origin: dict[str, str] = {}
+        for k, v in arrays.items():
+            p = k.replace('.', '/') if '/' not in k else k
+            keys = p.split('/')
+            if not all(keys):
+                raise FormatError(
+                    f'{path!r}: the tensor name {k!r} has an empty part; it cannot be placed in '
+                    'a tree (read it with safetensors.safe_open)'
+                )
+            if p in origin:
+                raise FormatError(
+                    f'{path!r}: the tensors {origin[p]!r} and {k!r} both name {p!r}; '
+                    'they cannot be placed in one tree'
+                )
+            flat[p], origin[p] = v, k
+        for p in flat:
+            cut = p.rsplit('/', 1)[0] if '/' in p else None
+            while cut:
+                if cut in flat:
+                    raise FormatError(
+                        f'{path!r}: the tensor {origin[cut]!r} is also a prefix of '
+                        f'{origin[p]!r}; they cannot be placed in one tree'
+                    )
+                cut = cut.rsplit('/', 1)[0] if '/' in cut else None
         return unflatten(flat), {}
     try:
         tree = _decode(meta['structure'], '', dict(arrays))
@@ -536,6 +560,7 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     """
     path = os.fspath(path)
     fmt = _format_of(path)
+    _check_names(tree)  # every name must come back as it went in: checked before writing
     extra: dict[str, Any] = {}
     if ties is not None:
         from ._tying import untie
@@ -548,6 +573,33 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
         _save_msgpack(path, tree, extra)
     else:
         _save_orbax(path, tree, extra)
+
+
+def _check_names(tree: PyTree) -> None:
+    """Raises before anything is written if a name would not round-trip.
+
+    Two leaves with one path (a key ``'a/b'`` beside a nested ``a``/``b``) are
+    refused by ``_flatten``; keys must be strings or ints (a float or tuple key
+    has no name in a file).
+    """
+    _flatten(tree)  # StructureError for two leaves with the same path
+
+    def walk(node: Any, where: str) -> None:
+        node = unbox(node)
+        if isinstance(node, (dict, FrozenDict)):
+            for k, v in node.items():
+                if not isinstance(k, (str, int)) or isinstance(k, bool):
+                    raise StructureError(
+                        f'save: the key {k!r} at {where or "the root"!r} is a '
+                        f'{type(k).__name__}; only str and int keys can be saved and loaded '
+                        'back. Rename it; nothing was written'
+                    )
+                walk(v, f'{where}/{k}' if where else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f'{where}/{i}' if where else str(i))
+
+    walk(tree, '')
 
 
 def _check_like(loaded: PyTree, like: PyTree, path: str, cast: bool = False) -> PyTree:

@@ -56,7 +56,8 @@ def test_reinit_jit_equals_eager_and_is_path_keyed(mlp_params):
     key = jax.random.key(1)
     eager = ptp.reinit(mlp_params, key, rules)
     jitted = jax.jit(lambda p: ptp.reinit(p, key, rules))(mlp_params)
-    chex.assert_trees_all_equal(eager, jitted)
+    # the same random bits; a GPU may round the scaling differently inside a fusion
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-6, atol=1e-7)
     # a leaf's new value does not depend on which other leaves exist
     only = ptp.reinit({'params': {'layers_2': mlp_params['params']['layers_2']}}, key, rules)
     chex.assert_trees_all_equal(

@@ -470,3 +470,23 @@ def test_dtype_mismatch_is_an_error_in_every_format_unless_cast(tmp_path, suffix
         ptp.load(path, like=like)
     out = ptp.load(path, like=like, cast=True)
     assert out['a'].dtype == jnp.int32 and out['a'].tolist() == [1, -2]
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.msgpack'])
+def test_names_that_would_not_round_trip_are_refused_before_writing(tmp_path, suffix):
+    path = tmp_path / f'c{suffix}'
+    with pytest.raises(ptp.StructureError, match='same path'):
+        ptp.save(str(path), {'a/b': jnp.ones(2), 'a': {'b': jnp.ones(3)}})
+    with pytest.raises(ptp.StructureError, match='float'):
+        ptp.save(str(path), {1.5: jnp.ones(2)})
+    assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_foreign_names_that_collide_are_format_errors(tmp_path):
+    from safetensors.numpy import save_file
+
+    for i, names in enumerate([['a.b', 'a/b'], ['a', 'a.b'], ['', 'x'], ['a..b'], ['/a']]):
+        path = str(tmp_path / f'foreign{i}.safetensors')
+        save_file({n: np.ones(2, np.float32) for n in names}, path)
+        with pytest.raises(ptp.FormatError, match='cannot be placed|empty part'):
+            ptp.load(path)
