@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ._errors import NonFiniteError, StructureError
+from ._errors import NonFiniteError, PathError, StructureError
 from ._jax_moments import jax_grad_partials
 from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox_all
 from ._stats import eager_leaf_stats, is_array
@@ -323,8 +323,12 @@ def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.A
     """
     from ._paths import select
 
+    try:
+        chosen = select(grads, pattern)
+    except PathError as e:  # dead_units takes no missing_ok: do not suggest it
+        raise PathError(str(e).replace(' Pass missing_ok=True to allow no match.', '')) from None
     out = {}
-    for p, g in select(grads, pattern).items():
+    for p, g in chosen.items():
         g = jnp.asarray(g)
         cols = g.reshape(-1, g.shape[-1]) if g.ndim else g.reshape(1, 1)
         out[p] = jnp.sum(jnp.all(cols == 0, axis=0)).astype(jnp.int32)

@@ -184,6 +184,7 @@ def _blue(asml: Any, amed: Any, abig: Any) -> tuple[Any, Any]:
     med = amed > 0
     medium = jnp.where(med, amed + asml / _SSML / _SSML, asml)
     ss = jnp.where(big, abig + amed * _SBIG * _SBIG, medium)
+    ss = jnp.where(jnp.isnan(asml + amed + abig), jnp.nan, ss)  # NaN (a comparison drops it)
     scale = jnp.where(big, 1 / _SBIG, jnp.where(med, 1.0, 1 / _SSML))
     return ss, scale.astype(ss.dtype)
 
@@ -249,12 +250,15 @@ def _sum2(v: jax.Array, dtype: Any = None) -> jax.Array:
 def _pass_cpu(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
     """XLA:CPU: separate reductions (it fuses no siblings, and a variadic or
     select-carrying reduction runs 8-20x slower there); the rare cases (a sum
-    of squares out of the safe range, zeros, non-finite values) are redone
-    exactly under a ``lax.cond``, which costs nothing on CPU."""
+    of squares out of the safe range, non-finite values) are redone exactly
+    under a ``lax.cond``, which costs nothing on CPU."""
     xf = widen(x)
     padding = x.size - n
     ss = _sum2(xf * xf)
-    safe = (ss > 2.0**-100) & (ss < 2.0**100)
+    amax = jnp.max(jnp.abs(xf)) if extras else None
+    # squares leave float32's range only for |x| beyond ~1e-19 .. 1e19; an
+    # all-zero leaf (amax == 0) needs no rescue either
+    safe = (ss < 2.0**100) & ((ss > 2.0**-100) | ((amax == 0) if extras else False))
     ss, scale = lax.cond(safe, lambda: (ss, jnp.ones((), xf.dtype)), lambda: _blue_exact(xf))
     nan = jnp.asarray(jnp.nan, xf.dtype)
     zero = jnp.zeros((), xf.dtype)
@@ -267,15 +271,17 @@ def _pass_cpu(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
         return ss, scale, nan, nan, nan, nonfinite
     shift = 2.0 ** -max(0, (n - 1).bit_length())
     mean = _sum2(xf * shift) / shift / n
-    amax = jnp.max(jnp.abs(xf))
+    # zeros as n - sum(|sign(x)|): exact for every value XLA computes (XLA:CPU
+    # flushes subnormal results to zero, so a gradient holds none); the exact
+    # counts from the bits run only when something is not finite
     nonzero = _sum2(jnp.abs(jnp.sign(xf)))
-    plain = (nonzero == n) & jnp.isfinite(ss)
+    plain = jnp.isfinite(ss)
 
     def exact():
         z, nf, nn = (_sum2(c, jnp.int32).astype(xf.dtype) for c in _exact_indicators(x))
         return z - padding, nf, jnp.where(nn > 0, jnp.nan, amax)
 
-    zeros, nonfinite, amax = lax.cond(plain, lambda: (zero, zero, amax), exact)
+    zeros, nonfinite, amax = lax.cond(plain, lambda: (n - nonzero, zero, amax), exact)
     return ss, scale, mean, amax, zeros, nonfinite
 
 

@@ -433,7 +433,14 @@ def _resolve_error(tree: PyTree, keys: Path, depth: int, node: Any, kids: Any) -
         candidates = _all_node_paths(tree)
     except Exception:  # pragma: no cover - hints must never mask the error
         candidates = []
-    near = _nearest(full, candidates, n=1)
+    names = kids[0] if kids is not None else []
+    slashed = [n for n in names if '/' in n and '/'.join(keys[depth:]).startswith(n)]
+    if slashed:
+        rest = keys[depth + slashed[0].count('/') + 1 :]
+        spelled = (*keys[:depth], slashed[0], *rest)
+        msg += f' The key {slashed[0]!r} contains "/": pass the path as a tuple, {spelled!r}.'
+        return PathError(msg)
+    near = [p for p in _nearest(full, candidates, n=2) if p != full]
     if near:
         msg += f' Did you mean {near[0]!r}?'
     return PathError(msg)
@@ -638,7 +645,13 @@ def glob_to_regex(glob: str) -> str:
 def _compile_one(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
     if isinstance(pattern, re.Pattern):
         return pattern
-    return re.compile(glob_to_regex(pattern))
+    try:
+        return re.compile(glob_to_regex(pattern))
+    except re.error as e:
+        raise ValueError(
+            f'the glob {pattern!r} is not valid ({e.msg}); a "[" opens a character class that '
+            'needs a closing "]" (write "[[]" for a literal "[")'
+        ) from None
 
 
 def _pattern_key(pattern: Pattern) -> tuple[Any, ...]:
@@ -666,8 +679,11 @@ def _pattern_str(pattern: Pattern) -> str:
     return repr(parts[0]) if len(parts) == 1 else repr(parts)
 
 
-def no_match_message(pattern: Pattern, paths_: Sequence[str]) -> str:
-    """The text of the error for a pattern that matches no path."""
+def no_match_message(pattern: Pattern, paths_: Sequence[str], missing_ok_hint: bool = False) -> str:
+    """The text of the error for a pattern that matches no path.
+
+    ``missing_ok_hint`` adds "Pass missing_ok=True": only for callers that take it.
+    """
     msg = f'pattern {_pattern_str(pattern)} matches none of the {len(paths_)} paths.'
     if not paths_:
         return msg + ' The tree has no leaves.'
@@ -685,7 +701,8 @@ def no_match_message(pattern: Pattern, paths_: Sequence[str]) -> str:
                 f'write {f + "/**"!r}.'
             )
             break
-    msg += ' Pass missing_ok=True to allow no match.'
+    if missing_ok_hint:
+        msg += ' Pass missing_ok=True to allow no match.'
     return msg
 
 
@@ -710,7 +727,7 @@ def _matches(tree: PyTree, pattern: Pattern, missing_ok: bool):
     leaves, treedef, paths_ = _flatten(tree)
     flags = match_flags(paths_, pattern)
     if not missing_ok and not any(flags):
-        raise PathError(no_match_message(pattern, paths_))
+        raise PathError(no_match_message(pattern, paths_, missing_ok_hint=True))
     return leaves, treedef, paths_, flags
 
 

@@ -109,10 +109,16 @@ class Ties:
         for a, (s, _) in entries.items():
             if a in sources:
                 users = [x for x, (y, _) in entries.items() if y == a]
-                kind = 'cycle' if s in entries and entries[s][0] == a else 'chain'
+                if s in entries and entries[s][0] == a:
+                    raise StructureError(
+                        f'Ties: {a!r} and {s!r} are tied to each other: a cycle. Keep one '
+                        f'direction: the alias rebuilt from the source, e.g. Ties({{{a!r}: {s!r}}})'
+                    )
+                fixed = {u: s for u in users}
                 raise StructureError(
                     f'Ties: {a!r} is an alias (of {s!r}) and also a source (of {users[0]!r}): a '
-                    f'{kind}. Tie every alias to the original source, e.g. {{{users[0]!r}: {s!r}}}'
+                    f'chain. Tie every alias to the original source, e.g. {fixed!r} beside '
+                    f'{{{a!r}: {s!r}}}'
                 )
         names = list(entries) + sorted(sources)
         for a in entries:
@@ -205,9 +211,14 @@ def _check_shapes(alias: str, source: str, fn: Any, src_node: Any, alias_node: A
     want = _abstract(alias_node)
     g_leaves, g_def = jax.tree_util.tree_flatten(got)
     w_leaves, w_def = jax.tree_util.tree_flatten(want)
-    if g_def != w_def or any(
-        a.shape != b.shape or a.dtype != b.dtype for a, b in zip(g_leaves, w_leaves)
-    ):
+    if g_def != w_def:
+        g_paths, w_paths = _flatten(got)[2], _flatten(want)[2]
+        raise StructureError(
+            f'Ties: {alias!r} cannot be rebuilt from {source!r}: they hold different keys: only '
+            f'in the source {[p for p in g_paths if p not in w_paths]}, only in the alias '
+            f'{[p for p in w_paths if p not in g_paths]}'
+        )
+    if any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(g_leaves, w_leaves)):
         desc = lambda ls: ', '.join(f'{np.dtype(x.dtype).name}{list(x.shape)}' for x in ls[:4])  # noqa: E731
         raise StructureError(
             f'Ties: {alias!r} cannot be rebuilt from {source!r}: the transform gives '

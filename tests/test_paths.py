@@ -413,3 +413,37 @@ def test_path_caches_are_thread_safe():
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(8)))
     assert len(_paths._PATHS_CACHE) <= _paths._CACHE_SIZE
+
+
+def test_every_hint_names_a_call_that_works():
+    """Each message's suggestion is run, and works."""
+    tree = {'a/b': 1, 'x': {'k': jnp.ones((2, 2))}}
+    with pytest.raises(ptp.PathError, match=re.escape("as a tuple, ('a/b',)")):
+        ptp.get(tree, 'a/b')
+    assert ptp.get(tree, ('a/b',)) == 1
+    with pytest.raises(ptp.PathError, match='missing_ok=True') as e:
+        ptp.select(tree, 'nope')
+    assert ptp.select(tree, 'nope', missing_ok=True) == {}
+    for call in (
+        lambda: ptp.labels(tree, {'nope': 'x'}),
+        lambda: ptp.summary(tree, select='nope'),
+        lambda: ptp.dead_units(tree, 'nope'),
+        lambda: ptp.reinit(tree, jax.random.key(0), {'nope': jax.nn.initializers.zeros}),
+    ):
+        with pytest.raises(ptp.PathError) as e:
+            call()
+        assert 'missing_ok' not in str(e.value), str(e.value)
+    with pytest.raises(ptp.StructureError, match=re.escape("Ties({'a': 'b'})")):
+        ptp.Ties({'a': 'b', 'b': 'a'})
+    assert ptp.Ties({'a': 'b'}).aliases == ('a',)
+    with pytest.raises(ValueError, match=re.escape('write "[[]"')):
+        ptp.select({'[': 1}, '[]]')
+    assert list(ptp.select({'[': 1, 'a': 2}, '[[]')) == ['[']
+    with pytest.raises(ptp.StructureError, match=re.escape("only in the source ['c']")):
+        ptp.untie(
+            {
+                'enc': {'a': jnp.ones(2), 'c': jnp.ones(2)},
+                'dec': {'a': jnp.ones(2), 'b': jnp.ones(2)},
+            },
+            ptp.Ties({'dec': 'enc'}),
+        )
