@@ -111,7 +111,8 @@ def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list
     float32 data (and bfloat16/float16, widened into ``wide``): deviations from
     an approximate mean in float32, summed and squared in rows of ``_ROW`` by
     BLAS (an error bound of 63 eps whatever the kernel's order), the row sums
-    added in float64. Other data: float64 deviations and float64 dot products.
+    added in float64. Other data, and float32 values whose squares could leave
+    float32's range: float64 deviations and float64 dot products.
     """
     if c.dtype == np.uint16:  # bfloat16 bits: widened exactly, block by block
         c = np.left_shift(c, 16, out=wide[: c.size].view(np.uint32), dtype=np.uint32).view(
@@ -126,7 +127,8 @@ def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list
     if flt and not (math.isfinite(mn) and math.isfinite(mx)):
         nonfinite = int(np.count_nonzero(~np.isfinite(c)))
         nans = int(np.count_nonzero(np.isnan(c)))
-    if work.dtype == np.float32 and m % _ROW == 0:
+    amax = max(abs(float(mn)), abs(float(mx)))
+    if work.dtype == np.float32 and m % _ROW == 0 and 1e-10 < amax < 1e18:  # squares fit
         shift = np.float32(np.dot(work, _means_of(m, np.dtype(np.float32))))
         if not math.isfinite(shift):
             shift = work[0] if math.isfinite(work[0]) else np.float32(0)

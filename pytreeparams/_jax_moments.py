@@ -249,39 +249,40 @@ def _sum2(v: jax.Array, dtype: Any = None) -> jax.Array:
 
 def _pass_cpu(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
     """XLA:CPU: separate reductions (it fuses no siblings, and a variadic or
-    select-carrying reduction runs 8-20x slower there); the rare cases (a sum
-    of squares out of the safe range, non-finite values) are redone exactly
-    under a ``lax.cond``, which costs nothing on CPU."""
+    select-carrying reduction runs 8-20x slower there), and one ``lax.cond``
+    per leaf (cheap on CPU) that redoes the rare cases exactly: a sum of
+    squares out of float32's safe range (Blue's accumulators) or non-finite
+    values (counts from the bits).
+
+    Zeros are ``n - sum(|sign(x)|)``: exact for every value XLA computes
+    (XLA:CPU flushes subnormal results to zero, so a gradient holds none).
+    """
     xf = widen(x)
     padding = x.size - n
+    dtype = xf.dtype
+    nan = jnp.asarray(jnp.nan, dtype)
+    zero = jnp.zeros((), dtype)
     ss = _sum2(xf * xf)
-    amax = jnp.max(jnp.abs(xf)) if extras else None
-    # squares leave float32's range only for |x| beyond ~1e-19 .. 1e19; an
-    # all-zero leaf (amax == 0) needs no rescue either
-    safe = (ss < 2.0**100) & ((ss > 2.0**-100) | ((amax == 0) if extras else False))
-    ss, scale = lax.cond(safe, lambda: (ss, jnp.ones((), xf.dtype)), lambda: _blue_exact(xf))
-    nan = jnp.asarray(jnp.nan, xf.dtype)
-    zero = jnp.zeros((), xf.dtype)
-    if not extras:
-        nonfinite = lax.cond(
-            jnp.isfinite(ss),
-            lambda: zero,
-            lambda: _sum2(_exact_indicators(x)[1], jnp.int32).astype(xf.dtype),
-        )
-        return ss, scale, nan, nan, nan, nonfinite
-    shift = 2.0 ** -max(0, (n - 1).bit_length())
-    mean = _sum2(xf * shift) / shift / n
-    # zeros as n - sum(|sign(x)|): exact for every value XLA computes (XLA:CPU
-    # flushes subnormal results to zero, so a gradient holds none); the exact
-    # counts from the bits run only when something is not finite
-    nonzero = _sum2(jnp.abs(jnp.sign(xf)))
-    plain = jnp.isfinite(ss)
+    if extras:
+        amax = jnp.max(jnp.abs(xf))
+        shift = 2.0 ** -max(0, (n - 1).bit_length())
+        mean = _sum2(xf * shift) / shift / n
+        zeros = n - _sum2(jnp.abs(jnp.sign(xf)))
+        tiny_ok = (ss > 2.0**-100) | (amax == 0)  # an all-zero leaf needs no rescue
+    else:
+        amax = mean = zeros = nan
+        tiny_ok = ss > 2.0**-100
+    fast = (ss < 2.0**100) & tiny_ok  # also False for NaN / Inf
 
     def exact():
-        z, nf, nn = (_sum2(c, jnp.int32).astype(xf.dtype) for c in _exact_indicators(x))
-        return z - padding, nf, jnp.where(nn > 0, jnp.nan, amax)
+        ss2, scale2 = _blue_exact(xf)
+        z, nf, nn = (_sum2(c, jnp.int32).astype(dtype) for c in _exact_indicators(x))
+        if not extras:
+            return ss2, scale2, zeros, nf, amax
+        return ss2, scale2, z - padding, nf, jnp.where(nn > 0, jnp.nan, amax)
 
-    zeros, nonfinite, amax = lax.cond(plain, lambda: (n - nonzero, zero, amax), exact)
+    one = jnp.ones((), dtype)
+    ss, scale, zeros, nonfinite, amax = lax.cond(fast, lambda: (ss, one, zeros, zero, amax), exact)
     return ss, scale, mean, amax, zeros, nonfinite
 
 

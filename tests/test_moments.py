@@ -206,8 +206,18 @@ def test_grad_stats_agree_with_the_moments(x):
         1e-20 * np.random.default_rng(2).standard_normal(1000),
         np.where(np.arange(6000) == 4000, np.nan, 1.0),  # NaN in a leaf of 5,000+ elements
         np.array([1e-45, 0.0, 1e-40, 2.0]),  # subnormals are not zeros
+        1e30 + 1e28 * np.random.default_rng(3).standard_normal(70_001),  # host blocks, huge
     ],
-    ids=['outlier_first', 'offset', 'full_with_zero', '3e38', '1e-20', 'nan_5000', 'subnormal'],
+    ids=[
+        'outlier_first',
+        'offset',
+        'full_with_zero',
+        '3e38',
+        '1e-20',
+        'nan_5000',
+        'subnormal',
+        'huge_blocks',
+    ],
 )
 def test_reported_cases(values, maybe_jit):
     x = values.astype(np.float32)
