@@ -417,6 +417,7 @@ def first_nonfinite_activation(
       every output is finite.
 
     Raises:
+      TypeError: Under ``jax.jit`` (it needs concrete outputs).
       Whatever ``module.apply`` raises for these inputs.
 
     Example:
@@ -433,6 +434,11 @@ def first_nonfinite_activation(
         order.append((tuple(mdl.path), method_name))
         return True
 
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((variables, args))):
+        raise TypeError(
+            'first_nonfinite_activation looks at concrete outputs and returns a path, so it '
+            'cannot run under jax.jit; call it outside jit with the same inputs'
+        )
     _, state = module.apply(
         variables, *args, capture_intermediates=record, mutable=['intermediates'], **kwargs
     )

@@ -337,10 +337,41 @@ def _load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
 # msgpack.
 
 
+def _msgpack_state(node: Any, where: str) -> Any:
+    """Flax's state dict of any tree (NNX ``State``, boxes, namedtuples too):
+    mappings keyed by their keys, sequences by ``'0'``, ``'1'``...; leaves
+    checked before anything is written."""
+    node = unbox(node)
+    if node is None or (
+        isinstance(node, (bool, int, float, str)) and not isinstance(node, np.generic)
+    ):
+        return node
+    if isinstance(node, jax.ShapeDtypeStruct):
+        raise ValueError(f'save: {where!r} is abstract ({describe(node)}); save concrete arrays')
+    if hasattr(node, 'shape') and hasattr(node, 'dtype'):
+        return np.asarray(jax.device_get(node))
+    if isinstance(node, (dict, FrozenDict)):
+        return {
+            str(k): _msgpack_state(v, f'{where}/{k}' if where else str(k)) for k, v in node.items()
+        }
+    if isinstance(node, (list, tuple)) and not hasattr(node, '_fields'):
+        return {
+            str(i): _msgpack_state(v, f'{where}/{i}' if where else str(i))
+            for i, v in enumerate(node)
+        }
+    kids = _children(node)
+    if kids is None:
+        raise ValueError(
+            f'save: {where or "the root"!r} holds a {type(node).__name__}, which a msgpack '
+            'checkpoint cannot hold (arrays, numbers, strings and containers); nothing was written'
+        )
+    return {k: _msgpack_state(v, f'{where}/{k}' if where else k) for k, v in zip(kids[0], kids[1])}
+
+
 def _save_msgpack(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
     from flax import serialization
 
-    state = serialization.to_state_dict(tree)
+    state = _msgpack_state(tree, '')
     if extra:
         state = {'__pytreeparams__': json.dumps(extra), 'tree': state}
     data = serialization.msgpack_serialize(state)
@@ -467,8 +498,8 @@ def _orbax_meta(path: str) -> dict[str, Any]:
         raise FormatError(f'{path!r}: corrupt pytreeparams.json: {e}') from e
 
 
-def _orbax_dtypes(ckptr: Any, path: str) -> dict[str, np.dtype]:
-    """``{path: dtype}`` of the arrays stored in an Orbax checkpoint (its metadata)."""
+def _orbax_arrays(ckptr: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{path: (shape, dtype)}`` of the arrays in an Orbax checkpoint (its metadata)."""
     meta = ckptr.metadata(path)
     tree = getattr(meta, 'tree', None)
     if tree is None:
@@ -477,7 +508,7 @@ def _orbax_dtypes(ckptr: Any, path: str) -> dict[str, np.dtype]:
     for p, m in flatten(tree).items():
         dtype = getattr(m, 'dtype', None)
         if dtype is not None:
-            out[p] = np.dtype(dtype)
+            out[p] = (tuple(getattr(m, 'shape', ())), np.dtype(dtype))
     return out
 
 
@@ -485,22 +516,41 @@ def _load_orbax(path: str, like: PyTree, cast: bool = False) -> PyTree:
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path.rstrip(os.sep))
-    if like is not None and not cast:
+    if like is not None:
         try:
             with ocp.StandardCheckpointer() as ckptr:
-                stored = _orbax_dtypes(ckptr, path)
+                stored = _orbax_arrays(ckptr, path)
         except Exception as e:
             raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+        want = {p: x for p, x in flatten(like).items() if hasattr(x, 'dtype')}
+        missing = [p for p in want if p not in stored]
+        unexpected = [p for p in stored if p not in want]
         bad = [
-            f'{p!r} (expected {np.dtype(x.dtype).name}, file has {stored[p].name})'
-            for p, x in flatten(like).items()
-            if hasattr(x, 'dtype') and p in stored and np.dtype(x.dtype) != stored[p]
+            f'{p!r} (expected {describe(x)}, file has {stored[p][1].name}{list(stored[p][0])})'
+            for p, x in want.items()
+            if p in stored
+            and (
+                tuple(np.shape(x)) != stored[p][0]
+                or (not cast and np.dtype(x.dtype) != stored[p][1])
+            )
         ]
-        if bad:
+        if missing or unexpected or bad:
+            parts = [
+                f'{what} {len(v)}: ' + ', '.join(v[:12])
+                for what, v in (
+                    ('missing', [repr(p) for p in missing]),
+                    ('unexpected', [repr(p) for p in unexpected]),
+                    ('mismatched', bad),
+                )
+                if v
+            ]
+            dtype_only = bad and all(
+                tuple(np.shape(want[p])) == stored[p][0] for p in want if p in stored
+            )
             raise StructureError(
-                f'load: {path!r} does not match `like`: dtype mismatched {len(bad)}: '
-                + ', '.join(bad[:12])
-                + '. Pass cast=True to convert to the dtypes of `like`.'
+                f'load: {path!r} does not match `like`: '
+                + '; '.join(parts)
+                + ('. Pass cast=True to convert to the dtypes of `like`.' if dtype_only else '.')
             )
     try:
         with ocp.StandardCheckpointer() as ckptr:

@@ -205,3 +205,12 @@ SHARDED = textwrap.dedent(
 
 def test_sharded_grad_stats_on_8_devices():
     assert 'OK' in run_on_8_devices(SHARDED)
+
+
+def test_first_nonfinite_activation_under_jit_is_a_clear_error():
+    import flax.linen as nn
+
+    net = nn.Sequential([nn.Dense(2), nn.Dense(1)])
+    v = net.init(jax.random.key(0), jnp.ones((1, 3)))
+    with pytest.raises(TypeError, match='outside jit'):
+        jax.jit(lambda v: ptp.first_nonfinite_activation(net, v, jnp.ones((1, 3))))(v)

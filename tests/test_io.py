@@ -490,3 +490,32 @@ def test_foreign_names_that_collide_are_format_errors(tmp_path):
         save_file({n: np.ones(2, np.float32) for n in names}, path)
         with pytest.raises(ptp.FormatError, match='cannot be placed|empty part'):
             ptp.load(path)
+
+
+def test_msgpack_takes_every_tree_kind_and_refuses_what_it_cannot_hold(tmp_path):
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.arange(3.0))
+
+    state = nnx.state(Net())
+    path = str(tmp_path / 's.msgpack')
+    ptp.save(path, state)
+    back = ptp.load(path, like=state)
+    assert type(back) is type(state)
+    np.testing.assert_array_equal(ptp.get(back, 'w'), np.arange(3.0))
+    for bad in ({'x': object()}, {'x': jax.ShapeDtypeStruct((2,), jnp.float32)}):
+        with pytest.raises(ValueError, match='nothing was written|abstract'):
+            ptp.save(str(tmp_path / 'b.msgpack'), bad)
+    assert not (tmp_path / 'b.msgpack').exists()
+
+
+def test_orbax_shape_or_structure_mismatch_names_the_path(tmp_path):
+    pytest.importorskip('orbax.checkpoint')
+    ck = str(tmp_path / 'ck')
+    ptp.save(ck, {'a': jnp.ones(3), 'b': jnp.ones(2)})
+    with pytest.raises(ptp.StructureError, match=r"'a' \(expected float32\[4\]"):
+        ptp.load(ck, like={'a': jnp.ones(4), 'b': jnp.ones(2)})
+    with pytest.raises(ptp.StructureError, match="missing 1: 'c'"):
+        ptp.load(ck, like={'a': jnp.ones(3), 'b': jnp.ones(2), 'c': jnp.ones(1)})
