@@ -246,8 +246,8 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] 
         )
     try:
         header = json.loads(raw[8 : 8 + n])
-    except ValueError as e:
-        raise FormatError(f'{where}: the header is not JSON ({e})') from e
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f'{where}: the header is not JSON ({e!r})') from e
     if not isinstance(header, dict):
         raise FormatError(f'{where}: the header is not a JSON object')
     base = 8 + n
@@ -258,12 +258,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] 
     for name, info in header.items():
         if name == '__metadata__':
             continue
-        try:
-            dtype = _ST_DTYPES[info['dtype']]
-            shape = [int(d) for d in info['shape']]
-            begin, end = (int(o) for o in info['data_offsets'])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FormatError(f'{where}: bad entry for tensor {name!r} ({e!r})') from e
+        dtype, shape, (begin, end) = _entry(info, name, where)
         if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_len:
             raise FormatError(
                 f'{where}: tensor {name!r} has offsets {begin}..{end} outside the data'
@@ -275,7 +270,10 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] 
                 f'{where}: tensor {name!r} of {dtype}{shape} needs {count * np_dtype.itemsize} '
                 f'bytes, the file gives {end - begin}'
             )
-        arrays[name] = np.frombuffer(buf[base + begin : base + end], np_dtype).reshape(shape)
+        try:
+            arrays[name] = np.frombuffer(buf[base + begin : base + end], np_dtype).reshape(shape)
+        except ValueError as e:  # e.g. a dimension NumPy cannot index
+            raise FormatError(f'{where}: tensor {name!r} has shape {shape} ({e})') from e
         spans.append((begin, end))
     spans.sort()
     pos = 0
@@ -290,9 +288,33 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] 
     if isinstance(md, dict) and _META_KEY in md:
         try:
             meta = json.loads(md[_META_KEY])
-        except (TypeError, ValueError) as e:
-            raise FormatError(f'{where}: its pytreeparams metadata is not JSON: {e}') from e
+        except (TypeError, ValueError, RecursionError) as e:
+            raise FormatError(f'{where}: its pytreeparams metadata is not JSON: {e!r}') from e
+        if not isinstance(meta, dict):
+            raise FormatError(f'{where}: its pytreeparams metadata is not a JSON object')
     return arrays, meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _entry(info: Any, name: str, where: str) -> tuple[str, list[int], tuple[int, int]]:
+    """(dtype, shape, offsets) of one header entry, every field checked: JSON
+    integers only (not 1.5, "1", true or Infinity), at most 32 dimensions."""
+    bad = f'{where}: bad entry for tensor {name!r}'
+    if not isinstance(info, dict):
+        raise FormatError(f'{bad} (not a JSON object)')
+    dtype, shape, offsets = info.get('dtype'), info.get('shape'), info.get('data_offsets')
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+        raise FormatError(f'{bad} (unknown dtype {dtype!r})')
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise FormatError(f'{bad} (the shape {shape!r} is not a list of non-negative integers)')
+    if len(shape) > 32:
+        raise FormatError(f'{bad} ({len(shape)} dimensions; at most 32 are read)')
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+        raise FormatError(f'{bad} (data_offsets {offsets!r} are not two integers)')
+    return _ST_DTYPES[dtype], shape, (offsets[0], offsets[1])
 
 
 def _load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
@@ -328,7 +350,7 @@ def _load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
         tree = _decode(meta['structure'], '', dict(arrays))
     except FormatError as e:
         raise FormatError(f'{path!r}: {e}') from e
-    except (KeyError, TypeError, ValueError, RecursionError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError, AttributeError, IndexError) as e:
         raise FormatError(f'{path!r}: its structure metadata is corrupt ({e!r})') from e
     return tree, meta
 
@@ -394,8 +416,10 @@ def _load_msgpack(path: str) -> tuple[PyTree, dict[str, Any]]:
     if isinstance(state, dict) and '__pytreeparams__' in state and 'tree' in state:
         try:
             extra = json.loads(state['__pytreeparams__'])
-        except (TypeError, ValueError) as e:
-            raise FormatError(f'{path!r}: corrupt pytreeparams record: {e}') from e
+        except (TypeError, ValueError, RecursionError) as e:
+            raise FormatError(f'{path!r}: corrupt pytreeparams record: {e!r}') from e
+        if not isinstance(extra, dict):
+            raise FormatError(f'{path!r}: corrupt pytreeparams record: not a JSON object')
         state = state['tree']
     return state, extra
 
@@ -493,9 +517,12 @@ def _orbax_meta(path: str) -> dict[str, Any]:
         return {}
     try:
         with open(meta_file) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise FormatError(f'{path!r}: corrupt pytreeparams.json: {e}') from e
+            meta = json.load(f)
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f'{path!r}: corrupt pytreeparams.json: {e!r}') from e
+    if not isinstance(meta, dict):
+        raise FormatError(f'{path!r}: corrupt pytreeparams.json: not a JSON object')
+    return meta
 
 
 def _orbax_arrays(ckptr: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -745,7 +772,10 @@ def load(path: str | os.PathLike[str], like: PyTree = None, *, cast: bool = Fals
     if meta.get('ties'):
         from ._tying import Ties, tie, untie
 
-        ties = Ties.from_json(meta['ties'])
+        try:
+            ties = Ties.from_json(meta['ties'])
+        except (KeyError, AttributeError, TypeError, IndexError, ValueError) as e:
+            raise FormatError(f'{path!r}: its ties metadata is corrupt ({e!r})') from e
         if like is not None:
             like = untie(like, ties, check=False)
     if fmt == 'orbax':
@@ -754,5 +784,8 @@ def load(path: str | os.PathLike[str], like: PyTree = None, *, cast: bool = Fals
     if like is not None:
         tree = _check_like(tree, like, path, cast)
     if ties is not None:
-        tree = tie(tree, ties)
+        try:
+            tree = tie(tree, ties)
+        except (KeyError, TypeError, ValueError) as e:  # PathError, StructureError too
+            raise FormatError(f'{path!r}: its ties metadata does not fit its tensors ({e})') from e
     return tree

@@ -519,3 +519,88 @@ def test_orbax_shape_or_structure_mismatch_names_the_path(tmp_path):
         ptp.load(ck, like={'a': jnp.ones(4), 'b': jnp.ones(2)})
     with pytest.raises(ptp.StructureError, match="missing 1: 'c'"):
         ptp.load(ck, like={'a': jnp.ones(3), 'b': jnp.ones(2), 'c': jnp.ones(1)})
+
+
+# Structured attacks: well-formed containers with hostile contents.
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _safetensors_bytes(header: dict) -> bytes:
+    import json
+
+    body = json.dumps(header).encode()
+    return len(body).to_bytes(8, 'little') + body
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_structured_safetensors_headers(tmp_path, data):
+    """Hostile header fields (shapes as floats, strings or dicts, huge or many
+    dimensions, infinite offsets, nested JSON, corrupt structure and ties
+    metadata, colliding names): every failure is a FormatError naming the file."""
+    import json
+
+    name = data.draw(st.sampled_from(['a', 'a.b', 'a/b', '', '/a', 'a..b']))
+    entry = {
+        'dtype': data.draw(st.sampled_from(['F32', 'BF16', 'I64', 'X9']) | JSONISH),
+        'shape': data.draw(
+            st.sampled_from([[2], [2**62, 4, 0], [1] * 70, [1.5], '1', {'1': 2}, [-1]]) | JSONISH
+        ),
+        'data_offsets': data.draw(st.sampled_from([[0, 8], [0, float('inf')], [0]]) | JSONISH),
+    }
+    header: dict = {name: entry}
+    if data.draw(st.booleans()):
+        header['a.b' if name != 'a.b' else 'a/b'] = {
+            'dtype': 'F32',
+            'shape': [2],
+            'data_offsets': [8, 16],
+        }
+    meta = data.draw(
+        st.sampled_from(
+            [
+                None,
+                json.dumps({'structure': {'t': 'dict', 'k': [['a', {'t': 'array'}]]}}),
+                json.dumps({'structure': [1, 2]}),
+                json.dumps({'structure': {'t': 'dict', 'k': []}, 'ties': [['x']]}),
+                json.dumps({'structure': {'t': 'dict', 'k': []}, 'ties': {'b': ['a', 'nope']}}),
+                '[' * 5000 + ']' * 5000,
+                json.dumps([1]),
+            ]
+        )
+    )
+    if meta is not None:
+        header['__metadata__'] = {'pytreeparams': meta}
+    path = tmp_path / 'f.safetensors'
+    path.write_bytes(_safetensors_bytes(header) + bytes(16))
+    try:
+        out = ptp.load(path)
+    except ptp.FormatError as e:
+        assert path.name in str(e)
+    else:
+        assert isinstance(ptp.paths(out), list)
+
+
+@FUZZ
+@given(record=JSONISH)
+def test_fuzz_structured_msgpack_and_orbax_records(tmp_path, record):
+    import json
+
+    from flax import serialization
+
+    path = tmp_path / 'f.msgpack'
+    state = {'__pytreeparams__': json.dumps(record), 'tree': {'w': np.ones(2, np.float32)}}
+    path.write_bytes(serialization.msgpack_serialize(state))
+    try:
+        ptp.load(path)
+    except ptp.FormatError as e:
+        assert path.name in str(e)
