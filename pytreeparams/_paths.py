@@ -632,7 +632,7 @@ def glob_to_regex(glob: str) -> str:
                 negate = body.startswith('!')
                 if negate:
                     body = body[1:]
-                body = body.replace('\\', '\\\\')
+                body = body.replace('\\', '\\\\').replace('[', '\\[')
                 out.append(f'[^/{body}]' if negate else f'[{body}]')
                 i = end
         else:
