@@ -123,24 +123,15 @@ def main() -> None:
         args.rounds,
         5,
     )
-    if not args.skip_gpt2:
-        gpt = GPT2()
-        tokens = jax.random.randint(jax.random.key(3), (4, 64), 0, 50257)
-        gp = gpt.init(jax.random.key(4), tokens)
-        bench(
-            'GPT-2 small, batch 4 x 64',
-            lambda p, t: lm_loss(gpt.apply(p, t), t),
-            gp,
-            tokens,
-            max(5, args.rounds // 2),
-            1,
-        )
+    gpt2_batches = [] if args.skip_gpt2 else [(4, 64)]
     if not args.skip_gpt2 and (args.gpt2_big or jax.default_backend() != 'cpu'):
-        gpt = GPT2()
-        tokens = jax.random.randint(jax.random.key(5), (32, 256), 0, 50257)
-        gp = gpt.init(jax.random.key(6), tokens[:1])
+        gpt2_batches.append((32, 256))
+    gpt = GPT2()
+    for i, (batch, length) in enumerate(gpt2_batches):
+        tokens = jax.random.randint(jax.random.key(3 + 2 * i), (batch, length), 0, 50257)
+        gp = gpt.init(jax.random.key(4 + 2 * i), tokens[:1])
         bench(
-            'GPT-2 small, batch 32 x 256',
+            f'GPT-2 small, batch {batch} x {length}',
             lambda p, t: lm_loss(gpt.apply(p, t), t),
             gp,
             tokens,
