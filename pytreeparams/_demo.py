@@ -74,7 +74,19 @@ class _Out:
 
 
 def run_demo(steps: int = 300, out: str | None = None, plain: bool = False) -> int:
-    """Runs the tour of the D2L parameter-management chapter; returns 0."""
+    """Runs the tour of the D2L parameter-management chapter; returns 0.
+
+    Without ``out`` its files go to a temporary folder that is removed at the end.
+    """
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix='pytreeparams-demo-') as tmp:
+            code = _run_demo(steps, tmp, plain)
+        print('(the files above were in a temporary folder, now removed; --out DIR keeps them)')
+        return code
+    return _run_demo(steps, out, plain)
+
+
+def _run_demo(steps: int, out: str, plain: bool) -> int:
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -85,7 +97,6 @@ def run_demo(steps: int = 300, out: str | None = None, plain: bool = False) -> i
 
     t0 = time.perf_counter()
     o = _Out(plain)
-    out = out or tempfile.mkdtemp(prefix='pytreeparams-demo-')
     os.makedirs(out, exist_ok=True)
 
     # 1. Parameter access --------------------------------------------------

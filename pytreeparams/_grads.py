@@ -508,6 +508,19 @@ _TRACE_ERRORS = (
 )
 
 
+def _inspect_compute(
+    params: PyTree, *args: Any, loss_fn: Callable[..., Any], has_aux: bool, depth: Any
+) -> Any:
+    out, g = jax.value_and_grad(loss_fn, has_aux=has_aux)(params, *args)
+    loss, aux = out if has_aux else (out, None)
+    return loss, aux, g, grad_stats(g, params, depth=depth)
+
+
+# One jitted function for every call: jax's cache keys it by loss_fn (static), so
+# repeated inspect calls with the same loss function compile once.
+_inspect_jit = jax.jit(_inspect_compute, static_argnames=('loss_fn', 'has_aux', 'depth'))
+
+
 def inspect(
     loss_fn: Callable[..., Any],
     params: PyTree,
@@ -545,14 +558,14 @@ def inspect(
     from ._summary import summary
 
     def compute(p: PyTree, *a: Any) -> Any:
-        out, g = jax.value_and_grad(loss_fn, has_aux=has_aux)(p, *a)
-        loss, aux = out if has_aux else (out, None)
-        return loss, aux, g, grad_stats(g, p, depth=depth)
+        return _inspect_compute(p, *a, loss_fn=loss_fn, has_aux=has_aux, depth=depth)
 
     jitted = jit is not False
     if jitted:
         try:
-            loss, aux, grads, gs = jax.jit(compute)(params, *args)
+            loss, aux, grads, gs = _inspect_jit(
+                params, *args, loss_fn=loss_fn, has_aux=has_aux, depth=depth
+            )
         except _TRACE_ERRORS as e:
             if jit:
                 raise ValueError(
@@ -705,11 +718,8 @@ class History:
         Raises:
           ImportError: Without matplotlib (``pip install pytreeparams[plot]``).
         """
-        try:
-            import matplotlib
-
-            matplotlib.use('Agg', force=False)
-            import matplotlib.pyplot as plt
+        try:  # a Figure of its own: the global backend (a notebook's inline one) is left alone
+            from matplotlib.figure import Figure
         except ImportError as e:  # pragma: no cover
             raise ImportError(
                 'History.plot needs matplotlib: pip install pytreeparams[plot]'
@@ -722,9 +732,8 @@ class History:
         panels = [
             s for s in stats if any(np.isfinite(self.array(p, s)).any() for p in chosen)
         ] or list(stats[:1])
-        fig, axes = plt.subplots(
-            len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True, squeeze=False
-        )
+        fig = Figure(figsize=(8, 3 * len(panels)))
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
         for ax, stat in zip(axes[:, 0], panels):
             for p in chosen:
                 ax.plot(self.steps, self.array(p, stat), label=p)
@@ -736,5 +745,4 @@ class History:
         fig.tight_layout()
         if file is not None:
             fig.savefig(file, dpi=100)
-        plt.close(fig)
         return fig

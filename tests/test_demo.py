@@ -26,3 +26,14 @@ def test_demo_runs(tmp_path, plain):
     assert 'loaded back bit-identical: True' in out
     if plain:
         assert 'training: ####################' in out
+
+
+def test_demo_without_out_leaves_no_folder(tmp_path):
+    import os
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    cmd = [sys.executable, '-m', 'pytreeparams', 'demo', '--steps', '5', '--plain']
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'now removed' in proc.stdout
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('pytreeparams-demo-')]

@@ -214,3 +214,30 @@ def test_first_nonfinite_activation_under_jit_is_a_clear_error():
     v = net.init(jax.random.key(0), jnp.ones((1, 3)))
     with pytest.raises(TypeError, match='outside jit'):
         jax.jit(lambda v: ptp.first_nonfinite_activation(net, v, jnp.ones((1, 3))))(v)
+
+
+def test_inspect_compiles_once_for_a_loss_function():
+    from pytreeparams._engine import count_device_work
+
+    def loss(p, x):
+        return jnp.sum(p['w'] * x)
+
+    params = {'w': jnp.ones(3)}
+    ptp.inspect(loss, params, jnp.arange(3.0))
+    x = jnp.arange(3.0) + 1
+    with count_device_work() as work:
+        r = ptp.inspect(loss, params, x)
+    assert float(r.loss) == 6.0
+    assert work.compilations == 0
+
+
+def test_history_plot_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    h = ptp.History()
+    for step in range(3):
+        h.append(step, ptp.grad_stats({'w': jnp.full(4, step + 1.0)}))
+    fig = h.plot(str(tmp_path / 'h.png'))
+    assert matplotlib.get_backend() == before
+    assert (tmp_path / 'h.png').read_bytes()[:4] == b'\x89PNG' and fig.axes
