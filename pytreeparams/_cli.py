@@ -1,8 +1,14 @@
-"""The ``pytreeparams`` command line: ``demo``, ``summary FILE``, ``diff A B``."""
+"""The ``pytreeparams`` command line: ``demo``, ``summary FILE``, ``diff A B``.
+
+Exit codes, as ``cmp`` and ``diff`` have them: 0 for success (``diff``: the
+files hold the same tree), 1 when ``diff`` finds a difference, 2 for an error
+(one line on stderr, never a traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +18,13 @@ def _parser() -> argparse.ArgumentParser:
         prog='pytreeparams',
         description='Inspect JAX/Flax parameter trees and checkpoint files.',
     )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version('pytreeparams')
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        ver = 'unknown'
+    p.add_argument('--version', action='version', version=f'pytreeparams {ver}')
     sub = p.add_subparsers(dest='command', required=True)
     demo = sub.add_parser('demo', help='run the built-in tour on the D2L MLP')
     demo.add_argument('--steps', type=int, default=300, help='training steps (default 300)')
@@ -19,28 +32,51 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument('--plain', action='store_true', help='plain text even if rich is installed')
     s = sub.add_parser('summary', help="print a checkpoint file's parameter summary")
     s.add_argument('file', help='a .safetensors or .msgpack file, or an Orbax directory')
-    s.add_argument('--depth', type=int, default=None, help='group by the first N keys')
+    s.add_argument(
+        '--depth', type=int, default=None, help='group by the first N keys (0: totals only)'
+    )
     s.add_argument('--select', default=None, help="only paths matching this glob, e.g. '**/kernel'")
     s.add_argument('--no-stats', action='store_true', help='names, shapes and counts only')
     s.add_argument('--json', action='store_true', help='print {path/stat: value} as JSON')
     d = sub.add_parser('diff', help='print what differs between two checkpoint files')
-    d.add_argument('a')
-    d.add_argument('b')
+    d.add_argument('a', help='the reference checkpoint (file or Orbax directory)')
+    d.add_argument('b', help='the checkpoint compared with it')
     d.add_argument('--json', action='store_true', help='print the report as JSON')
     return p
 
 
 def _err(msg: str) -> int:
-    print(f'pytreeparams: error: {msg}', file=sys.stderr)
-    return 1
+    line = ' '.join(str(msg).split('\n')[0].split())
+    print(f'pytreeparams: error: {line}', file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit code (0 ok, 1 bad input)."""
+    """Runs the command line; returns the exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # e.g. `... --json | head`: end quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    except Exception as e:  # every error one line, never a traceback
+        return _err(f'{type(e).__name__}: {e}' if not str(e) else str(e).strip('"'))
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == 'demo':
+        import os
+
         from ._demo import run_demo
 
+        if args.steps < 1:
+            return _err(f'--steps must be a positive number of training steps, got {args.steps}')
+        if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+            return _err(f'--out {args.out!r} is a file; give a folder (it is created if missing)')
         return run_demo(steps=args.steps, out=args.out, plain=args.plain)
     import json
 
@@ -50,8 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == 'summary':
+            if args.depth is not None and args.depth < 0:
+                return _err(f'--depth must be 0 (totals only) or positive, got {args.depth}')
             tree = load(args.file)
-            s = summary(tree, stats=not args.no_stats, depth=args.depth, select=args.select)
+            depth = args.depth or None
+            s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select)
+            if args.depth == 0:
+                s = dataclasses.replace(s, rows=(), groups=(), depth=None)
             if args.json:
                 print(json.dumps(s.to_dict(), indent=1, allow_nan=True))
             else:
@@ -74,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             else:
                 print(r)
-            return 0
+            return 0 if r.same else 1
     except FileNotFoundError as e:
         return _err(str(e).strip('"'))
     except (FormatError, PathError, ValueError) as e:

@@ -23,7 +23,7 @@ from flax import struct
 from ._errors import NonFiniteError, PathError, StructureError
 from ._jax_moments import jax_grad_partials
 from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox_all
-from ._stats import eager_leaf_stats, is_array
+from ._stats import eager_leaf_stats, is_array, table_text
 from ._typing import Pattern, PyTree
 
 __all__ = [
@@ -86,6 +86,12 @@ class GradStats:
     def __getitem__(self, name: str) -> jax.Array:
         """The column ``name`` (one of ``GRAD_STAT_NAMES``) over layers."""
         return self.table[:, GRAD_STAT_NAMES.index(name)]
+
+    def __str__(self) -> str:
+        text = table_text(self.paths, GRAD_STAT_NAMES, self.table)
+        if isinstance(self.global_norm, jax.core.Tracer):
+            return text
+        return f'{text}\nglobal_norm {float(jax.device_get(self.global_norm)):.4g}'
 
     def to_dict(self) -> dict[str, float]:
         """``{'path/stat': float}`` plus ``'global_norm'``, fetched in one transfer."""

@@ -53,9 +53,9 @@ _ST_SUPPORTED = set(_ST_DTYPES.values())
 
 def _format_of(path: str) -> str:
     p = os.fspath(path)
-    if p.endswith('.safetensors'):
+    if p.lower().endswith('.safetensors'):
         return 'safetensors'
-    if p.endswith('.msgpack'):
+    if p.lower().endswith('.msgpack'):
         return 'msgpack'
     if p.endswith(os.sep) or os.path.isdir(p) or not os.path.splitext(p)[1]:
         return 'orbax'

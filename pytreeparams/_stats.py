@@ -58,6 +58,36 @@ def leaf_stats(x: jax.Array) -> jax.Array:
     return finalize(jax_partials(x), jnp)
 
 
+def table_text(paths: tuple[str, ...], columns: tuple[str, ...], table: Any) -> str:
+    """A plain-text table: one row per path, one column per statistic (one fetch).
+
+    Example:
+      >>> print(table_text(('w',), ('mean',), np.array([[0.5]])))
+      path  mean
+      ----------
+      w      0.5
+    """
+    if isinstance(table, jax.core.Tracer):
+        return f'<{len(paths)} x {len(columns)} statistics, traced>'
+    t = np.asarray(jax.device_get(table), np.float64)
+
+    def fmt(v: float) -> str:
+        if v != v:
+            return 'nan'
+        if v == 0 or (1e-3 <= abs(v) < 1e5):
+            return f'{v:.4g}'
+        return f'{v:.2e}'
+
+    rows = [[p, *(fmt(v) for v in t[i])] for i, p in enumerate(paths)]
+    header = ['path', *columns]
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
+    line = lambda r: '  '.join(  # noqa: E731
+        c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))
+    )
+    head = line(header)
+    return '\n'.join([head, '-' * len(head), *(line(r) for r in rows)])
+
+
 def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
     """Statistics of concrete leaves, each computed where it lives (``_engine``).
 
@@ -98,6 +128,9 @@ class Stats:
         if name not in STAT_NAMES:
             raise KeyError(f'no statistic {name!r}; the statistics are {", ".join(STAT_NAMES)}')
         return self.table[:, STAT_NAMES.index(name)]
+
+    def __str__(self) -> str:
+        return table_text(self.paths, STAT_NAMES, self.table)
 
     def to_dict(self) -> dict[str, float]:
         """``{'path/stat': float}`` on the host (one transfer)."""

@@ -53,7 +53,7 @@ def test_summary_command(files):
 def test_diff_command(files):
     pa, pb = files
     r = cli('diff', str(pa), str(pb))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the files differ (as cmp and diff say it)
     assert '- params/layers_2/bias  (only in a)' in r.stdout
     assert 'params/layers_0/kernel  relative change 1.000e+00' in r.stdout
 
@@ -63,10 +63,45 @@ def test_bad_and_missing_files(tmp_path):
     bad.write_bytes(b'\x05\x00\x00\x00\x00\x00\x00\x00{oops')
     r = cli('summary', str(bad))
     assert (
-        r.returncode == 1 and 'pytreeparams: error:' in r.stderr and 'bad.safetensors' in r.stderr
+        r.returncode == 2 and 'pytreeparams: error:' in r.stderr and 'bad.safetensors' in r.stderr
     )
     r = cli('summary', str(tmp_path / 'nope.safetensors'))
-    assert r.returncode == 1 and 'no such checkpoint' in r.stderr
+    assert r.returncode == 2 and 'no such checkpoint' in r.stderr
     (tmp_path / 'x.txt').write_text('hello')
     r = cli('summary', str(tmp_path / 'x.txt'))
-    assert r.returncode == 1 and 'cannot tell the format' in r.stderr
+    assert r.returncode == 2 and 'cannot tell the format' in r.stderr
+
+
+def test_exit_codes_version_and_one_line_errors(files, tmp_path):
+    pa, pb = files
+    assert cli('diff', str(pa), str(pa)).returncode == 0  # equal
+    assert cli('diff', str(pa), str(pb)).returncode == 1  # different
+    r = cli('--version')
+    assert r.returncode == 0 and r.stdout.startswith('pytreeparams ')
+    r = cli('summary', str(pa), '--depth', '0')
+    assert r.returncode == 0 and 'params/layers_0' not in r.stdout and '4 leaves' in r.stdout
+    upper = tmp_path / 'A.SAFETENSORS'
+    upper.write_bytes(pa.read_bytes())
+    assert cli('summary', str(upper)).returncode == 0
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    bad_inputs = [
+        ('demo', '--steps', '0'),
+        ('demo', '--steps', '-3'),
+        ('demo', '--out', str(afile)),
+        ('summary', str(pa), '--depth', '-1'),
+        ('summary', str(pa), '--select', 'nope/**'),
+        ('diff', str(pa), str(tmp_path / 'missing.msgpack')),
+    ]
+    for args in bad_inputs:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, args
+
+
+def test_closed_pipe_ends_quietly(files):
+    pa, _ = files
+    exe = shutil.which('pytreeparams')
+    cmd = f'{exe or sys.executable + " -m pytreeparams"} summary {pa} --json | head -c 10'
+    r = subprocess.run(['bash', '-c', cmd], capture_output=True, text=True, timeout=300)
+    assert 'Traceback' not in r.stderr and 'BrokenPipe' not in r.stderr

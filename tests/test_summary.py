@@ -320,3 +320,12 @@ def test_diff_of_identical_nan_trees_is_same_and_total_key_kept():
     assert r.same and r.rel_change == {'a': 0.0, 'b': 0.0}
     d = ptp.summary({'total': jnp.ones(3), 'b': jnp.ones(2)}).to_dict()
     assert d['total/size'] == 3.0 and d['_total/size'] == 5.0
+
+
+def test_printing_stats_and_grad_stats_shows_a_table():
+    tree = {'a': {'w': jnp.arange(4.0)}, 'b': jnp.zeros(2)}
+    text = str(ptp.stats(tree))
+    assert text.splitlines()[0].split() == ['path', *ptp.STAT_NAMES]
+    assert text.splitlines()[2].split()[:2] == ['a/w', '1.5']
+    g = str(ptp.grad_stats(tree))
+    assert 'grad_norm' in g.splitlines()[0] and g.splitlines()[-1] == 'global_norm 3.742'
