@@ -479,7 +479,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
         return bool(np.array_equal(a, b))
 
 
-def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
+def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False) -> list[TieGroup]:
     """Finds groups of leaves with identical values (or the same object).
 
     Leaves are bucketed by shape, dtype and a fingerprint (sum, sum of
@@ -490,6 +490,9 @@ def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
     Args:
       tree: Any pytree of concrete arrays.
       transposed: Also find leaves that are the transpose of another.
+      constants: Also group leaves that hold one repeated value (zero biases,
+        unit LayerNorm scales of fresh parameters are equal without being
+        ties); without it such leaves group only when they are the same object.
 
     Returns:
       One :class:`TieGroup` per group of two or more, in flatten order.
@@ -517,6 +520,8 @@ def find_ties(tree: PyTree, *, transposed: bool = False) -> list[TieGroup]:
         prints = np.round(fp[[0, 1, 2, 3]], 6) if fp is not None else None
         # NaN != NaN: fingerprints of NaN-holding leaves compare by their text
         key = (key_shape, dtype, None if prints is None else tuple(repr(v) for v in prints))
+        if not constants and fp is not None and fp[2] == fp[3] and np.size(leaves[i]) > 1:
+            key = (*key, id(leaves[i]))  # a constant leaf ties only with itself
         buckets.setdefault(key, []).append(i)
     groups = []
     claimed: builtins.set[int] = builtins.set()
