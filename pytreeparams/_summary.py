@@ -47,6 +47,7 @@ class Row:
       leaves: Number of leaves the row covers.
       sharding: A description of the sharding, when asked for.
       note: Free text, e.g. ``'alias of ...'`` for tied leaves.
+      alias: Whether the leaf is an alias of ``ties`` (stored once: not in the totals).
       extra: Further ``(column, value)`` pairs, e.g. gradient statistics.
 
     Example:
@@ -71,6 +72,7 @@ class Row:
     leaves: int = 1
     sharding: str | None = None
     note: str = ''
+    alias: bool = False
     extra: tuple[tuple[str, float | None], ...] = ()
 
     @property
@@ -427,18 +429,20 @@ def summary(
     )
     st = eager_leaf_stats(leaves) if concrete else [None] * len(leaves)
     notes = dict(notes or {})
-    if ties is not None:
-        notes.update(ties.notes(tree))
+    aliases: dict[str, str] = ties.notes(tree) if ties is not None else {}
+    notes.update(aliases)
     rows = tuple(
         _leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths_, leaves, st)
     )
+    if aliases:
+        rows = tuple(dataclasses.replace(r, alias=True) if r.path in aliases else r for r in rows)
     groups: tuple[Row, ...] = ()
     if depth is not None:
         buckets: dict[str, list[Row]] = {}
         for r in rows:
             buckets.setdefault('/'.join(r.path.split('/')[:depth]), []).append(r)
         groups = tuple(combine_rows(k, v) for k, v in buckets.items())
-    counted = [r for r in rows if not r.note.startswith('alias of')]
+    counted = [r for r in rows if not r.alias]
     totals = dataclasses.replace(combine_rows('total', counted), leaves=len(rows))
     return Summary(rows, groups, totals, depth, concrete, sharding)
 

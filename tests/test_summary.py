@@ -329,3 +329,11 @@ def test_printing_stats_and_grad_stats_shows_a_table():
     assert text.splitlines()[2].split()[:2] == ['a/w', '1.5']
     g = str(ptp.grad_stats(tree))
     assert 'grad_norm' in g.splitlines()[0] and g.splitlines()[-1] == 'global_norm 3.742'
+
+
+def test_a_note_is_text_and_an_alias_is_a_field():
+    tree = {'a': jnp.ones(5), 'b': jnp.ones(5), 'c': jnp.ones(5)}
+    s = ptp.summary(tree, notes={'a': 'alias of old checkpoint'})
+    assert s.totals.size == 15
+    t = ptp.summary(tree, ties=ptp.Ties({'b': 'a'}))
+    assert t.totals.size == 10 and [r.alias for r in t.rows] == [False, True, False]
