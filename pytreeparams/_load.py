@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import StructureError
-from ._paths import _flatten, _quote_list, compile_pattern, describe, rebox, unbox
+from ._paths import (
+    _flatten,
+    _quote_list,
+    compile_pattern,
+    describe,
+    rebox,
+    same_dtype,
+    unbox,
+)
 from ._typing import Pattern, PyTree
 
 __all__ = ['LoadReport', 'load_into']
@@ -181,7 +189,7 @@ def load_into(
                 out.append(x)
                 continue
             src = cast_src
-        if t_dtype is not None and s_dtype is not None and np.dtype(t_dtype) != np.dtype(s_dtype):
+        if t_dtype is not None and s_dtype is not None and not same_dtype(t_dtype, s_dtype):
             if not cast:
                 dtype_mm[p] = (describe(tgt), describe(src))
                 out.append(x)

@@ -180,6 +180,28 @@ def path_str(path: PathLike) -> str:
     return '/'.join(path_tuple(path))
 
 
+def is_key_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` is a typed PRNG key dtype (``jax.random.key``: ``key<fry>``)."""
+    try:
+        return bool(jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key))
+    except TypeError:  # pragma: no cover - exotic dtypes
+        return False
+
+
+def dtype_name(dtype: Any) -> str:
+    """``np.dtype(dtype).name``, and ``'key<fry>'`` style names for PRNG keys."""
+    if is_key_dtype(dtype):
+        return str(dtype)
+    return np.dtype(dtype).name
+
+
+def same_dtype(a: Any, b: Any) -> bool:
+    """Whether two dtypes are the same (PRNG key dtypes included)."""
+    if is_key_dtype(a) or is_key_dtype(b):
+        return str(a) == str(b)
+    return np.dtype(a) == np.dtype(b)
+
+
 def describe(x: Any) -> str:
     """Describes a leaf by dtype and shape, as Flax summaries do.
 
@@ -204,7 +226,7 @@ def describe(x: Any) -> str:
     dtype = getattr(x, 'dtype', None)
     shape = getattr(x, 'shape', None)
     if dtype is not None and shape is not None:
-        return f'{np.dtype(dtype).name}[{",".join(str(d) for d in shape)}]'
+        return f'{dtype_name(dtype)}[{",".join(str(d) for d in shape)}]'
     if x is None:
         return 'None'
     return type(x).__name__
@@ -525,7 +547,7 @@ def _check_replacement(old: Any, new: Any, where: str) -> None:
         a, b = unbox(a), unbox(b)
         sa, sb = np.shape(a) if a is not None else (), np.shape(b) if b is not None else ()
         da, db = getattr(a, 'dtype', None), getattr(b, 'dtype', None)
-        if sa != sb or (da is not None and db is not None and np.dtype(da) != np.dtype(db)):
+        if sa != sb or (da is not None and db is not None and not same_dtype(da, db)):
             name = '/'.join(x for x in (where, p) if x)
             bad.append(f'{name!r}: expected {describe(a)}, got {describe(b)}')
     if bad:

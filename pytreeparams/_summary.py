@@ -20,7 +20,9 @@ from ._paths import (
     _flatten,
     compile_pattern,
     describe,
+    dtype_name,
     flatten,
+    is_key_dtype,
     no_match_message,
     unbox,
     unbox_all,
@@ -103,8 +105,12 @@ def _dtype_info(dtype: Any) -> tuple[str, int]:
     """(name, itemsize) of a dtype, cached (``np.dtype.name`` is slow)."""
     info = _DTYPE_NAMES.get(dtype)
     if info is None:
-        d = np.dtype(dtype)
-        info = _DTYPE_NAMES[dtype] = (d.name, d.itemsize)
+        if is_key_dtype(dtype):  # PRNG keys: the bytes of their key data
+            info = (dtype_name(dtype), int(dtype.itemsize))
+        else:
+            d = np.dtype(dtype)
+            info = (d.name, d.itemsize)
+        _DTYPE_NAMES[dtype] = info
     return info
 
 
@@ -126,6 +132,12 @@ def _is_plain(x: Any) -> bool:
     return False
 
 
+def _is_key(x: Any) -> bool:
+    """A PRNG key array (``jax.random.key``): shown, counted in bytes, no statistics."""
+    dtype = getattr(x, 'dtype', None)
+    return dtype is not None and hasattr(x, 'shape') and is_key_dtype(dtype)
+
+
 def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
     if _is_plain(x) and (st is not None or is_array(x)):  # the common case, quickly
         shape = x.shape
@@ -133,7 +145,7 @@ def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: st
         size = math.prod(shape)
         fields = {'path': path, 'shape': shape, 'dtype': name, 'size': size}
         fields['nbytes'] = size * itemsize
-    elif is_array(x):
+    elif is_array(x) or _is_key(x):
         shape = tuple(map(int, np.shape(x)))  # () for Python scalars
         name, itemsize = _dtype_info(getattr(x, 'dtype', None) or np.asarray(x).dtype)
         size = math.prod(shape)
@@ -474,7 +486,7 @@ def nbytes(tree: PyTree) -> int:
       tree: Any pytree; abstract leaves count their would-be bytes.
 
     Returns:
-      Total bytes.
+      Total bytes (a PRNG key counts the bytes of its key data).
 
     Raises:
       StructureError: If two leaves of a tree would get the same path string.
@@ -485,9 +497,11 @@ def nbytes(tree: PyTree) -> int:
       144
     """
     total = 0
-    for x in _array_leaves(tree):
-        dtype = np.dtype(getattr(x, 'dtype', None) or np.asarray(x).dtype)
-        total += math.prod(np.shape(x)) * dtype.itemsize
+    leaves = [unbox(v) for v in _flatten(tree)[0]]
+    for x in leaves:
+        if is_array(x) or _is_key(x):
+            dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
+            total += math.prod(np.shape(x)) * _dtype_info(dtype)[1]
     return total
 
 
@@ -607,6 +621,10 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
         xb = fb[p]
         if describe(xa) != describe(xb):
             changed[p] = (describe(xa), describe(xb))
+            continue
+        if _is_key(xa) and _is_key(xb):
+            same = np.array_equal(jax.random.key_data(xa), jax.random.key_data(xb))
+            rel[p] = 0.0 if same else float('inf')
             continue
         if not (is_array(xa) and is_array(xb)):
             rel[p] = 0.0 if xa == xb else float('inf')

@@ -337,3 +337,28 @@ def test_a_note_is_text_and_an_alias_is_a_field():
     assert s.totals.size == 15
     t = ptp.summary(tree, ties=ptp.Ties({'b': 'a'}))
     assert t.totals.size == 10 and [r.alias for r in t.rows] == [False, True, False]
+
+
+def test_prng_key_leaves_are_shown_counted_and_compared():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(3, 2, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+    state = nnx.state(Net(nnx.Rngs(0)))
+    s = ptp.summary(state)
+    key_row = next(r for r in s.rows if r.dtype.startswith('key<'))
+    assert key_row.type == 'key<fry>[]' and key_row.nbytes == 8 and key_row.mean is None
+    assert ptp.summary(state, stats=False).rows
+    assert ptp.describe(jax.random.split(jax.random.key(0), 3)) == 'key<fry>[3]'
+    assert ptp.nbytes({'k': jax.random.split(jax.random.key(0), 3)}) == 24
+    assert ptp.diff(state, state).same
+    other = {'k': jax.random.key(1)}
+    assert ptp.diff({'k': jax.random.key(0)}, other).rel_change == {'k': float('inf')}
+    out, report = ptp.load_into(
+        {'k': jax.random.key(0), 'w': jnp.ones(2)}, {**other, 'w': jnp.zeros(2)}
+    )
+    assert report.ok
+    assert (jax.random.key_data(out['k']) == jax.random.key_data(other['k'])).all()
