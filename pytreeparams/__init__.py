@@ -19,6 +19,7 @@ from ._grads import inspect as inspect
 from ._init import path_key as path_key
 from ._init import reinit as reinit
 from ._io import load as load
+from ._io import read_state_dict as read_state_dict
 from ._io import save as save
 from ._load import LoadReport as LoadReport
 from ._load import load_into as load_into
@@ -113,6 +114,7 @@ __all__ = [
     'LoadReport',
     'load_into',
     'load',
+    'read_state_dict',
     'save',
     'from_torch_state_dict',
     'to_torch_state_dict',

@@ -53,16 +53,102 @@ _ST_SUPPORTED = set(_ST_DTYPES.values())
 
 def _format_of(path: str) -> str:
     p = os.fspath(path)
-    if p.lower().endswith('.safetensors'):
+    low = p.lower()
+    if low.endswith('.safetensors'):
         return 'safetensors'
-    if p.lower().endswith('.msgpack'):
+    if low.endswith('.msgpack'):
         return 'msgpack'
+    if low.endswith('.npz'):
+        return 'npz'
+    if low.endswith(_PICKLE_SUFFIXES):
+        raise FormatError(_PICKLE_MESSAGE.format(path=p))
     if p.endswith(os.sep) or os.path.isdir(p) or not os.path.splitext(p)[1]:
         return 'orbax'
     raise ValueError(
         f'cannot tell the format of {p!r}: use a .safetensors or .msgpack file, '
         'or a directory (no suffix) for an Orbax checkpoint'
     )
+
+
+_PICKLE_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.pkl', '.pickle')
+_PICKLE_MESSAGE = (
+    '{path!r} is a pickle file (PyTorch .pt/.pth/.bin): it is not read, as unpickling can run '
+    'code. Convert it once where you trust it: in PyTorch, `from safetensors.torch import '
+    "save_model; save_model(model, 'model.safetensors')` (or `save_file(state_dict, ...)`), "
+    'then load the .safetensors file'
+)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The flat ``{name: array}`` of a ``.safetensors`` or ``.npz`` file, names as stored.
+
+    This is the PyTorch route: ``ptp.from_torch_state_dict(path, like=v)``
+    reads the file's dotted names (``'0.weight'``) without nesting them.
+
+    Args:
+      path: A ``.safetensors`` or ``.npz`` file.
+
+    Returns:
+      ``{name: array}``, NumPy arrays (zero-copy views for safetensors).
+
+    Raises:
+      FileNotFoundError: If ``path`` does not exist.
+      FormatError: For a corrupt file, a pickle file (.pt/.pth/.bin: with how
+        to convert it safely), or another format.
+
+    Example:
+      >>> import os, tempfile, numpy as np, pytreeparams as ptp
+      >>> path = os.path.join(tempfile.mkdtemp(), 'sd.npz')
+      >>> np.savez(path, **{'0.weight': np.ones((2, 3)), '0.bias': np.zeros(2)})
+      >>> sorted(ptp.read_state_dict(path))
+      ['0.bias', '0.weight']
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no such file: {path!r}')
+    fmt = _format_of(path)
+    if fmt == 'safetensors':
+        return _read_safetensors(path)[0]
+    if fmt == 'npz':
+        return _read_npz(path)
+    raise FormatError(f'{path!r}: a state dict is read from a .safetensors or .npz file')
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:  # never unpickles
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise FormatError(f'{path!r} is not a readable .npz file (without pickle): {e}') from e
+
+
+def _nest_names(arrays: dict[str, np.ndarray], path: str) -> PyTree:
+    """Foreign tensor names nested by '/' (or '.' when a name has no '/')."""
+    flat: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for k, v in arrays.items():
+        p = k.replace('.', '/') if '/' not in k else k
+        if not all(p.split('/')):
+            raise FormatError(
+                f'{path!r}: the tensor name {k!r} has an empty part; it cannot be placed in '
+                'a tree (read it with ptp.read_state_dict)'
+            )
+        if p in origin:
+            raise FormatError(
+                f'{path!r}: the tensors {origin[p]!r} and {k!r} both name {p!r}; '
+                'they cannot be placed in one tree'
+            )
+        flat[p], origin[p] = v, k
+    for p in flat:
+        cut = p.rsplit('/', 1)[0] if '/' in p else None
+        while cut:
+            if cut in flat:
+                raise FormatError(
+                    f'{path!r}: the tensor {origin[cut]!r} is also a prefix of '
+                    f'{origin[p]!r}; they cannot be placed in one tree'
+                )
+            cut = cut.rsplit('/', 1)[0] if '/' in cut else None
+    return unflatten(flat)
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -320,32 +406,7 @@ def _entry(info: Any, name: str, where: str) -> tuple[str, list[int], tuple[int,
 def _load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
     arrays, meta = _read_safetensors(path)
     if meta is None:  # written by another program: nest by '/' or '.'
-        flat: dict[str, np.ndarray] = {}
-        origin: dict[str, str] = {}
-        for k, v in arrays.items():
-            p = k.replace('.', '/') if '/' not in k else k
-            keys = p.split('/')
-            if not all(keys):
-                raise FormatError(
-                    f'{path!r}: the tensor name {k!r} has an empty part; it cannot be placed in '
-                    'a tree (read it with safetensors.safe_open)'
-                )
-            if p in origin:
-                raise FormatError(
-                    f'{path!r}: the tensors {origin[p]!r} and {k!r} both name {p!r}; '
-                    'they cannot be placed in one tree'
-                )
-            flat[p], origin[p] = v, k
-        for p in flat:
-            cut = p.rsplit('/', 1)[0] if '/' in p else None
-            while cut:
-                if cut in flat:
-                    raise FormatError(
-                        f'{path!r}: the tensor {origin[cut]!r} is also a prefix of '
-                        f'{origin[p]!r}; they cannot be placed in one tree'
-                    )
-                cut = cut.rsplit('/', 1)[0] if '/' in cut else None
-        return unflatten(flat), {}
+        return _nest_names(arrays, path), {}
     try:
         tree = _decode(meta['structure'], '', dict(arrays))
     except FormatError as e:
@@ -637,6 +698,11 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     """
     path = os.fspath(path)
     fmt = _format_of(path)
+    if fmt == 'npz':
+        raise ValueError(
+            f'save: {path!r}: saves go to .safetensors, .msgpack or an Orbax folder '
+            '(.npz is read only)'
+        )
     _check_names(tree)  # every name must come back as it went in: checked before writing
     extra: dict[str, Any] = {}
     if ties is not None:
@@ -766,6 +832,8 @@ def load(path: str | os.PathLike[str], like: PyTree = None, *, cast: bool = Fals
         tree, meta = _load_safetensors(path)
     elif fmt == 'msgpack':
         tree, meta = _load_msgpack(path)
+    elif fmt == 'npz':
+        tree, meta = _nest_names(_read_npz(path), path), {}
     else:
         meta = _orbax_meta(path)
     ties = None

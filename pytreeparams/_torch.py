@@ -18,6 +18,7 @@ Flax                                   PyTorch
 
 from __future__ import annotations
 
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 
 from ._errors import StructureError
+from ._io import read_state_dict
 from ._load import LoadReport
 from ._paths import _flatten, describe, unbox, unflatten
 from ._typing import PyTree
@@ -173,7 +175,7 @@ def _to_numpy(v: Any) -> np.ndarray:
 
 
 def from_torch_state_dict(
-    state_dict: Mapping[str, Any],
+    state_dict: Mapping[str, Any] | str | os.PathLike[str],
     like: PyTree,
     rules: Sequence[Rule] = (),
     *,
@@ -183,7 +185,9 @@ def from_torch_state_dict(
 
     Args:
       state_dict: ``{torch key: tensor or array}`` (torch tensors accepted
-        without importing torch here unless given).
+        without importing torch here unless given), or the path of a
+        ``.safetensors`` or ``.npz`` file holding one (names read as stored:
+        ``ptp.from_torch_state_dict('model.safetensors', like=variables)``).
       like: Flax variables giving the structure, shapes and dtypes (e.g. from
         ``model.init``), or an abstract tree.
       rules: As in :func:`to_torch_state_dict`.
@@ -206,6 +210,8 @@ def from_torch_state_dict(
       >>> report.ok, bool((ptp.get(back, k) == ptp.get(v, k)).all())
       (True, True)
     """
+    if isinstance(state_dict, (str, os.PathLike)):  # a PyTorch-layout file, names as stored
+        state_dict = read_state_dict(state_dict)
     sd = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
     used: set[str] = set()
     flat: dict[str, Any] = {}

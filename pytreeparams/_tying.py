@@ -455,7 +455,7 @@ class TieGroup:
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
-      >>> g, = ptp.find_ties({'a': jnp.ones(3), 'b': jnp.ones(3)})
+      >>> g, = ptp.find_ties({'a': jnp.arange(3.0), 'b': jnp.arange(3.0)})
       >>> g.source, g.aliases, g.to_ties().aliases
       ('a', ('b',), ('b',))
     """

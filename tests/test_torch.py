@@ -155,3 +155,30 @@ def test_tensors_of_every_torch_dtype_bit_exact(dtype):
     got = t.numpy() if dtype != 'bfloat16' else t.view(torch.int16).numpy()
     want = back if dtype != 'bfloat16' else back.view(np.int16)
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_pytorch_file_goes_straight_into_a_flax_tree(tmp_path):
+    from safetensors.torch import save_file
+
+    net = flax_mlp()
+    v = net.init(jax.random.key(0), jnp.ones((2, 4)))
+    tm = torch_mlp()
+    path = str(tmp_path / 'torch_mlp.safetensors')
+    save_file(tm.state_dict(), path)
+    back, report = ptp.from_torch_state_dict(path, like=v)
+    assert report.ok
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(net.apply(back, x)), want, rtol=1e-5, atol=1e-6)
+    npz = str(tmp_path / 'sd.npz')
+    np.savez(npz, **{k: t.numpy() for k, t in tm.state_dict().items()})
+    back2, report2 = ptp.from_torch_state_dict(npz, like=v)
+    assert report2.ok
+    assert sorted(ptp.read_state_dict(npz)) == sorted(tm.state_dict())
+    pt = tmp_path / 'model.pt'
+    pt.write_bytes(b'not read')
+    with pytest.raises(ptp.FormatError, match='save_model'):
+        ptp.load(str(pt))
+    with pytest.raises(ptp.FormatError, match='save_model'):
+        ptp.from_torch_state_dict(str(pt), like=v)
