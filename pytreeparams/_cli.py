@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--select', default=None, help="only paths matching this glob, e.g. '**/kernel'")
     s.add_argument('--no-stats', action='store_true', help='names, shapes and counts only')
     s.add_argument('--json', action='store_true', help='print {path/stat: value} as JSON')
+    s.add_argument(
+        '--step', type=int, default=None, help='Orbax CheckpointManager folder: the step to read'
+    )
     d = sub.add_parser('diff', help='print what differs between two checkpoint files')
     d.add_argument('a', help='the reference checkpoint (file or Orbax directory)')
     d.add_argument('b', help='the checkpoint compared with it')
@@ -88,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == 'summary':
             if args.depth is not None and args.depth < 0:
                 return _err(f'--depth must be 0 (totals only) or positive, got {args.depth}')
-            tree = load(args.file)
+            tree = load(args.file, step=args.step)
             depth = args.depth or None
             s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select)
             if args.depth == 0:

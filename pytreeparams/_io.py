@@ -795,7 +795,46 @@ def _check_like(loaded: PyTree, like: PyTree, path: str, cast: bool = False) -> 
     return unflatten(out, like=like)
 
 
-def load(path: str | os.PathLike[str], like: PyTree = None, *, cast: bool = False) -> PyTree:
+def orbax_item(path: str, step: int | None = None) -> str:
+    """The folder of the Orbax item that ``path`` names.
+
+    ``path`` may be the item itself (it holds ``_METADATA``), a
+    ``CheckpointManager`` step folder (``mgr/5``: its one item, or ``default``)
+    or a manager's root (``mgr``: the latest step, or ``step``).
+
+    Raises:
+      FileNotFoundError: For a step that is not there (naming those that are).
+      FormatError: For a folder that holds no Orbax checkpoint.
+    """
+    path = os.path.abspath(path.rstrip(os.sep))
+    if os.path.exists(os.path.join(path, '_METADATA')):
+        if step is not None:
+            raise ValueError(f'step={step}: {path!r} is one checkpoint, not a manager folder')
+        return path
+    names = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    steps = sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(path, n)))
+    if steps:
+        chosen = steps[-1] if step is None else step
+        if chosen not in steps:
+            raise FileNotFoundError(f'{path!r} has no step {step}; its steps: {steps}')
+        return orbax_item(os.path.join(path, str(chosen)))
+    if step is not None:
+        raise FileNotFoundError(f'{path!r} has no step folders (asked for step={step})')
+    items = [n for n in names if os.path.exists(os.path.join(path, n, '_METADATA'))]
+    if len(items) == 1 or 'default' in items:
+        return os.path.join(path, items[0] if len(items) == 1 else 'default')
+    if items:
+        raise FormatError(f'{path!r} holds several items {items}: name one, e.g. {path}/{items[0]}')
+    raise FormatError(f'{path!r} is not an Orbax checkpoint (no _METADATA, no step folders)')
+
+
+def load(
+    path: str | os.PathLike[str],
+    like: PyTree = None,
+    *,
+    cast: bool = False,
+    step: int | None = None,
+) -> PyTree:
     """Loads a tree saved by :func:`save` (or by another safetensors writer).
 
     Args:
@@ -805,6 +844,8 @@ def load(path: str | os.PathLike[str], like: PyTree = None, *, cast: bool = Fals
         shape and dtype is checked, and arrays are placed with its shardings.
       cast: Convert each array to the dtype of ``like`` instead of raising on
         a dtype mismatch (the same rule for every format).
+      step: For an Orbax ``CheckpointManager`` folder, the step to read (the
+        latest by default); a step folder or a single checkpoint works too.
 
     Returns:
       The tree: without ``like``, nested dicts/FrozenDicts/lists/tuples as
@@ -835,7 +876,10 @@ def load(path: str | os.PathLike[str], like: PyTree = None, *, cast: bool = Fals
     elif fmt == 'npz':
         tree, meta = _nest_names(_read_npz(path), path), {}
     else:
+        path = orbax_item(path, step)
         meta = _orbax_meta(path)
+    if step is not None and fmt != 'orbax':
+        raise ValueError(f'step={step}: only Orbax CheckpointManager folders have steps')
     ties = None
     if meta.get('ties'):
         from ._tying import Ties, tie, untie

@@ -604,3 +604,28 @@ def test_fuzz_structured_msgpack_and_orbax_records(tmp_path, record):
         ptp.load(path)
     except ptp.FormatError as e:
         assert path.name in str(e)
+
+
+def test_orbax_checkpoint_manager_folders(tmp_path):
+    ocp = pytest.importorskip('orbax.checkpoint')
+    root = str(tmp_path / 'mgr')
+    mgr = ocp.CheckpointManager(root)
+    for step in (0, 5):
+        mgr.save(step, args=ocp.args.StandardSave({'w': jnp.ones(3) * step}))
+    mgr.wait_until_finished()
+    mgr.close()
+    assert ptp.load(root)['w'].tolist() == [5.0, 5.0, 5.0]  # the latest step
+    assert ptp.load(root, step=0)['w'].tolist() == [0.0, 0.0, 0.0]
+    assert ptp.load(os.path.join(root, '0'))['w'].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(FileNotFoundError, match=r'steps: \[0, 5\]'):
+        ptp.load(root, step=3)
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, '-m', 'pytreeparams', 'summary', root, '--step', '0'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and '1 leaves, 3 parameters' in r.stdout, r.stderr
