@@ -23,7 +23,7 @@ from flax import struct
 from ._errors import NonFiniteError, PathError, StructureError
 from ._jax_moments import jax_grad_partials
 from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox_all
-from ._stats import eager_leaf_stats, is_array, table_text
+from ._stats import eager_leaf_stats, is_array, readable, table_text
 from ._typing import Pattern, PyTree
 
 __all__ = [
@@ -115,7 +115,7 @@ def _leaf_lists(tree: PyTree, what: str, paths_ref: tuple[str, ...] | None = Non
             f'grad_stats: `{what}` does not match the gradients: missing '
             f'{_quote_list(missing) or "none"}; unexpected {_quote_list(extra) or "none"}'
         )
-    return unbox_all(leaves), paths_
+    return readable(unbox_all(leaves)), paths_
 
 
 def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax.Array:
@@ -347,7 +347,7 @@ def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.A
 
 def _nonfinite_counts(tree: PyTree) -> list[tuple[str, int]]:
     leaves, _, paths_ = _flatten(tree)
-    leaves = unbox_all(leaves)
+    leaves = readable(unbox_all(leaves))
     stats = eager_leaf_stats(leaves)
     return [(p, int(s[5])) for p, s in zip(paths_, stats) if s is not None and s[5] > 0]
 

@@ -58,6 +58,34 @@ def leaf_stats(x: jax.Array) -> jax.Array:
     return finalize(jax_partials(x), jnp)
 
 
+def from_torch(x: Any) -> Any:
+    """A torch tensor as a NumPy array (a CPU tensor without a copy; bfloat16
+    through its bits), anything else as it is. torch is imported only for tensors.
+
+    Example:
+      >>> import numpy as np
+      >>> from_torch(np.ones(2)).tolist()
+      [1.0, 1.0]
+    """
+    if type(x).__module__.split('.')[0] != 'torch' or not hasattr(x, 'detach'):
+        return x
+    import torch
+
+    t = x.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def readable(leaves: list[Any]) -> list[Any]:
+    """``leaves`` with torch tensors read as NumPy arrays (see :func:`from_torch`)."""
+    if any(type(x).__module__.split('.')[0] == 'torch' for x in leaves):
+        return [from_torch(x) for x in leaves]
+    return leaves
+
+
 def table_text(paths: tuple[str, ...], columns: tuple[str, ...], table: Any) -> str:
     """A plain-text table: one row per path, one column per statistic (one fetch).
 
@@ -187,8 +215,7 @@ def stats(tree: PyTree) -> Stats:
     """
     leaves, _, paths_ = _flatten(tree)
     names, xs = [], []
-    for p, x in zip(paths_, leaves):
-        x = unbox(x)
+    for p, x in zip(paths_, readable([unbox(v) for v in leaves])):
         if is_array(x) and not isinstance(x, jax.ShapeDtypeStruct):
             names.append(p)
             xs.append(x)

@@ -27,7 +27,7 @@ from ._paths import (
     unbox,
     unbox_all,
 )
-from ._stats import STAT_NAMES, eager_leaf_stats, is_array
+from ._stats import STAT_NAMES, eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
 __all__ = ['Row', 'Summary', 'summary', 'count', 'nbytes', 'shapes', 'diff', 'DiffReport']
@@ -426,7 +426,7 @@ def summary(
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
     leaves, _, paths_ = _flatten(tree)
-    leaves = unbox_all(leaves)
+    leaves = readable(unbox_all(leaves))
     if select is not None:
         pred = compile_pattern(select)
         keep = [i for i, p in enumerate(paths_) if pred(p)]
@@ -497,7 +497,7 @@ def nbytes(tree: PyTree) -> int:
       144
     """
     total = 0
-    leaves = [unbox(v) for v in _flatten(tree)[0]]
+    leaves = readable([unbox(v) for v in _flatten(tree)[0]])
     for x in leaves:
         if is_array(x) or _is_key(x):
             dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
@@ -506,7 +506,7 @@ def nbytes(tree: PyTree) -> int:
 
 
 def _array_leaves(tree: PyTree) -> list[Any]:
-    return [x for x in (unbox(v) for v in _flatten(tree)[0]) if is_array(x)]
+    return [x for x in readable([unbox(v) for v in _flatten(tree)[0]]) if is_array(x)]
 
 
 def shapes(tree: PyTree) -> PyTree:

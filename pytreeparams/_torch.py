@@ -31,6 +31,7 @@ from ._errors import StructureError
 from ._io import read_state_dict
 from ._load import LoadReport
 from ._paths import _flatten, describe, unbox, unflatten
+from ._stats import from_torch
 from ._typing import PyTree
 
 __all__ = ['from_torch_state_dict', 'to_torch_state_dict']
@@ -162,16 +163,7 @@ _TORCH_BITS = {
 
 
 def _to_numpy(v: Any) -> np.ndarray:
-    if type(v).__module__.startswith('torch'):
-        import torch
-
-        t = v.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            import ml_dtypes
-
-            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
-    return np.asarray(v)
+    return np.asarray(from_torch(v))
 
 
 def from_torch_state_dict(

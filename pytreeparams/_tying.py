@@ -506,10 +506,10 @@ def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False
       >>> ptp.find_ties({'a': w, 'b': w + 0, 'c': w.T, 'd': w + 1}, transposed=True)
       [TieGroup(source='a', aliases=('b',), transposed=('c',))]
     """
-    from ._stats import eager_leaf_stats, is_array
+    from ._stats import eager_leaf_stats, is_array, readable
 
     leaves, _, paths_ = _flatten(tree)
-    leaves = unbox_all(leaves)
+    leaves = readable(unbox_all(leaves))
     idx = [i for i, x in enumerate(leaves) if is_array(x) and np.size(x) > 0]
     fps = eager_leaf_stats([leaves[i] for i in idx])
     buckets: dict[Any, list[int]] = {}

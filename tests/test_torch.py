@@ -182,3 +182,19 @@ def test_a_pytorch_file_goes_straight_into_a_flax_tree(tmp_path):
         ptp.load(str(pt))
     with pytest.raises(ptp.FormatError, match='save_model'):
         ptp.from_torch_state_dict(str(pt), like=v)
+
+
+def test_torch_tensors_in_a_tree_are_read_never_skipped():
+    sd = torch_mlp().state_dict()
+    n = sum(t.numel() for t in sd.values())
+    assert ptp.count(sd) == n and ptp.nbytes(sd) == 4 * n
+    assert ptp.summary(sd).totals.size == n
+    assert ptp.find_nonfinite(sd) == []
+    sd['0.weight'][0, 0] = float('nan')
+    assert ptp.find_nonfinite(sd) == ['0.weight']
+    with pytest.raises(ptp.NonFiniteError):
+        ptp.assert_finite(sd)
+    tied = {'a': sd['2.weight'], 'b': sd['2.weight']}
+    assert ptp.find_ties(tied)[0].aliases == ('b',)
+    bf = {'w': torch.arange(4, dtype=torch.bfloat16)}
+    assert ptp.summary(bf).rows[0].mean == 1.5
