@@ -93,15 +93,38 @@ class GradStats:
             return text
         return f'{text}\nglobal_norm {float(jax.device_get(self.global_norm)):.4g}'
 
-    def to_dict(self) -> dict[str, float]:
-        """``{'path/stat': float}`` plus ``'global_norm'``, fetched in one transfer."""
+    def to_dict(
+        self, prefix: str = '', *, stat_first: bool = False, drop_nan: bool = False
+    ) -> dict[str, float]:
+        """The statistics as a flat dict for metric loggers, fetched in one transfer.
+
+        Args:
+          prefix: Put before every key (e.g. ``'train/'``).
+          stat_first: Keys ``'grad_norm/h_0/fc'`` (grouped by statistic, as
+            TensorBoard and W&B group by the first part) instead of
+            ``'h_0/fc/grad_norm'``.
+          drop_nan: Leave out NaN entries (the parameter and update columns
+            when those trees were not given).
+
+        Returns:
+          ``{key: float}`` with ``prefix + 'global_norm'`` too.
+
+        Example:
+          >>> import jax.numpy as jnp, pytreeparams as ptp
+          >>> d = ptp.grad_stats({'w': jnp.array([3.0, 4.0])}).to_dict(
+          ...     'train/', stat_first=True, drop_nan=True)
+          >>> d['train/grad_norm/w'], 'train/param_norm/w' in d, d['train/global_norm']
+          (5.0, False, 5.0)
+        """
         table, gn = jax.device_get((self.table, self.global_norm))
-        out = {
-            f'{p}/{s}': float(table[i, j])
-            for i, p in enumerate(self.paths)
-            for j, s in enumerate(GRAD_STAT_NAMES)
-        }
-        out['global_norm'] = float(gn)
+        out = {}
+        for i, p in enumerate(self.paths):
+            for j, s in enumerate(GRAD_STAT_NAMES):
+                v = float(table[i, j])
+                if drop_nan and v != v:
+                    continue
+                out[prefix + (f'{s}/{p}' if stat_first else f'{p}/{s}')] = v
+        out[prefix + 'global_norm'] = float(gn)
         return out
 
 

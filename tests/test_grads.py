@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -241,3 +242,15 @@ def test_history_plot_leaves_the_matplotlib_backend_alone(tmp_path):
     fig = h.plot(str(tmp_path / 'h.png'))
     assert matplotlib.get_backend() == before
     assert (tmp_path / 'h.png').read_bytes()[:4] == b'\x89PNG' and fig.axes
+
+
+def test_logger_dict_groups_by_statistic_and_drops_what_was_not_computed(maybe_jit):
+    g = {'h_0': {'fc': jnp.arange(6.0).reshape(2, 3)}, 'out': jnp.array([3.0, -4.0])}
+    gs = maybe_jit(ptp.grad_stats)(g)
+    d = gs.to_dict('train/', stat_first=True, drop_nan=True)
+    assert 'train/grad_norm/h_0/fc' in d and 'train/param_norm/h_0/fc' not in d
+    assert not any(v != v for v in d.values())
+    # the global norm is the root of the summed squares (as optax), not a sum of norms
+    chex.assert_trees_all_close(d['train/global_norm'], float(optax.tree.norm(g)), rtol=1e-6)
+    plain = gs.to_dict()
+    assert plain['out/grad_norm'] == 5.0 and plain['out/param_norm'] != plain['out/param_norm']
