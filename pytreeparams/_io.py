@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -305,9 +305,13 @@ def _save_safetensors(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
     arrays: dict[str, np.ndarray] = {}
     spec = _encode(tree, '', arrays)
     meta = {'version': _FORMAT_VERSION, 'structure': spec, **extra}
-    atomic_write_path(
-        path, lambda tmp: save_file(arrays, tmp, metadata={_META_KEY: json.dumps(meta)})
+    # Hugging Face loaders read only files that say their layout: a flat mapping of
+    # dotted names (``to_torch_state_dict``) is PyTorch's, anything else Flax's
+    flat_torch = isinstance(tree, Mapping) and all(
+        isinstance(k, str) and '/' not in k and hasattr(v, 'shape') for k, v in tree.items()
     )
+    header = {'format': 'pt' if flat_torch else 'flax', _META_KEY: json.dumps(meta)}
+    atomic_write_path(path, lambda tmp: save_file(arrays, tmp, metadata=header))
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:

@@ -172,6 +172,7 @@ def from_torch_state_dict(
     rules: Sequence[Rule] = (),
     *,
     strict: bool = True,
+    cast: bool = False,
 ) -> tuple[PyTree, LoadReport]:
     """Converts a PyTorch ``state_dict`` to Flax variables shaped like ``like``.
 
@@ -185,6 +186,9 @@ def from_torch_state_dict(
       rules: As in :func:`to_torch_state_dict`.
       strict: Raise on missing, unexpected or mismatched entries (else keep
         ``like``'s value for them and report).
+      cast: Convert each tensor to the dtype of ``like`` (e.g. a bfloat16
+        state dict into float32 variables) instead of reporting a dtype
+        mismatch, as ``ptp.load_into(cast=True)`` does.
 
     Returns:
       ``(variables, report)``; the report lists missing, unexpected and
@@ -225,9 +229,11 @@ def from_torch_state_dict(
             continue
         want = np.dtype(getattr(leaf, 'dtype', arr.dtype))
         if arr.dtype != want:
-            dtype_mm[path] = (describe(leaf), arr.dtype.name)
-            flat[path] = leaf
-            continue
+            if not cast:
+                dtype_mm[path] = (describe(leaf), arr.dtype.name)
+                flat[path] = leaf
+                continue
+            arr = arr.astype(want)
         loaded.append(path)
         sharding = getattr(leaf, 'sharding', None)
         value = np.ascontiguousarray(arr)
@@ -240,6 +246,8 @@ def from_torch_state_dict(
         raise StructureError(
             'from_torch_state_dict(strict=True): the state_dict does not fit `like`:\n  '
             + '\n  '.join(report.problems())
-            + '\nAdd rules=[(flax_path_regex, torch_name, perm)] or pass strict=False.'
+            + '\nAdd rules=[(flax_path_regex, torch_name, perm)]'
+            + (', pass cast=True to convert dtypes' if dtype_mm else '')
+            + ' or pass strict=False.'
         )
     return unflatten(flat, like=like), report

@@ -198,3 +198,22 @@ def test_torch_tensors_in_a_tree_are_read_never_skipped():
     assert ptp.find_ties(tied)[0].aliases == ('b',)
     bf = {'w': torch.arange(4, dtype=torch.bfloat16)}
     assert ptp.summary(bf).rows[0].mean == 1.5
+
+
+def test_cast_and_the_file_format_metadata_hugging_face_reads(tmp_path):
+    from safetensors import safe_open
+
+    net = flax_mlp()
+    v = net.init(jax.random.key(0), jnp.ones((2, 4)))
+    sd = {k: t.to(torch.bfloat16) for k, t in torch_mlp().state_dict().items()}
+    with pytest.raises(ptp.StructureError, match='cast=True'):
+        ptp.from_torch_state_dict(sd, like=v)
+    back, report = ptp.from_torch_state_dict(sd, like=v, cast=True)
+    assert report.ok and ptp.get(back, 'params/layers_0/kernel').dtype == jnp.float32
+    path = str(tmp_path / 'model.safetensors')
+    ptp.save(path, ptp.to_torch_state_dict(v))
+    with safe_open(path, framework='np') as f:
+        assert f.metadata()['format'] == 'pt' and '0.weight' in f.keys()
+    ptp.save(str(tmp_path / 'flax.safetensors'), v)
+    with safe_open(str(tmp_path / 'flax.safetensors'), framework='np') as f:
+        assert f.metadata()['format'] == 'flax'
