@@ -1,10 +1,10 @@
 """Where statistics are computed: on the host, on the device, shard by shard.
 
-``leaf_partials`` takes concrete leaves and returns their partial moments
+``leaf_table`` takes concrete leaves and returns their merged partial moments
 (``_moments.Partial``), each computed where it lives with the one algorithm:
 
 - **Host leaves** (NumPy arrays, scalars, jax arrays on a CPU device: there
-  the host *is* the device) are read in place by NumPy (``host_partials``):
+  the host *is* the device) are read in place by NumPy (``host_table``):
   no compilation, no dispatch, no transfer.
 - **Leaves on an accelerator** cost little in dispatches, compilations and
   transfers, the three things that cost on a GPU or TPU:
@@ -47,7 +47,7 @@ from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
 from ._moments import N_PARTIAL, Partial, finalize, merge
 
-__all__ = ['DeviceWork', 'count_device_work', 'force_device_path', 'leaf_partials', 'leaf_rows']
+__all__ = ['DeviceWork', 'count_device_work', 'force_device_path', 'leaf_rows', 'leaf_table']
 
 HOST_STAGE = 1 << 16  # device leaves up to this many elements are fetched to the host
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
@@ -277,12 +277,6 @@ def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
             stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
             table[i] = np.asarray(ps[0] if len(ps) == 1 else merge(stacked, np), np.float64)
     return table, has
-
-
-def leaf_partials(leaves: list[Any]) -> list[Partial | None]:
-    """``leaf_table`` as one :class:`Partial` per leaf (None for None)."""
-    table, has = leaf_table(leaves)
-    return [Partial(*row) if h else None for row, h in zip(table, has)]
 
 
 def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:

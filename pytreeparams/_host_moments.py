@@ -23,7 +23,7 @@ import numpy as np
 
 from ._moments import Partial, merge, scale_of
 
-__all__ = ['HOST_BLOCK', 'host_array', 'host_partials', 'host_partials_many', 'host_table']
+__all__ = ['HOST_BLOCK', 'host_array', 'host_partials_many', 'host_table']
 
 HOST_BLOCK = 1 << 16  # elements per block: 256 KiB of float32, 512 KiB of float64
 _SMALL = 4096  # leaves up to this size are stacked with others of their size
@@ -206,26 +206,9 @@ def _merge_rows(table: np.ndarray) -> Partial:
     return merge(Partial(*table.T), np)
 
 
-def host_partials(x: Any) -> Partial:
-    """The merged partial moments of one host leaf (NumPy, float64 accumulation).
-
-    Args:
-      x: A NumPy array, scalar, or anything ``np.asarray`` reads.
-
-    Returns:
-      A :class:`~pytreeparams._moments.Partial` of float64 scalars.
-
-    Example:
-      >>> import numpy as np
-      >>> p = host_partials(np.array([1.0, 2.0, 3.0]))
-      >>> float(p.n), float(p.mean), float(p.m2)
-      (3.0, 2.0, 2.0)
-    """
-    return Partial(*host_table([x])[0])
-
-
 def host_partials_many(xs: list[Any]) -> list[Partial]:
-    """``host_partials`` of many leaves (see :func:`host_table`)."""
+    """The merged partial moments of each host leaf, as :class:`Partial` rows
+    (see :func:`host_table`)."""
     return [Partial(*row) for row in host_table(xs)]
 
 

@@ -627,23 +627,8 @@ def _load_orbax(path: str, like: PyTree, cast: bool = False) -> PyTree:
             )
         ]
         if missing or unexpected or bad:
-            parts = [
-                f'{what} {len(v)}: ' + ', '.join(v[:12])
-                for what, v in (
-                    ('missing', [repr(p) for p in missing]),
-                    ('unexpected', [repr(p) for p in unexpected]),
-                    ('mismatched', bad),
-                )
-                if v
-            ]
-            dtype_only = bad and all(
-                tuple(np.shape(want[p])) == stored[p][0] for p in want if p in stored
-            )
-            raise StructureError(
-                f'load: {path!r} does not match `like`: '
-                + '; '.join(parts)
-                + ('. Pass cast=True to convert to the dtypes of `like`.' if dtype_only else '.')
-            )
+            dtype_only = all(tuple(np.shape(want[p])) == stored[p][0] for p in want if p in stored)
+            raise _like_mismatch(path, missing, unexpected, bad, dtype_only, partial_hint=False)
     try:
         with ocp.StandardCheckpointer() as ckptr:
             if like is None:
@@ -749,6 +734,35 @@ def _check_names(tree: PyTree) -> None:
     walk(tree, '')
 
 
+def _like_mismatch(
+    path: str,
+    missing: list[str],
+    unexpected: list[str],
+    bad: list[str],
+    dtype_only: bool,
+    partial_hint: bool,
+) -> StructureError:
+    """The error for a file that does not match ``like`` (every format)."""
+    parts = [
+        f'{what} {len(v)}: ' + ', '.join(v[:12])
+        for what, v in (
+            ('missing', [repr(p) for p in missing]),
+            ('unexpected', [repr(p) for p in unexpected]),
+            ('mismatched', bad),
+        )
+        if v
+    ]
+    hints = ['Pass cast=True to convert to the dtypes of `like`'] if bad and dtype_only else []
+    if partial_hint:
+        hints.append('For a partial load use ptp.load_into(like, ptp.load(path))')
+    return StructureError(
+        f'load: {path!r} does not match `like`: '
+        + '; '.join(parts)
+        + ''.join(f'. {h}' for h in hints)
+        + '.'
+    )
+
+
 def _check_like(loaded: PyTree, like: PyTree, path: str, cast: bool = False) -> PyTree:
     flat = flatten(loaded)
     like_leaves, _, like_paths = _flatten(like)
@@ -767,29 +781,13 @@ def _check_like(loaded: PyTree, like: PyTree, path: str, cast: bool = False) -> 
                 bad.append(f'{p!r} (expected {describe(x)}, file has {describe(y)})')
                 dtype_only = dtype_only or tuple(np.shape(y)) == tuple(np.shape(x))
     if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f'missing {len(missing)}: ' + ', '.join(map(repr, missing[:12])))
-        if unexpected:
-            parts.append(f'unexpected {len(unexpected)}: ' + ', '.join(map(repr, unexpected[:12])))
-        if bad:
-            parts.append(f'mismatched {len(bad)}: ' + ', '.join(bad[:12]))
-        raise StructureError(
-            f'load: {path!r} does not match `like`: '
-            + '; '.join(parts)
-            + ('. Pass cast=True to convert to the dtypes of `like`' if dtype_only else '')
-            + '. For a partial load use ptp.load_into(like, ptp.load(path)).'
-        )
+        raise _like_mismatch(path, missing, unexpected, bad, dtype_only, partial_hint=True)
     out = {}
     for p, x in zip(like_paths, like_leaves):
         y = flat[p]
         target = unbox(x)
         if cast and hasattr(y, 'dtype') and hasattr(target, 'dtype'):
-            y = (
-                np.asarray(y).astype(target.dtype)
-                if isinstance(y, np.ndarray)
-                else y.astype(target.dtype)
-            )
+            y = y.astype(target.dtype)
         sharding = getattr(target, 'sharding', None)
         if sharding is not None and hasattr(y, 'shape'):
             y = jax.device_put(y, sharding)

@@ -45,29 +45,30 @@ def widen(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32)
 
 
-_FLOAT_BITS = {2: (jnp.uint16, None), 4: (jnp.uint32, None), 8: (jnp.uint64, None)}
+_UINT_OF_SIZE = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+
+
+def _exact_indicators(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per element: is zero, is non-finite, is NaN. For floats from the bits:
+    exact where the hardware flushes subnormals to zero (XLA:CPU and XLA:GPU do)."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        info = jnp.finfo(x.dtype)
+        utype = _UINT_OF_SIZE[x.dtype.itemsize]
+        bits = lax.bitcast_convert_type(x, utype)
+        sign = np.array(1 << (x.dtype.itemsize * 8 - 1), utype)
+        exp_mask = np.array(((1 << info.nexp) - 1) << info.nmant, utype)
+        magnitude = bits & ~sign
+        return magnitude == 0, (bits & exp_mask) == exp_mask, magnitude > exp_mask
+    false = jnp.zeros(x.shape, bool)
+    return x == 0, false, false
 
 
 def _exact_counts(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, ...]:
-    """(zeros, non-finite, NaN) of ``x`` from its bits: exact where the hardware
-    flushes subnormals to zero (XLA:CPU and XLA:GPU do)."""
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        info = jnp.finfo(x.dtype)
-        width = x.dtype.itemsize * 8
-        utype = _FLOAT_BITS[x.dtype.itemsize][0]
-        bits = lax.bitcast_convert_type(x, utype)
-        sign = np.array(1 << (width - 1), utype)
-        exp_mask = np.array(((1 << info.nexp) - 1) << info.nmant, utype)
-        magnitude = bits & ~sign
-        zero = magnitude == 0
-        nonfinite = (bits & exp_mask) == exp_mask
-        nan = magnitude > exp_mask
-    else:
-        zero = x == 0
-        nonfinite = nan = jnp.zeros(x.shape, bool)
+    """(zeros, non-finite, NaN) counts of ``x`` (of its ``valid`` elements)."""
+    indicators = _exact_indicators(x)
     if valid is not None:
-        zero, nonfinite, nan = zero & valid, nonfinite & valid, nan & valid
-    return tuple(jnp.sum(c, dtype=jnp.int32) for c in (zero, nonfinite, nan))
+        indicators = tuple(c & valid for c in indicators)
+    return tuple(jnp.sum(c, dtype=jnp.int32) for c in indicators)
 
 
 def _counts_cpu(x, xf, valid, mn, mx):
@@ -226,20 +227,6 @@ def _pass_default(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
     amax = jnp.where(out[7] > 0, jnp.nan, out[5])
     padding = x.size - n
     return ss, scale, mean, amax, (out[6] - padding).astype(xf.dtype), nonfinite
-
-
-def _exact_indicators(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per element: is zero, is non-finite, is NaN (from the bits for floats)."""
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        info = jnp.finfo(x.dtype)
-        utype = _FLOAT_BITS[x.dtype.itemsize][0]
-        bits = lax.bitcast_convert_type(x, utype)
-        sign = np.array(1 << (x.dtype.itemsize * 8 - 1), utype)
-        exp_mask = np.array(((1 << info.nexp) - 1) << info.nmant, utype)
-        magnitude = bits & ~sign
-        return magnitude == 0, (bits & exp_mask) == exp_mask, magnitude > exp_mask
-    false = jnp.zeros(x.shape, bool)
-    return x == 0, false, false
 
 
 def _sum2(v: jax.Array, dtype: Any = None) -> jax.Array:
