@@ -86,11 +86,11 @@ def count_device_work() -> Iterator[DeviceWork]:
     """Counts compilations, dispatches and fetches inside the ``with`` block.
 
     Example:
-      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> import numpy as np, pytreeparams as ptp
       >>> from pytreeparams._engine import count_device_work
       >>> with count_device_work() as work:
-      ...     _ = ptp.summary({'w': jnp.ones(3)})
-      >>> work.dispatches, work.fetches  # a CPU-resident leaf is read in place
+      ...     _ = ptp.summary({'w': np.ones(3)})
+      >>> work.dispatches, work.fetches  # a host leaf is read in place
       (0, 0)
     """
     if not _LISTENING:

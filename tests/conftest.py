@@ -110,7 +110,7 @@ def containers(tree):
     return out
 
 
-def run_on_8_devices(code: str) -> str:
+def run_on_8_devices(code: str, *args: str) -> str:
     """Runs ``code`` in a fresh Python with 8 simulated CPU devices; returns stdout.
 
     The code must print ``OK`` when its own assertions pass.
@@ -123,7 +123,7 @@ def run_on_8_devices(code: str) -> str:
         os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu'
     )
     proc = subprocess.run(
-        [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, '-c', code, *args], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import run_on_8_devices
 from flax.core import FrozenDict, freeze
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -350,15 +351,7 @@ SHARDED = textwrap.dedent(
 
 
 def test_orbax_sharded_restore_on_8_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
-    proc = subprocess.run(
-        [sys.executable, '-c', SHARDED, str(tmp_path / 'ckpt')],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
+    assert 'OK' in run_on_8_devices(SHARDED, str(tmp_path / 'ckpt'))
 
 
 def test_nnx_state_and_partitioned_boxes_round_trip(tmp_path):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -14,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_8_devices
 from flax.core import freeze
 
 import pytreeparams as ptp
@@ -287,12 +285,7 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_summary_on_8_devices():
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
-    proc = subprocess.run(
-        [sys.executable, '-c', SHARDED], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(run_on_8_devices(SHARDED).strip().splitlines()[-1])
     for plain, sharded, jitted in zip(out['plain'], out['sharded'], out['jit']):
         for i, name in enumerate(ptp.STAT_NAMES):
             np.testing.assert_allclose(sharded[name], plain[name], rtol=1e-5, atol=1e-6)
