@@ -17,7 +17,11 @@
     program per shape, and reduced by one statistics kernel per size class
     and dtype, shared by every leaf of that class in any tree; each kernel
     call writes its row into one donated table per device, fetched in the
-    same single ``device_get`` as the small leaves.
+    same single ``device_get`` as the small leaves. The first time a large
+    leaf's programs are needed they are compiled on a background thread and
+    the leaf is fetched with the small ones (up to ``HOST_FIRST_BYTES`` per
+    call): one GPU compilation costs more than fetching a gigabyte, so a
+    first call compiles nothing and later calls reduce on the device.
 
 - **Sharded arrays** are reduced shard by shard where each shard lives (the
   two routes above, replicas counted once) and the shards' partials merged
@@ -28,28 +32,42 @@
 ``count_device_work()`` counts XLA compilations, executable dispatches and
 device-to-host fetches of this module (``benchmarks/summary.py --device-path``
 prints them); ``force_device_path()`` sends host-resident jax arrays down the
-device route, so that it can be measured and tested on a CPU-only machine.
+device route, so that it can be measured and tested on a CPU-only machine;
+``wait_compiled()`` waits for the background compilations and
+``clear_programs()`` forgets the compiled programs (to measure a first call).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import SingleDeviceSharding
 
 from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
 from ._moments import N_PARTIAL, Partial, finalize, merge
 
-__all__ = ['DeviceWork', 'count_device_work', 'force_device_path', 'leaf_rows', 'leaf_table']
+__all__ = [
+    'DeviceWork',
+    'clear_programs',
+    'count_device_work',
+    'force_device_path',
+    'leaf_rows',
+    'leaf_table',
+    'wait_compiled',
+]
 
 HOST_STAGE = 1 << 16  # device leaves up to this many elements are fetched to the host
+HOST_FIRST_BYTES = 1 << 30  # per call, large leaves fetched while their programs compile
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
@@ -58,27 +76,40 @@ class DeviceWork:
     """What the device route cost: counted by :func:`count_device_work`.
 
     Attributes:
-      compilations: XLA compilations (of any program, by any caller).
+      compilations: XLA compilations in the calling threads (of any program, by
+        any caller).
+      background_compilations: The engine's compilations on its background
+        thread (programs for the next call) that ran inside the block.
       dispatches: Executable launches by the engine (pack and kernel calls).
       fetches: ``jax.device_get`` calls by the engine.
       fetched_arrays: Arrays those calls fetched.
     """
 
     compilations: int = 0
+    background_compilations: int = 0
     dispatches: int = 0
     fetches: int = 0
     fetched_arrays: int = 0
 
 
 _ACTIVE: list[DeviceWork] = []
-_FORCE: list[bool] = []
+_FORCE: list[bool] = []  # force_device_path's host_first flags
+_PROGRAMS: dict[tuple, Any] = {}  # compiled pack and kernel programs, by shape, class, device
+_PENDING: dict[tuple, concurrent.futures.Future] = {}  # programs compiling in the background
+_LOCK = threading.Lock()
+_COMPILER: concurrent.futures.ThreadPoolExecutor | None = None
+_COMPILER_NAME = 'pytreeparams-compile'
 _LISTENING: list[bool] = []
 
 
 def _on_compile(event: str, duration: float, **_: Any) -> None:
     if event == _COMPILE_EVENT:
-        for w in _ACTIVE:
-            w.compilations += 1
+        what = (
+            'background_compilations'
+            if threading.current_thread().name.startswith(_COMPILER_NAME)
+            else 'compilations'
+        )
+        _count(what)
 
 
 @contextlib.contextmanager
@@ -105,9 +136,15 @@ def count_device_work() -> Iterator[DeviceWork]:
 
 
 @contextlib.contextmanager
-def force_device_path() -> Iterator[None]:
-    """Treats jax arrays on CPU devices as accelerator arrays (for measuring)."""
-    _FORCE.append(True)
+def force_device_path(host_first: bool = False) -> Iterator[None]:
+    """Treats jax arrays on CPU devices as accelerator arrays (for measuring).
+
+    Args:
+      host_first: Whether large leaves whose programs are not compiled yet are
+        fetched while they compile in the background, as on an accelerator
+        (default: compiled at once, so that compilations can be counted).
+    """
+    _FORCE.append(host_first)
     try:
         yield
     finally:
@@ -188,28 +225,123 @@ def _table_dtype() -> Any:
     return np.float64 if jax.config.jax_enable_x64 else np.float32
 
 
+def _compile(key: tuple) -> Any:
+    """The AOT-compiled pack (``key[0] == 'pack'``) or kernel program of ``key``."""
+    sharding = SingleDeviceSharding(key[-1])
+    if key[0] == 'pack':
+        _, shape, dtype, size, _ = key
+        return _pack.lower(jax.ShapeDtypeStruct(shape, dtype, sharding=sharding), size).compile()
+    _, size, dtype, rows, table_dtype, _ = key
+    scalar = jax.ShapeDtypeStruct((), np.int32, sharding=sharding)
+    return _kernel.lower(
+        jax.ShapeDtypeStruct((rows, N_PARTIAL), table_dtype, sharding=sharding),
+        jax.ShapeDtypeStruct((size,), dtype, sharding=sharding),
+        scalar,
+        scalar,
+    ).compile()
+
+
+def _program(key: tuple) -> Any:
+    """The compiled program of ``key``: cached, awaited if compiling, else compiled now."""
+    with _LOCK:
+        program = _PROGRAMS.get(key)
+        pending = _PENDING.get(key)
+    if program is not None:
+        return program
+    if pending is not None:
+        return pending.result()
+    program = _compile(key)
+    with _LOCK:
+        _PROGRAMS[key] = program
+    return program
+
+
+def _compile_later(keys: list[tuple]) -> None:
+    """Compiles ``keys`` on a background thread (each once), for the next call."""
+    global _COMPILER
+
+    def job(key: tuple) -> Any:
+        try:
+            program = _compile(key)
+            with _LOCK:
+                _PROGRAMS[key] = program
+            return program
+        finally:
+            with _LOCK:
+                _PENDING.pop(key, None)
+
+    with _LOCK:
+        if _COMPILER is None:
+            _COMPILER = concurrent.futures.ThreadPoolExecutor(1, _COMPILER_NAME)
+        for key in keys:
+            if key not in _PROGRAMS and key not in _PENDING:
+                _PENDING[key] = _COMPILER.submit(job, key)
+
+
+def wait_compiled() -> None:
+    """Waits for the programs that are compiling in the background."""
+    with _LOCK:
+        pending = list(_PENDING.values())
+    concurrent.futures.wait(pending)
+
+
+def clear_programs() -> None:
+    """Forgets the compiled programs (to measure a first call)."""
+    wait_compiled()
+    with _LOCK:
+        _PROGRAMS.clear()
+
+
 def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
-    """Partials of single-device arrays: small ones fetched, large ones kernelled."""
+    """Partials of single-device arrays: small ones fetched, large ones kernelled.
+
+    A large array whose programs are not compiled yet is fetched with the
+    small ones (up to ``HOST_FIRST_BYTES`` per call) while its programs
+    compile on a background thread: on a GPU one compilation costs more than
+    fetching a gigabyte, so a first call compiles nothing and the next call
+    reduces on the device.
+    """
+    host_first = _FORCE[-1] if _FORCE else True
     staged: list[int] = []
     large: dict[Any, list[int]] = {}
     for j, x in enumerate(pieces):
-        n = math.prod(x.shape)
-        if n <= HOST_STAGE:
+        if math.prod(x.shape) <= HOST_STAGE:
             staged.append(j)
         else:
             large.setdefault(next(iter(x.devices())), []).append(j)
-    tables, order = [], []
+    table_dtype = _table_dtype()
+    budget = HOST_FIRST_BYTES if host_first else 0
+    tables, order, later = [], [], []
     for device, idx in large.items():
         rows = 1 << max(3, (len(idx) - 1).bit_length())
-        table = jax.device_put(np.zeros((rows, N_PARTIAL), _table_dtype()), device)
-        for r, j in enumerate(idx):
+        kernelled = []
+        for j in idx:
             x = pieces[j]
-            n = math.prod(x.shape)
-            xpad = _pack(x, size_class(n))
-            table = _kernel(table, xpad, np.int32(n), np.int32(r))
+            size = size_class(math.prod(x.shape))
+            keys = (
+                ('pack', x.shape, x.dtype, size, device),
+                ('kernel', size, x.dtype, rows, table_dtype, device),
+            )
+            with _LOCK:
+                ready = all(k in _PROGRAMS for k in keys)
+            if not ready and x.nbytes <= budget:
+                budget -= x.nbytes
+                staged.append(j)
+                later += keys
+            else:
+                kernelled.append((j, keys))
+        if not kernelled:
+            continue
+        table = jax.device_put(np.zeros((rows, N_PARTIAL), table_dtype), device)
+        for r, (j, (pack_key, kernel_key)) in enumerate(kernelled):
+            x = pieces[j]
+            xpad = _program(pack_key)(x)
+            table = _program(kernel_key)(table, xpad, np.int32(math.prod(x.shape)), np.int32(r))
             _count('dispatches', 2)
         tables.append(table)
-        order.append(idx)
+        order.append([j for j, _ in kernelled])
+    if later:
+        _compile_later(later)
     fetched = jax.device_get([*(pieces[j] for j in staged), *tables]) if pieces else []
     if fetched:
         _count('fetches')

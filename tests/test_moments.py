@@ -15,8 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pytreeparams as ptp
-from pytreeparams import _jax_moments, _moments
-from pytreeparams._engine import count_device_work, force_device_path, leaf_rows, size_class
+from pytreeparams import _engine, _jax_moments, _moments
+from pytreeparams._engine import (
+    clear_programs,
+    count_device_work,
+    force_device_path,
+    leaf_rows,
+    size_class,
+    wait_compiled,
+)
 
 FLOAT32_LIKE = ['float32', 'bfloat16', 'float16']
 
@@ -301,6 +308,7 @@ def test_new_shapes_of_a_seen_size_class_compile_only_their_pack():
     b = {'w': jnp.ones((310, 300)), 'v': jnp.ones((450, 200)), 'b': jnp.zeros(301)}
     b['c'] = jnp.ones((7, 9))
     jax.clear_caches()
+    clear_programs()
     counts = []
     with force_device_path():
         for tree in (a, b, b):
@@ -309,6 +317,41 @@ def test_new_shapes_of_a_seen_size_class_compile_only_their_pack():
             counts.append(work)
     assert [w.compilations for w in counts] == [3, 2, 0]
     assert all(w.fetches == 1 and w.dispatches == 4 for w in counts)
+
+
+def test_first_call_compiles_nothing_and_the_next_reduces_on_the_device(monkeypatch):
+    """On an accelerator a large leaf whose programs are not compiled yet is
+    fetched (one device_get with the small leaves) while its programs compile
+    on a background thread; the next call reduces it on the device with no
+    compilation. Same numbers both ways. Over the per-call byte budget a leaf
+    is compiled for at once instead."""
+    rng = np.random.default_rng(3)
+    tree = {
+        'w': jnp.asarray(rng.standard_normal((300, 303)), jnp.float32),
+        'e': jnp.asarray(2 + rng.standard_normal((70_001,)), jnp.bfloat16),
+        'b': jnp.zeros(300),
+    }
+    leaves = jax.tree.leaves(tree)
+    clear_programs()
+    with force_device_path(host_first=True):
+        with count_device_work() as first:
+            rows_first = leaf_rows(leaves)
+        wait_compiled()
+        with count_device_work() as second:
+            rows_next = leaf_rows(leaves)
+    assert (first.compilations, first.dispatches, first.fetches) == (0, 0, 1), first
+    assert first.fetched_arrays == 3
+    assert (second.compilations, second.background_compilations) == (0, 0), second
+    assert (second.dispatches, second.fetches) == (4, 1), second
+    assert second.fetched_arrays == 2  # the small leaf and the one table
+    for a, b in zip(rows_first, rows_next):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+    clear_programs()
+    monkeypatch.setattr(_engine, 'HOST_FIRST_BYTES', 400_000)  # room for 'e' alone
+    with force_device_path(host_first=True), count_device_work() as work:
+        leaf_rows(leaves)
+    assert (work.dispatches, work.fetched_arrays) == (2, 3), work  # 'w' kernelled, 'e' fetched
+    wait_compiled()
 
 
 def test_gpu_lowering_has_one_reduction_per_leaf_and_no_runtime_branch():
