@@ -262,7 +262,15 @@ def _flatten(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
     it holds metadata boxes (which need a slower flatten with ``is_leaf``), are
     cached per treedef.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    try:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+    except ValueError as e:
+        if 'sorting' not in str(e):
+            raise
+        raise StructureError(
+            'a dict of this tree has keys of different types (for example 1 and "1"), which '
+            'JAX cannot sort; give each dict keys of one type'
+        ) from e
     try:
         info = _PATHS_CACHE.get(treedef)
         cacheable = True
@@ -278,7 +286,12 @@ def _flatten(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
             with_path, boxed_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
         has_boxes = boxed_def != treedef
         boxed_leaves = [x for _, x in with_path]
-        paths_ = tuple('/'.join(_key_str(k) for k in kp) for kp, _ in with_path)
+        key_strs = [tuple(_key_str(k) for k in kp) for kp, _ in with_path]
+        for keys in key_strs:
+            bad = next((k for k in keys if not k or '/' in k), None)
+            if bad is not None:
+                raise StructureError(unspellable_key_message(bad, keys))
+        paths_ = tuple('/'.join(keys) for keys in key_strs)
         if len(builtins.set(paths_)) != len(paths_):
             seen: builtins.set[str] = builtins.set()
             dup = next(p for p in paths_ if p in seen or seen.add(p))
@@ -297,6 +310,18 @@ def _flatten(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
     return leaves, treedef, paths_
 
 
+def unspellable_key_message(key: str, keys: Sequence[str]) -> str:
+    """Why a key cannot be spelled in a path string (empty, or holding '/')."""
+    where = '/'.join(keys)
+    what = 'is empty' if not key else 'contains "/"'
+    return (
+        f'the key {key!r} (in the leaf path {where!r}) {what}: path strings join keys with '
+        f"'/', so this tree's paths would be ambiguous and would not unflatten to the same "
+        f'tree. Rename the key first (its subtree can still be read with a tuple path, '
+        f'ptp.get(tree, {tuple(keys[: keys.index(key) + 1])!r}))'
+    )
+
+
 def paths(tree: PyTree) -> list[str]:
     """The paths of all leaves of ``tree``, in JAX's flatten order.
 
@@ -307,7 +332,9 @@ def paths(tree: PyTree) -> list[str]:
       A list of ``/``-joined path strings.
 
     Raises:
-      StructureError: If two leaves would get the same path string.
+      StructureError: If a key is empty or contains ``/`` (its path string
+        would be ambiguous), a dict's keys are of different types, or two
+        leaves would get the same path string.
 
     Example:
       >>> import pytreeparams as ptp
@@ -329,7 +356,9 @@ def flatten(tree: PyTree) -> dict[str, Leaf]:
       ``{path: leaf}`` in flatten order.
 
     Raises:
-      StructureError: If two leaves would get the same path string.
+      StructureError: If a key is empty or contains ``/`` (its path string
+        would be ambiguous), a dict's keys are of different types, or two
+        leaves would get the same path string.
 
     Example:
       >>> import pytreeparams as ptp

@@ -468,8 +468,10 @@ def test_dtype_mismatch_is_an_error_in_every_format_unless_cast(tmp_path, suffix
 @pytest.mark.parametrize('suffix', ['.safetensors', '.msgpack'])
 def test_names_that_would_not_round_trip_are_refused_before_writing(tmp_path, suffix):
     path = tmp_path / f'c{suffix}'
-    with pytest.raises(ptp.StructureError, match='same path'):
+    with pytest.raises(ptp.StructureError, match='contains "/"'):
         ptp.save(str(path), {'a/b': jnp.ones(2), 'a': {'b': jnp.ones(3)}})
+    with pytest.raises(ptp.StructureError, match='is empty'):
+        ptp.save(str(path), {'a': {'': jnp.ones(2)}})
     with pytest.raises(ptp.StructureError, match='float'):
         ptp.save(str(path), {1.5: jnp.ones(2)})
     assert not path.exists() and os.listdir(tmp_path) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import chex
@@ -332,8 +333,78 @@ def test_flax_struct_dataclass():
 
 
 def test_duplicate_path_strings_are_an_error():
-    with pytest.raises(ptp.StructureError, match="same path 'a/b'"):
+    @functools.total_ordering
+    class K:  # sortable keys whose string forms collide
+        def __init__(self, v):
+            self.v = v
+
+        def __eq__(self, other):
+            return isinstance(other, K) and self.v == other.v
+
+        def __lt__(self, other):
+            return self.v < other.v
+
+        def __hash__(self):
+            return hash(self.v)
+
+        def __str__(self):
+            return 'k'
+
+    with pytest.raises(ptp.StructureError, match="same path 'k'"):
+        ptp.paths({K(1): 1, K(2): 2})
+    with pytest.raises(ptp.StructureError, match='keys of different types'):
+        ptp.paths({1: 1, '1': 2})
+    with pytest.raises(ptp.StructureError, match=r"'a/b'.*contains \"/\""):
         ptp.paths({'a/b': 1, 'a': {'b': 2}})
+
+
+_ODD_KEYS = st.one_of(
+    st.sampled_from(['', '/', 'a/b', 'a/', '/a', 'x', 'y', ' ', '.', 'a.b']),
+    st.integers(-3, 3),
+    st.text(max_size=3),
+)
+
+
+@st.composite
+def _odd_trees(draw, depth=2):
+    """Dicts (plain or frozen) and lists whose keys may be empty, hold '/' or be ints."""
+    if depth == 0 or draw(st.booleans()):
+        return np.float32(draw(st.integers(-5, 5)))
+    if draw(st.booleans()):
+        return [draw(_odd_trees(depth - 1)) for _ in range(draw(st.integers(1, 2)))]
+    keys = draw(st.lists(_ODD_KEYS, min_size=1, max_size=3, unique_by=str))
+    keys = [k for k in keys if isinstance(k, type(keys[0]))]  # JAX sorts a dict's keys
+    node = {k: draw(_odd_trees(depth - 1)) for k in keys}
+    if all(isinstance(k, str) for k in keys) and draw(st.booleans()):
+        return FrozenDict(node)
+    return node
+
+
+@given(_odd_trees())
+def test_odd_keys_round_trip_or_are_refused_at_the_first_call(tree):
+    """Keys that are empty or hold '/' are refused by the first path function
+    (StructureError naming the key and a tuple path that reads it); every other
+    tree, int keys included, round-trips through flatten/unflatten(like=) and
+    set(get) at every node, with its containers."""
+    keys = [
+        str(getattr(e, 'key', getattr(e, 'idx', None)))
+        for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+        for e in kp
+    ]
+    if any(k == '' or '/' in k for k in keys):
+        for fn in (ptp.paths, ptp.flatten, lambda t: ptp.summary(t, stats=False)):
+            with pytest.raises(ptp.StructureError, match='Rename the key first'):
+                fn(tree)
+        return
+    flat = ptp.flatten(tree)
+    back = ptp.unflatten(flat, like=tree)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(tree)
+    chex.assert_trees_all_equal(back, tree)
+    for path in [p for p in flat] + ['']:
+        node = ptp.get(tree, path)
+        again = ptp.set(tree, path, node)
+        assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(tree)
+        chex.assert_trees_all_equal(again, tree)
 
 
 def test_describe():
@@ -421,6 +492,7 @@ def test_every_hint_names_a_call_that_works():
     with pytest.raises(ptp.PathError, match=re.escape("as a tuple, ('a/b',)")):
         ptp.get(tree, 'a/b')
     assert ptp.get(tree, ('a/b',)) == 1
+    tree = {'a': 1, 'x': {'k': jnp.ones((2, 2))}}
     with pytest.raises(ptp.PathError, match='missing_ok=True') as e:
         ptp.select(tree, 'nope')
     assert ptp.select(tree, 'nope', missing_ok=True) == {}
