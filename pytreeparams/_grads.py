@@ -540,9 +540,33 @@ _TRACE_ERRORS = (
 def _inspect_compute(
     params: PyTree, *args: Any, loss_fn: Callable[..., Any], has_aux: bool, depth: Any
 ) -> Any:
-    out, g = jax.value_and_grad(loss_fn, has_aux=has_aux)(params, *args)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    inexact = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves]
+    if not any(inexact):
+        raise TypeError(
+            'inspect: params has no floating-point leaves to differentiate '
+            f'(leaf dtypes: {sorted({str(jnp.result_type(x)) for x in leaves})})'
+        )
+
+    def with_floats(floats: list[Any]) -> PyTree:
+        it = iter(floats)
+        return jax.tree_util.tree_unflatten(
+            treedef, [next(it) if d else x for x, d in zip(leaves, inexact)]
+        )
+
+    floats = [x for x, d in zip(leaves, inexact) if d]
+    out, gf = jax.value_and_grad(lambda f, *a: loss_fn(with_floats(f), *a), has_aux=has_aux)(
+        floats, *args
+    )
     loss, aux = out if has_aux else (out, None)
-    return loss, aux, g, grad_stats(g, params, depth=depth)
+    # leaves that are not floating point (a step counter, a PRNG key) get no
+    # gradient: None, as in equinox.filter_grad, and no row in the statistics
+    it = iter(gf)
+    g = jax.tree_util.tree_unflatten(treedef, [next(it) if d else None for d in inexact])
+    float_params = jax.tree_util.tree_unflatten(
+        treedef, [x if d else None for x, d in zip(leaves, inexact)]
+    )
+    return loss, aux, g, grad_stats(g, float_params, depth=depth)
 
 
 # One jitted function for every call: jax's cache keys it by loss_fn (static), so
@@ -563,7 +587,9 @@ def inspect(
     Args:
       loss_fn: ``loss_fn(params, *args)`` returning a scalar (or ``(loss, aux)``
         with ``has_aux``).
-      params: The parameters to differentiate.
+      params: The parameters to differentiate. Leaves that are not floating
+        point (an integer step counter, a PRNG key) are passed through but
+        not differentiated: their gradient is None and they get no row.
       *args: Further arguments of ``loss_fn`` (a batch, ...).
       has_aux: Whether ``loss_fn`` returns ``(loss, aux)``.
       jit: None: try ``jax.jit`` and fall back to eager evaluation with a
@@ -577,6 +603,7 @@ def inspect(
 
     Raises:
       ValueError: If ``jit=True`` and ``loss_fn`` cannot be traced.
+      TypeError: If ``params`` has no floating-point leaf.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp

@@ -254,3 +254,21 @@ def test_logger_dict_groups_by_statistic_and_drops_what_was_not_computed(maybe_j
     chex.assert_trees_all_close(d['train/global_norm'], float(optax.tree.norm(g)), rtol=1e-6)
     plain = gs.to_dict()
     assert plain['out/grad_norm'] == 5.0 and plain['out/param_norm'] != plain['out/param_norm']
+
+
+@pytest.mark.parametrize('jit', [None, False])
+def test_inspect_differentiates_only_the_float_leaves(jit):
+    """An integer step counter or a PRNG key among the params is passed through,
+    not differentiated (gradient None, no statistics row), eagerly and jitted."""
+    params = {'w': jnp.arange(3.0), 'step': jnp.array(3), 'key': jax.random.key(0)}
+
+    def loss(p, x):
+        return jnp.sum(p['w'] * x) * (p['step'] - 2)
+
+    r = ptp.inspect(loss, params, jnp.ones(3), jit=jit)
+    assert r.grads['step'] is None and r.grads['key'] is None
+    chex.assert_trees_all_close(r.grads['w'], jnp.ones(3))
+    chex.assert_trees_all_close(r.loss, 3.0)
+    assert r.stats.paths == ('w',)
+    with pytest.raises(TypeError, match='no floating-point leaves'):
+        ptp.inspect(loss, {'step': jnp.array(3)}, jnp.ones(3), jit=jit)
