@@ -537,8 +537,14 @@ def _save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
         )
     if not os.path.isdir(parent):
         raise FileNotFoundError(f'save: the folder {parent!r} does not exist; create it first')
+    # The new checkpoint is written by Orbax's own atomic finalization (its
+    # '.orbax-checkpoint-tmp' folder renamed into place) under a fresh name beside
+    # `path`. It is then moved over the old one: POSIX cannot rename a folder onto a
+    # non-empty one, and Orbax's force=True removes the old checkpoint *before* it
+    # writes (a failed save would lose it), so the old one is moved aside first and
+    # moved back if the second rename fails.
     tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(path) + '.', dir=parent)
-    os.rmdir(tmp)  # orbax creates it (through its own temporary folder and atomic rename)
+    os.rmdir(tmp)  # orbax creates it
     backup = None
     try:
         with ocp.StandardCheckpointer() as ckptr:

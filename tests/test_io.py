@@ -401,7 +401,7 @@ def test_orbax_save_refuses_a_folder_or_file_that_is_no_checkpoint(tmp_path):
     assert makefile.read_text() == 'all:'
 
 
-@pytest.mark.parametrize('fail', ['write', 'first_rename', 'second_rename'])
+@pytest.mark.parametrize('fail', ['write', 'metadata', 'first_rename', 'second_rename'])
 def test_orbax_failure_midway_keeps_the_old_checkpoint_and_no_temporary(
     tmp_path, monkeypatch, fail
 ):
@@ -427,6 +427,12 @@ def test_orbax_failure_midway_keeps_the_old_checkpoint_and_no_temporary(
             raise OSError('injected disk error')
 
         monkeypatch.setattr(ocp.StandardCheckpointer, 'save', boom)
+    elif fail == 'metadata':  # after Orbax finalized the new folder, before it is moved in
+
+        def boom_meta(*a, **k):
+            raise OSError('injected: disk full writing pytreeparams.json')
+
+        monkeypatch.setattr(_io.json, 'dump', boom_meta)
     else:
         monkeypatch.setattr(_io.os, 'replace', replace)
     with pytest.raises(OSError, match='injected'):
@@ -599,6 +605,44 @@ def test_fuzz_structured_msgpack_and_orbax_records(tmp_path, record):
         ptp.load(path)
     except ptp.FormatError as e:
         assert path.name in str(e)
+
+
+_ORBAX_FILES = ['pytreeparams.json', '_METADATA', '_CHECKPOINT_METADATA', '_sharding']
+
+
+@FUZZ
+@given(
+    target=st.sampled_from(_ORBAX_FILES),
+    record=JSONISH,
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+    flip=st.one_of(st.none(), st.tuples(st.integers(0, 400), st.integers(1, 255))),
+)
+def test_fuzz_structured_orbax_folders(tmp_path, target, record, cut, flip):
+    """An Orbax folder whose metadata files hold hostile JSON, or are truncated
+    or bit-flipped: every failure is a FormatError naming the folder."""
+    import json
+
+    pytest.importorskip('orbax.checkpoint')
+    ck = tmp_path / 'ck'
+    if not ck.exists():
+        ptp.save(str(ck), {'w': jnp.arange(3.0), 'b': {'c': jnp.zeros(2, jnp.bfloat16)}})
+    file = ck / target
+    original = file.read_bytes()
+    data = json.dumps(record).encode() if cut is None and flip is None else original
+    if cut is not None:
+        data = data[:cut]
+    if flip is not None and data:
+        i = flip[0] % len(data)
+        data = data[:i] + bytes([data[i] ^ flip[1]]) + data[i + 1 :]
+    file.write_bytes(data)
+    try:
+        out = ptp.load(str(ck))
+    except ptp.FormatError as e:
+        assert 'ck' in str(e)
+    else:
+        assert sorted(ptp.paths(out)) == ['b/c', 'w']
+    finally:
+        file.write_bytes(original)
 
 
 def test_orbax_checkpoint_manager_folders(tmp_path):
