@@ -5,6 +5,11 @@ PyTorch and every safetensors reader), ``*.msgpack`` (``flax.serialization``)
 or a directory (an Orbax checkpoint, for sharded and multi-host trees).
 Nothing is ever loaded with pickle. Writes are atomic: a temporary file in
 the same directory, flushed and fsynced, then renamed over the target.
+
+Every format stores the same things: the arrays (PRNG keys as their key data,
+with the implementation recorded), Python scalars, and the tree's containers
+(recorded as JSON beside the arrays), so that ``load`` without ``like`` gives
+the same tree from each.
 """
 
 from __future__ import annotations
@@ -22,7 +27,18 @@ import numpy as np
 from flax.core import FrozenDict
 
 from ._errors import FormatError, StructureError
-from ._paths import _children, _flatten, describe, flatten, unbox, unflatten
+from ._paths import (
+    _children,
+    _flatten,
+    describe,
+    flatten,
+    get,
+    is_key_dtype,
+    map_with_path,
+    unbox,
+    unflatten,
+)
+from ._paths import set as set_path
 from ._typing import PyTree
 
 __all__ = ['load', 'save']
@@ -225,7 +241,9 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
 # Structure encoding (kept in the safetensors metadata).
 
 
-def _encode(node: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+def _encode(node: Any, path: str, arrays: dict[str, np.ndarray] | None) -> Any:
+    """The JSON structure of ``node`` (containers, Python scalars, array
+    shapes); arrays are fetched into ``arrays`` by path unless it is None."""
     node = unbox(node)
     if node is None:
         return {'t': 'none'}
@@ -249,6 +267,8 @@ def _encode(node: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     if hasattr(node, 'shape') and hasattr(node, 'dtype'):
         if isinstance(node, jax.ShapeDtypeStruct):
             raise ValueError(f'save: {path!r} is abstract ({describe(node)}); save concrete arrays')
+        if arrays is None:  # the structure only (msgpack and Orbax store the arrays)
+            return {'t': 'array', 's': list(np.shape(node))}
         arr = np.asarray(jax.device_get(node))
         if arr.dtype.name not in _ST_SUPPORTED:
             raise ValueError(
@@ -273,6 +293,7 @@ def _decode(spec: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     if t == 'none':
         return None
     if t == 'py':
+        arrays.pop(path, None)  # msgpack and Orbax hold the scalar too
         return spec['v']
     if t == 'array':
         if path not in arrays:
@@ -293,6 +314,24 @@ def _decode(spec: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
         ]
         return items if t == 'list' else tuple(items)
     raise FormatError(f'unknown node kind {t!r} in the structure metadata')
+
+
+def _rebuild(state: PyTree, spec: Any, path: str) -> PyTree:
+    """The saved containers around a msgpack or Orbax state dict (its leaves by
+    path), from the structure recorded beside it."""
+    flat = dict(flatten(state))
+    try:
+        tree = _decode(spec, '', flat)
+    except FormatError as e:
+        raise FormatError(f'{path!r}: {e}') from e
+    except (KeyError, TypeError, ValueError, RecursionError, AttributeError, IndexError) as e:
+        raise FormatError(f'{path!r}: its structure metadata is corrupt ({e!r})') from e
+    if flat:
+        raise FormatError(
+            f'{path!r}: its structure metadata does not name {len(flat)} stored entries '
+            f'({", ".join(repr(k) for k in list(flat)[:12])})'
+        )
+    return tree
 
 
 # --------------------------------------------------------------------------
@@ -424,10 +463,11 @@ def _load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
 # msgpack.
 
 
-def _msgpack_state(node: Any, where: str) -> Any:
+def _msgpack_state(node: Any, where: str, fetch: bool = True) -> Any:
     """Flax's state dict of any tree (NNX ``State``, boxes, namedtuples too):
     mappings keyed by their keys, sequences by ``'0'``, ``'1'``...; leaves
-    checked before anything is written."""
+    checked before anything is written, and fetched to the host if ``fetch``
+    (Orbax takes device arrays as they are)."""
     node = unbox(node)
     if node is None or (
         isinstance(node, (bool, int, float, str)) and not isinstance(node, np.generic)
@@ -436,14 +476,15 @@ def _msgpack_state(node: Any, where: str) -> Any:
     if isinstance(node, jax.ShapeDtypeStruct):
         raise ValueError(f'save: {where!r} is abstract ({describe(node)}); save concrete arrays')
     if hasattr(node, 'shape') and hasattr(node, 'dtype'):
-        return np.asarray(jax.device_get(node))
+        return np.asarray(jax.device_get(node)) if fetch else node
     if isinstance(node, (dict, FrozenDict)):
         return {
-            str(k): _msgpack_state(v, f'{where}/{k}' if where else str(k)) for k, v in node.items()
+            str(k): _msgpack_state(v, f'{where}/{k}' if where else str(k), fetch)
+            for k, v in node.items()
         }
     if isinstance(node, (list, tuple)) and not hasattr(node, '_fields'):
         return {
-            str(i): _msgpack_state(v, f'{where}/{i}' if where else str(i))
+            str(i): _msgpack_state(v, f'{where}/{i}' if where else str(i), fetch)
             for i, v in enumerate(node)
         }
     kids = _children(node)
@@ -452,15 +493,18 @@ def _msgpack_state(node: Any, where: str) -> Any:
             f'save: {where or "the root"!r} holds a {type(node).__name__}, which a msgpack '
             'checkpoint cannot hold (arrays, numbers, strings and containers); nothing was written'
         )
-    return {k: _msgpack_state(v, f'{where}/{k}' if where else k) for k, v in zip(kids[0], kids[1])}
+    return {
+        k: _msgpack_state(v, f'{where}/{k}' if where else k, fetch)
+        for k, v in zip(kids[0], kids[1])
+    }
 
 
 def _save_msgpack(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
     from flax import serialization
 
     state = _msgpack_state(tree, '')
-    if extra:
-        state = {'__pytreeparams__': json.dumps(extra), 'tree': state}
+    extra = {'structure': _encode(tree, '', None), **extra}
+    state = {'__pytreeparams__': json.dumps(extra), 'tree': state}
     data = serialization.msgpack_serialize(state)
     atomic_write(path, lambda f: f.write(data))
 
@@ -486,6 +530,8 @@ def _load_msgpack(path: str) -> tuple[PyTree, dict[str, Any]]:
         if not isinstance(extra, dict):
             raise FormatError(f'{path!r}: corrupt pytreeparams record: not a JSON object')
         state = state['tree']
+        if 'structure' in extra:
+            state = _rebuild(state, extra['structure'], path)
     return state, extra
 
 
@@ -548,10 +594,14 @@ def _save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
     backup = None
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp, tree)
+            # Flax's state dict (as in msgpack): the same layout whatever the tree's
+            # containers; the containers themselves are recorded in pytreeparams.json
+            ckptr.save(tmp, _msgpack_state(tree, '', fetch=False))
             ckptr.wait_until_finished()
         with open(os.path.join(tmp, 'pytreeparams.json'), 'w') as f:
-            json.dump({'version': _FORMAT_VERSION, **extra}, f)
+            json.dump(
+                {'version': _FORMAT_VERSION, 'structure': _encode(tree, '', None), **extra}, f
+            )
         if os.path.exists(path):
             backup = path + '.old-' + os.path.basename(tmp)
             os.replace(path, backup)
@@ -610,7 +660,7 @@ def _orbax_arrays(ckptr: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.
     return out
 
 
-def _load_orbax(path: str, like: PyTree, cast: bool = False) -> PyTree:
+def _load_orbax(path: str, like: PyTree, cast: bool = False, spec: Any = None) -> PyTree:
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path.rstrip(os.sep))
@@ -640,19 +690,25 @@ def _load_orbax(path: str, like: PyTree, cast: bool = False) -> PyTree:
             if like is None:
                 tree = ckptr.restore(path)
             else:
-                target = jax.tree_util.tree_map(
-                    lambda x: (
-                        x
-                        if isinstance(x, jax.ShapeDtypeStruct) or not hasattr(x, 'dtype')
-                        else jax.ShapeDtypeStruct(
-                            np.shape(x), x.dtype, sharding=getattr(x, 'sharding', None)
+                # the target in the stored layout (a state dict by path); load()
+                # then puts the arrays into like's containers
+                target = unflatten(
+                    {
+                        p: (
+                            x
+                            if isinstance(x, jax.ShapeDtypeStruct) or not hasattr(x, 'dtype')
+                            else jax.ShapeDtypeStruct(
+                                np.shape(x), x.dtype, sharding=getattr(x, 'sharding', None)
+                            )
                         )
-                    ),
-                    like,
+                        for p, x in flatten(like).items()
+                    }
                 )
                 tree = ckptr.restore(path, target)
     except Exception as e:
         raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+    if like is None and spec is not None:
+        tree = _rebuild(tree, spec, path)
     return tree
 
 
@@ -705,12 +761,57 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
 
         extra['ties'] = ties.to_json()
         tree = untie(tree, ties)
+    tree, keys = _keys_to_data(tree)
+    if keys:
+        extra['prng_keys'] = keys
     if fmt == 'safetensors':
         _save_safetensors(path, tree, extra)
     elif fmt == 'msgpack':
         _save_msgpack(path, tree, extra)
     else:
         _save_orbax(path, tree, extra)
+
+
+def _keys_to_data(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
+    """PRNG key leaves replaced by their key data (uint32), and each key's
+    implementation by path (``{'rng': 'threefry2x32'}``), recorded in the file."""
+    impls: dict[str, str] = {}
+
+    def to_data(p: str, x: Any) -> Any:
+        if is_key_dtype(getattr(x, 'dtype', None)):
+            impls[p] = str(jax.random.key_impl(x))
+            return jax.random.key_data(x)
+        return x
+
+    if not any(is_key_dtype(getattr(x, 'dtype', None)) for x in jax.tree_util.tree_leaves(tree)):
+        return tree, impls
+    return map_with_path(to_data, tree), impls
+
+
+def _like_key_data(like: PyTree, impls: Mapping[str, str]) -> PyTree:
+    """``like`` with its PRNG key leaves (at recorded paths) as key-data shapes."""
+
+    def to_data(p: str, x: Any) -> Any:
+        if p in impls and is_key_dtype(getattr(x, 'dtype', None)):
+            return jax.eval_shape(jax.random.key_data, x)
+        return x
+
+    return map_with_path(to_data, like)
+
+
+def _data_to_keys(tree: PyTree, impls: Any, path: str) -> PyTree:
+    """The recorded key-data leaves wrapped back into PRNG keys."""
+    if not isinstance(impls, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in impls.items()
+    ):
+        raise FormatError(f'{path!r}: its prng_keys metadata is not a {{path: impl}} object')
+    for p, impl in impls.items():
+        try:
+            data = get(tree, p)
+            tree = set_path(tree, p, jax.random.wrap_key_data(data, impl=impl), check=False)
+        except Exception as e:  # a missing path, an unknown impl, data of a wrong shape
+            raise FormatError(f'{path!r}: PRNG key {p!r} ({impl}) cannot be restored: {e}') from e
+    return tree
 
 
 def _check_names(tree: PyTree) -> None:
@@ -856,9 +957,13 @@ def load(
         latest by default); a step folder or a single checkpoint works too.
 
     Returns:
-      The tree: without ``like``, nested dicts/FrozenDicts/lists/tuples as
-      saved (safetensors), Flax's state dict (msgpack: lists become dicts keyed
-      ``'0'``, ``'1'``...), or Orbax's restored tree. Tied trees come back tied.
+      The tree. With ``like``: ``like``'s structure, containers and boxes.
+      Without ``like``, one rule for every format: dicts, FrozenDicts, lists
+      and tuples come back as saved; other nodes (NNX ``State``, optax states
+      and other namedtuples, dataclasses) as dicts keyed by their field names;
+      boxes unboxed; Python scalars as Python scalars; PRNG keys as keys.
+      Files written by other programs: nested dicts (names split at ``/`` or
+      ``.``). Tied trees come back tied.
 
     Raises:
       FileNotFoundError: If ``path`` does not exist.
@@ -898,11 +1003,16 @@ def load(
             raise FormatError(f'{path!r}: its ties metadata is corrupt ({e!r})') from e
         if like is not None:
             like = untie(like, ties, check=False)
+    impls = meta.get('prng_keys')
+    if impls and like is not None:
+        like = _like_key_data(like, impls)
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
-        tree = _load_orbax(path, like, cast)
+        tree = _load_orbax(path, like, cast, meta.get('structure'))
     if like is not None:
         tree = _check_like(tree, like, path, cast)
+    if impls:
+        tree = _data_to_keys(tree, impls, path)
     if ties is not None:
         try:
             tree = tie(tree, ties)

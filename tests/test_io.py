@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -668,3 +669,81 @@ def test_orbax_checkpoint_manager_folders(tmp_path):
         timeout=300,
     )
     assert r.returncode == 0 and '1 leaves, 3 parameters' in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.msgpack', ''])
+def test_prng_keys_round_trip_in_every_format(tmp_path, suffix):
+    """Key leaves are stored as their key data with the implementation recorded,
+    and come back as keys (same impl, same bits), with and without like; an
+    NNX model's state with Rngs and Dropout keys too."""
+    from flax import nnx
+
+    if not suffix:
+        pytest.importorskip('orbax.checkpoint')
+    tree = {
+        'w': jnp.arange(3.0),
+        'rng': jax.random.key(3),
+        'rbg': jax.random.split(jax.random.key(1, impl='rbg'), 2),
+        'u': {'k': jax.random.key(5, impl='unsafe_rbg')},
+    }
+    path = str(tmp_path / f'k{suffix}')
+    ptp.save(path, tree)
+    for back in (ptp.load(path), ptp.load(path, like=tree)):
+        for p in ('rng', 'rbg', 'u/k'):
+            a, b = ptp.get(back, p), ptp.get(tree, p)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
+        np.testing.assert_array_equal(back['w'], tree['w'])
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(2, 3, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    state = nnx.state(Net(nnx.Rngs(0, dropout=1)))
+    path = str(tmp_path / f'nnx{suffix}')
+    ptp.save(path, state)
+    back = ptp.load(path, like=state)
+    assert isinstance(back, nnx.State)
+    for (pa, a), (pb, b) in zip(ptp.flatten(back).items(), ptp.flatten(state).items()):
+        assert pa == pb and a.dtype == b.dtype
+        if ptp.is_key_dtype(a.dtype) if hasattr(ptp, 'is_key_dtype') else 'key' in str(a.dtype):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_without_like_gives_the_same_containers_in_every_format(tmp_path):
+    """One rule for every format: dicts, FrozenDicts, lists and tuples come back
+    as saved; other nodes (optax states, namedtuples, NNX State) as dicts keyed
+    by their field names; Python scalars as Python scalars."""
+    import optax
+    from flax import nnx
+
+    params = FrozenDict({'w': jnp.arange(3.0), 'b': jnp.zeros(2)})
+    tree = {
+        'params': params,
+        'opt': optax.adam(1e-3).init(params),
+        'lst': [jnp.ones(1), jnp.ones(2)],
+        'tup': (jnp.int32(4),),
+        'nnx': nnx.state(nnx.Linear(2, 2, rngs=nnx.Rngs(0))),
+        'step': 3,
+    }
+    backs = []
+    for suffix in ('.safetensors', '.msgpack', ''):
+        if not suffix:
+            pytest.importorskip('orbax.checkpoint')
+        path = str(tmp_path / f'c{suffix}')
+        ptp.save(path, tree)
+        back = ptp.load(path)
+        assert type(back['params']) is FrozenDict
+        assert type(back['lst']) is list and type(back['tup']) is tuple
+        assert type(back['opt']) is tuple and sorted(back['opt'][0]) == ['count', 'mu', 'nu']
+        assert type(back['opt'][0]['mu']) is FrozenDict
+        assert type(back['nnx']) is dict and sorted(back['nnx']) == ['bias', 'kernel']
+        assert back['step'] == 3 and type(back['step']) is int
+        backs.append(back)
+    for back in backs[1:]:
+        assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(backs[0])
+        chex.assert_trees_all_equal(
+            jax.tree.map(np.asarray, back), jax.tree.map(np.asarray, backs[0])
+        )
