@@ -847,9 +847,13 @@ def _like_mismatch(
     unexpected: list[str],
     bad: list[str],
     dtype_only: bool,
-    partial_hint: bool,
+    partial_hint: bool | str,
 ) -> StructureError:
-    """The error for a file that does not match ``like`` (every format)."""
+    """The error for a file that does not match ``like`` (every format).
+
+    ``partial_hint``: False, True (suggest ``load_into``), or ``'torch'`` for a
+    file in PyTorch's layout (suggest ``from_torch_state_dict``).
+    """
     parts = [
         f'{what} {len(v)}: ' + ', '.join(v[:12])
         for what, v in (
@@ -860,8 +864,16 @@ def _like_mismatch(
         if v
     ]
     hints = ['Pass cast=True to convert to the dtypes of `like`'] if bad and dtype_only else []
-    if partial_hint:
-        hints.append('For a partial load use ptp.load_into(like, ptp.load(path))')
+    if partial_hint == 'torch':
+        hints.append(
+            f'The file is in PyTorch layout (dotted names): use '
+            f'ptp.from_torch_state_dict({path!r}, like=like)'
+        )
+    elif partial_hint:
+        hints.append(
+            f'For a partial load use ptp.load_into(like, ptp.load({path!r}), strict=False), '
+            'which returns (tree, report)'
+        )
     return StructureError(
         f'load: {path!r} does not match `like`: '
         + '; '.join(parts)
@@ -870,7 +882,9 @@ def _like_mismatch(
     )
 
 
-def _check_like(loaded: PyTree, like: PyTree, path: str, cast: bool = False) -> PyTree:
+def _check_like(
+    loaded: PyTree, like: PyTree, path: str, cast: bool = False, hint: bool | str = True
+) -> PyTree:
     flat = flatten(loaded)
     like_leaves, _, like_paths = _flatten(like)
     missing = [p for p in like_paths if p not in flat]
@@ -888,7 +902,7 @@ def _check_like(loaded: PyTree, like: PyTree, path: str, cast: bool = False) -> 
                 bad.append(f'{p!r} (expected {describe(x)}, file has {describe(y)})')
                 dtype_only = dtype_only or tuple(np.shape(y)) == tuple(np.shape(x))
     if missing or unexpected or bad:
-        raise _like_mismatch(path, missing, unexpected, bad, dtype_only, partial_hint=True)
+        raise _like_mismatch(path, missing, unexpected, bad, dtype_only, partial_hint=hint)
     out = {}
     for p, x in zip(like_paths, like_leaves):
         y = flat[p]
@@ -1010,7 +1024,10 @@ def load(
         # Restored straight into like's shardings: no array is gathered.
         tree = _load_orbax(path, like, cast, meta.get('structure'))
     if like is not None:
-        tree = _check_like(tree, like, path, cast)
+        foreign = fmt in ('safetensors', 'npz') and (
+            not meta or any('.' in p for p in flatten(tree))
+        )
+        tree = _check_like(tree, like, path, cast, 'torch' if foreign else True)
     if impls:
         tree = _data_to_keys(tree, impls, path)
     if ties is not None:

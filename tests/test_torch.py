@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -217,3 +218,36 @@ def test_cast_and_the_file_format_metadata_hugging_face_reads(tmp_path):
     ptp.save(str(tmp_path / 'flax.safetensors'), v)
     with safe_open(str(tmp_path / 'flax.safetensors'), framework='np') as f:
         assert f.metadata()['format'] == 'flax'
+
+
+def test_load_mismatch_hints_name_calls_that_work(tmp_path):
+    """A PyTorch-layout file loaded with a Flax like suggests
+    from_torch_state_dict, a pytreeparams file suggests load_into; each
+    suggested call is run and works."""
+    import re
+
+    from safetensors.torch import save_file
+
+    net = flax_mlp()
+    v = net.init(jax.random.key(0), jnp.ones((2, 4)))
+    for name, write in (
+        ('foreign.safetensors', lambda p: save_file(torch_mlp().state_dict(), p)),
+        ('ours.safetensors', lambda p: ptp.save(p, ptp.to_torch_state_dict(v))),
+    ):
+        path = str(tmp_path / name)
+        write(path)
+        with pytest.raises(ptp.StructureError, match='from_torch_state_dict') as e:
+            ptp.load(path, like=v)
+        call = re.search(r'(ptp\.from_torch_state_dict\(.*?\))', str(e.value)).group(1)
+        back, report = eval(call, {'ptp': ptp, 'like': v})
+        assert report.ok and ptp.paths(back) == ptp.paths(v)
+    path = str(tmp_path / 'partial.msgpack')
+    part = {'params': {'layers_0': v['params']['layers_0']}}
+    ptp.save(path, part)
+    with pytest.raises(ptp.StructureError, match='load_into') as e:
+        ptp.load(path, like=v)
+    call = re.search(r'(ptp\.load_into\(.*?strict=False\))', str(e.value)).group(1)
+    back, report = eval(call, {'ptp': ptp, 'like': v})
+    assert sorted(report.loaded) == sorted(ptp.paths(part))
+    assert sorted(report.missing) == ['params/layers_2/bias', 'params/layers_2/kernel']
+    chex.assert_trees_all_equal(back, v)
