@@ -14,10 +14,27 @@ Flax                                   PyTorch
                                        (``num_batches_tracked`` added/dropped)
 ``nn.Sequential``'s ``layers_0``       ``0``
 =====================================  ==========================================
+
+Two things no name can say, given as arguments to both functions:
+
+- **The first Dense after a flatten** (``after_flatten={'params/Dense_0': (7, 7, 64)}``:
+  the module's path and the feature map's shape (H, W, C) in Flax's order).
+  Flax flattens channels-last (``x.reshape(n, -1)`` of NHWC: index ``(h, w, c)``),
+  PyTorch's ``nn.Flatten`` channels-first (NCHW: ``(c, h, w)``), so that
+  Dense's rows are permuted in both directions; without it the model loads
+  and computes something else.
+- **Tied weights** (``ties={'lm_head.weight': 'transformer.wte.weight'}``, PyTorch
+  names, alias to source): PyTorch's ``state_dict`` lists a shared tensor under
+  every name (GPT-2's head, BERT's MLM decoder, T5's shared embeddings) while the
+  Flax model stores it once. ``to_torch_state_dict`` writes the alias (the same
+  array or tensor); ``from_torch_state_dict`` checks it equals its source and
+  drops it (aliases that share storage with a used tensor are recognised
+  without being named).
 """
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from collections import OrderedDict
@@ -27,10 +44,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._errors import StructureError
+from ._errors import PathError, StructureError
 from ._io import read_state_dict
 from ._load import LoadReport
-from ._paths import _flatten, describe, unbox, unflatten
+from ._paths import _flatten, _nearest, describe, unbox, unflatten
 from ._stats import from_torch
 from ._typing import PyTree
 
@@ -91,16 +108,65 @@ def _mapping(
     return out
 
 
-def _bn_modules(paths: Sequence[str]) -> list[str]:
-    mods = []
-    for p in paths:
-        if p.startswith('batch_stats/') and p.endswith('/mean'):
-            mods.append(_default_name(p).rsplit('.', 1)[0])
-    return mods
+def _flatten_shapes(
+    after_flatten: Mapping[str, Sequence[int]], paths_: Sequence[str]
+) -> dict[str, tuple[int, ...]]:
+    """``{kernel path: (H, W, C)}`` for each module named in ``after_flatten``."""
+    out = {}
+    known = builtins.set(paths_)
+    for module, shape in after_flatten.items():
+        kernel = module if module.endswith('/kernel') else module.rstrip('/') + '/kernel'
+        if kernel not in known:
+            raise PathError(
+                f'after_flatten: no Dense kernel at {kernel!r}'
+                + (f'. Did you mean {_nearest(kernel, paths_, 1)[0]!r}?' if paths_ else '')
+            )
+        out[kernel] = tuple(int(d) for d in shape)
+    return out
+
+
+def _flax_rows_to_torch(kernel: np.ndarray, hwc: tuple[int, ...], path: str) -> np.ndarray:
+    """A Dense kernel's rows from Flax's (h, w, c) flatten order to PyTorch's (c, h, w)."""
+    _check_rows(kernel, hwc, path)
+    n = len(hwc)
+    k = kernel.reshape(*hwc, kernel.shape[-1])
+    return k.transpose(n - 1, *range(n - 1), n).reshape(kernel.shape)
+
+
+def _torch_rows_to_flax(kernel: np.ndarray, hwc: tuple[int, ...], path: str) -> np.ndarray:
+    """The inverse of :func:`_flax_rows_to_torch` (rows in (c, h, w) to (h, w, c))."""
+    _check_rows(kernel, hwc, path)
+    n = len(hwc)
+    k = kernel.reshape(hwc[-1], *hwc[:-1], kernel.shape[-1])
+    return k.transpose(*range(1, n), 0, n).reshape(kernel.shape)
+
+
+def _check_rows(kernel: np.ndarray, hwc: tuple[int, ...], path: str) -> None:
+    if kernel.ndim != 2 or kernel.shape[0] != int(np.prod(hwc)):
+        raise StructureError(
+            f'after_flatten: {path!r} is {kernel.dtype.name}{list(kernel.shape)}, but a '
+            f'feature map of shape {hwc} flattens to {int(np.prod(hwc))} inputs'
+        )
+
+
+def _check_ties(ties: Mapping[str, str]) -> dict[str, str]:
+    ties = dict(ties)
+    for alias, source in ties.items():
+        if source in ties:
+            raise StructureError(
+                f'ties: {alias!r} -> {source!r}, which is itself an alias of {ties[source]!r}; '
+                f'name the source directly: {{{alias!r}: {ties[source]!r}}}'
+            )
+    return ties
 
 
 def to_torch_state_dict(
-    params: PyTree, rules: Sequence[Rule] = (), *, tensors: bool = False
+    params: PyTree,
+    rules: Sequence[Rule] = (),
+    *,
+    tensors: bool = False,
+    after_flatten: Mapping[str, Sequence[int]] | None = None,
+    ties: Mapping[str, str] | None = None,
 ) -> OrderedDict[str, Any]:
     """Converts Flax variables to a PyTorch ``state_dict`` layout.
 
@@ -110,13 +176,21 @@ def to_torch_state_dict(
         rules, tried first (``fullmatch`` on the Flax path, group references
         allowed); ``perm`` transposes the array (None: no transpose).
       tensors: Return ``torch.Tensor`` values (imports torch) instead of NumPy.
+      after_flatten: ``{dense module path: (H, W, C)}`` for each Dense that
+        follows a flatten of a feature map of that shape (Flax's NHWC order):
+        its rows are permuted to PyTorch's channels-first flatten.
+      ties: ``{torch alias: torch source}``: each alias is written as the same
+        array (tensor) as its source, as PyTorch's ``state_dict`` lists a tied
+        weight under every name.
 
     Returns:
       An ordered ``{torch key: array}``; ``num_batches_tracked`` is added for
       each BatchNorm.
 
     Raises:
-      StructureError: If two Flax paths map to one torch key.
+      StructureError: If two Flax paths map to one torch key, a tie's source
+        is not produced, or an ``after_flatten`` shape does not fit.
+      PathError: If an ``after_flatten`` module has no Dense kernel.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, pytreeparams as ptp
@@ -126,8 +200,12 @@ def to_torch_state_dict(
       {'0.bias': (8,), '0.weight': (8, 4), '2.bias': (1,), '2.weight': (1, 8)}
     """
     out: OrderedDict[str, Any] = OrderedDict()
-    for path, name, perm, leaf in _mapping(params, rules):
+    mapping = _mapping(params, rules)
+    flat_rows = _flatten_shapes(after_flatten or {}, [m[0] for m in mapping])
+    for path, name, perm, leaf in mapping:
         arr = np.asarray(jax.device_get(leaf))
+        if path in flat_rows:
+            arr = _flax_rows_to_torch(arr, flat_rows[path], path)
         if perm is not None:
             arr = np.ascontiguousarray(np.transpose(arr, perm))
         if name in out:
@@ -135,12 +213,20 @@ def to_torch_state_dict(
                 f'to_torch_state_dict: two paths map to {name!r} (one is {path!r})'
             )
         out[name] = arr
-    for mod in _bn_modules(list(_flatten(params)[2])):
-        out[f'{mod}.num_batches_tracked'] = np.array(0, np.int64)
+    for name in list(out):  # each BatchNorm's counter, under the name its statistics got
+        if name.endswith('running_mean'):
+            out[name[: -len('running_mean')] + 'num_batches_tracked'] = np.array(0, np.int64)
     if tensors:
         import torch
 
         out = OrderedDict((k, _tensor(torch, v)) for k, v in out.items())
+    for alias, source in _check_ties(ties or {}).items():
+        if source not in out:
+            raise StructureError(
+                f'ties: the source {source!r} of {alias!r} is not in the state_dict '
+                f'(near: {", ".join(repr(k) for k in _nearest(source, list(out), 3))})'
+            )
+        out[alias] = out[source]  # the same array (tensor): one storage, as in PyTorch
     return out
 
 
@@ -166,6 +252,26 @@ def _to_numpy(v: Any) -> np.ndarray:
     return np.asarray(from_torch(v))
 
 
+def _same_storage(a: Any, b: Any) -> bool:
+    """Whether two torch tensors are views of one storage with the same layout."""
+    try:
+        return (
+            a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and a.shape == b.shape
+            and a.stride() == b.stride()
+            and a.storage_offset() == b.storage_offset()
+        )
+    except AttributeError:  # not torch tensors
+        return False
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    if tuple(getattr(a, 'shape', ())) != tuple(getattr(b, 'shape', ())):
+        return False
+    x, y = _to_numpy(a), _to_numpy(b)
+    return x.shape == y.shape and x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
 def from_torch_state_dict(
     state_dict: Mapping[str, Any] | str | os.PathLike[str],
     like: PyTree,
@@ -173,6 +279,8 @@ def from_torch_state_dict(
     *,
     strict: bool = True,
     cast: bool = False,
+    after_flatten: Mapping[str, Sequence[int]] | None = None,
+    ties: Mapping[str, str] | None = None,
 ) -> tuple[PyTree, LoadReport]:
     """Converts a PyTorch ``state_dict`` to Flax variables shaped like ``like``.
 
@@ -189,13 +297,21 @@ def from_torch_state_dict(
       cast: Convert each tensor to the dtype of ``like`` (e.g. a bfloat16
         state dict into float32 variables) instead of reporting a dtype
         mismatch, as ``ptp.load_into(cast=True)`` does.
+      after_flatten: As in :func:`to_torch_state_dict` (rows permuted back).
+      ties: ``{torch alias: torch source}``: each alias must equal its source
+        and is dropped (the Flax model stores the weight once). Torch tensors
+        that share storage with a tensor that was used are recognised as ties
+        without being named.
 
     Returns:
       ``(variables, report)``; the report lists missing, unexpected and
-      mismatched entries as ``ptp.load_into`` does (unexpected by torch key).
+      mismatched entries as ``ptp.load_into`` does (unexpected by torch key);
+      ``report.dropped`` lists the tied aliases.
 
     Raises:
-      StructureError: With ``strict``, naming every problem.
+      StructureError: With ``strict``, naming every problem (and the ``ties=``
+        that would fix aliases holding the same values as a used tensor); a
+        tie whose alias differs from its source.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, pytreeparams as ptp
@@ -209,12 +325,24 @@ def from_torch_state_dict(
     if isinstance(state_dict, (str, os.PathLike)):  # a PyTorch-layout file, names as stored
         state_dict = read_state_dict(state_dict)
     sd = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
+    dropped = []
+    for alias, source in _check_ties(ties or {}).items():
+        if alias not in sd:
+            continue
+        if source in sd and not _same_values(sd[alias], sd[source]):
+            raise StructureError(
+                f'ties: {alias!r} differs from its source {source!r}; they are not tied'
+            )
+        del sd[alias]
+        dropped.append(alias)
     used: set[str] = set()
     flat: dict[str, Any] = {}
     loaded, missing = [], []
     shape_mm: dict[str, tuple[str, str]] = {}
     dtype_mm: dict[str, tuple[str, str]] = {}
-    for path, name, perm, leaf in _mapping(like, rules):
+    mapping = _mapping(like, rules)
+    flat_rows = _flatten_shapes(after_flatten or {}, [m[0] for m in mapping])
+    for path, name, perm, leaf in mapping:
         if name not in sd:
             missing.append(path)
             flat[path] = leaf
@@ -223,6 +351,8 @@ def from_torch_state_dict(
         arr = _to_numpy(sd[name])
         if perm is not None and arr.ndim == len(perm):
             arr = np.transpose(arr, np.argsort(perm))
+        if path in flat_rows and tuple(arr.shape) == tuple(np.shape(leaf)):
+            arr = _torch_rows_to_flax(arr, flat_rows[path], path)
         if tuple(arr.shape) != tuple(np.shape(leaf)):
             shape_mm[path] = (describe(leaf), f'{arr.dtype.name}{list(arr.shape)} at {name!r}')
             flat[path] = leaf
@@ -240,12 +370,28 @@ def from_torch_state_dict(
         flat[path] = (
             jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
         )
-    unexpected = tuple(k for k in sd if k not in used)
-    report = LoadReport(tuple(loaded), tuple(missing), unexpected, shape_mm, dtype_mm, (), {}, ())
+    unexpected = []
+    for k in sd:
+        if k in used:
+            continue
+        source = next((u for u in used if _same_storage(sd[k], sd[u])), None)
+        if source is not None:  # a tied alias (one tensor under two names)
+            dropped.append(k)
+        else:
+            unexpected.append(k)
+    report = LoadReport(
+        tuple(loaded), tuple(missing), tuple(unexpected), shape_mm, dtype_mm, (), {}, tuple(dropped)
+    )
     if strict and not report.ok:
+        tie_hint = {k: u for k in unexpected for u in sorted(used) if _same_values(sd[k], sd[u])}
         raise StructureError(
             'from_torch_state_dict(strict=True): the state_dict does not fit `like`:\n  '
             + '\n  '.join(report.problems())
+            + (
+                f'\nThese hold the same values as a loaded tensor: pass ties={tie_hint!r}.'
+                if tie_hint
+                else ''
+            )
             + '\nAdd rules=[(flax_path_regex, torch_name, perm)]'
             + (', pass cast=True to convert dtypes' if dtype_mm else '')
             + ' or pass strict=False.'

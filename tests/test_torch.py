@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -251,3 +253,112 @@ def test_load_mismatch_hints_name_calls_that_work(tmp_path):
     assert sorted(report.loaded) == sorted(ptp.paths(part))
     assert sorted(report.missing) == ['params/layers_2/bias', 'params/layers_2/kernel']
     chex.assert_trees_all_equal(back, v)
+
+
+class _FlatCNN(nn.Module):
+    """Conv -> BatchNorm -> relu -> flatten -> Dense: the layout trap."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), padding=1)(x)
+        x = nn.BatchNorm(use_running_average=True)(x)
+        x = nn.relu(x)
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def _torch_flat_cnn():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 5 * 6, 3),
+    ).eval()
+
+
+_CNN_RULES = [
+    ('params/Conv_0/kernel', '0.weight'),
+    ('params/Conv_0/bias', '0.bias'),
+    ('params/BatchNorm_0/scale', '1.weight'),
+    ('params/BatchNorm_0/bias', '1.bias'),
+    ('batch_stats/BatchNorm_0/mean', '1.running_mean'),
+    ('batch_stats/BatchNorm_0/var', '1.running_var'),
+    ('params/Dense_0/kernel', '4.weight'),
+    ('params/Dense_0/bias', '4.bias'),
+]
+
+
+@pytest.mark.parametrize('direction', ['flax_to_torch', 'torch_to_flax'])
+def test_cnn_with_a_flatten_computes_the_same_in_both_frameworks(direction):
+    """Flax flattens NHWC, PyTorch NCHW: with after_flatten the first Dense
+    after the flatten gets its rows permuted, and the outputs agree (<= 1e-5);
+    without it the model loads cleanly and computes something else."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 6, 2)).astype(np.float32)  # NHWC
+    net = _FlatCNN()
+    v = net.init(jax.random.key(0), jnp.asarray(x))
+    rules = _CNN_RULES
+    flat = {'params/Dense_0': (5, 6, 4)}
+    tm = _torch_flat_cnn()
+    if direction == 'flax_to_torch':
+        v = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype), v)
+        v = ptp.update(v, 'batch_stats/**/var', lambda a: jnp.abs(a) + 0.5)
+        for after, close in ((flat, True), (None, False)):
+            sd = ptp.to_torch_state_dict(v, rules, tensors=True, after_flatten=after)
+            assert not tm.load_state_dict(sd, strict=True).missing_keys
+            got = run_torch(tm, x.transpose(0, 3, 1, 2))
+            want = np.asarray(net.apply(v, x))
+            assert np.allclose(got, want, rtol=1e-5, atol=1e-5) == close
+    else:
+        with torch.no_grad():
+            tm[1].running_mean.normal_()
+            tm[1].running_var.uniform_(0.5, 2.0)
+            tm[1].weight.normal_()
+        want = run_torch(tm, x.transpose(0, 3, 1, 2))
+        for after, close in ((flat, True), (None, False)):
+            back, report = ptp.from_torch_state_dict(tm.state_dict(), v, rules, after_flatten=after)
+            assert report.ok
+            got = np.asarray(net.apply(back, x))
+            assert np.allclose(got, want, rtol=1e-5, atol=1e-5) == close
+    with pytest.raises(ptp.StructureError, match='flattens to 150 inputs'):
+        ptp.to_torch_state_dict(v, rules, after_flatten={'params/Dense_0': (5, 6, 5)})
+    with pytest.raises(ptp.PathError, match='no Dense kernel'):
+        ptp.to_torch_state_dict(v, rules, after_flatten={'params/Dense_9': (5, 6, 4)})
+
+
+def test_tied_weights_convert_strictly_both_ways():
+    """A GPT-2-like head tied to the embedding: PyTorch lists it under both
+    names. ties= writes the alias as the same tensor, and reads it back
+    (checked equal, dropped); shared storage is recognised without ties=; the
+    strict error names the ties= that fixes it."""
+
+    class TiedLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = torch.nn.Embedding(7, 4)
+            self.lm_head = torch.nn.Linear(4, 7, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+    tm = TiedLM()
+    like = {'params': {'wte': {'embedding': jnp.zeros((7, 4))}}}
+    ties = {'lm_head.weight': 'wte.weight'}
+    sd = tm.state_dict()
+    back, report = ptp.from_torch_state_dict(sd, like)  # shared storage: a tie
+    assert report.ok and report.dropped == ('lm_head.weight',)
+    np.testing.assert_array_equal(back['params']['wte']['embedding'], sd['wte.weight'].numpy())
+    copied = {k: v.clone() for k, v in sd.items()}  # e.g. read from a file: no storage
+    with pytest.raises(ptp.StructureError, match=re.escape(f'pass ties={ties!r}')):
+        ptp.from_torch_state_dict(copied, like)
+    back2, report2 = ptp.from_torch_state_dict(copied, like, ties=ties)
+    assert report2.ok
+    chex.assert_trees_all_equal(back2, back)
+    copied['lm_head.weight'] += 1
+    with pytest.raises(ptp.StructureError, match='not tied'):
+        ptp.from_torch_state_dict(copied, like, ties=ties)
+    out = ptp.to_torch_state_dict(back, tensors=True, ties=ties)
+    assert out['lm_head.weight'] is out['wte.weight']
+    fresh = TiedLM()
+    assert not fresh.load_state_dict(out, strict=True).missing_keys
+    torch.testing.assert_close(fresh.lm_head.weight, tm.wte.weight)
+    with pytest.raises(ptp.StructureError, match='is not in the state_dict'):
+        ptp.to_torch_state_dict(back, ties={'lm_head.weight': 'wte.wieght'})
