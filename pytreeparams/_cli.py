@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--select', default=None, help="only paths matching this glob, e.g. '**/kernel'")
     s.add_argument('--no-stats', action='store_true', help='names, shapes and counts only')
     s.add_argument('--json', action='store_true', help='print {path/stat: value} as JSON')
+    look = s.add_mutually_exclusive_group()
+    look.add_argument(
+        '--rich', action='store_true', help='a rich table even when not on a terminal'
+    )
+    look.add_argument(
+        '--plain', action='store_true', help='plain text even on a terminal with rich installed'
+    )
     s.add_argument(
         '--step', type=int, default=None, help='Orbax CheckpointManager folder: the step to read'
     )
@@ -52,6 +60,20 @@ def _err(msg: str) -> int:
     line = ' '.join(str(msg).split('\n')[0].split())
     print(f'pytreeparams: error: {line}', file=sys.stderr)
     return 2
+
+
+def _print_table(s: Any, args: argparse.Namespace) -> None:
+    """A rich table on a terminal (or with --rich) when rich is installed, else text."""
+    use_rich = not args.plain and (args.rich or sys.stdout.isatty())
+    if use_rich:
+        try:
+            from rich.console import Console
+        except ImportError:
+            use_rich = False
+    if use_rich:
+        Console(highlight=False, soft_wrap=False).print(s)
+    else:
+        print(s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(json.dumps(s.to_dict(), indent=1, allow_nan=True))
             else:
                 print(f'{args.file}: {s.totals.leaves} leaves, {s.totals.size:,} parameters')
-                print(s)
+                _print_table(s, args)
             return 0
         if args.command == 'diff':
             r = diff(load(args.a), load(args.b))

@@ -22,7 +22,7 @@ class _Out:
             try:
                 from rich.console import Console
 
-                self.console = Console(highlight=False, width=max(120, Console().width))
+                self.console = Console(highlight=False)
             except ImportError:
                 self.console = None
 

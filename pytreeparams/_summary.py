@@ -318,20 +318,73 @@ class Summary:
         rule = '-' * len(line(header))
         return '\n'.join([line(header), rule, *(line(c) for c in cells), rule, line(total)])
 
-    def __rich__(self) -> Any:
+    # Columns left out, in this order, while a rich table does not fit its width.
+    _DROP_ORDER = (
+        ('l2',), ('zeros',), ('nonfinite',), ('bytes',), ('min', 'max'), ('leaves',),
+        ('sharding',), ('std',), ('mean',), ('size',),
+    )  # fmt: skip
+
+    def rich_table(self, width: int = 80) -> Any:
+        """A ``rich.table.Table`` that fits ``width`` columns with no cut cell.
+
+        Numbers are never cut: long paths fold onto further lines, and when the
+        table is still too wide whole columns are left out (first ``l2``,
+        ``zeros``, ``nonfinite``, ``bytes``, ``min``, ``max``), named in the
+        caption. ``print(summary)`` or ``summary.to_dict()`` give everything.
+
+        Args:
+          width: The console width.
+
+        Returns:
+          A ``rich.table.Table``.
+
+        Raises:
+          ImportError: If rich is not installed.
+        """
         try:
+            from rich import box
             from rich.table import Table
         except ImportError as e:  # pragma: no cover - only reached through rich
             raise ImportError('rich tables need `pip install pytreeparams[rich]`') from e
         header, cells, total = self._table()
+        widths = [max(len(x) for x in col) for col in zip(header, *cells, total)]
         title = 'Parameters' + (f' by module (depth {self.depth})' if self.depth else '')
-        table = Table(title=title, show_footer=True)
-        for i, h in enumerate(header):
-            justify = 'left' if h in ('path', 'type', 'sharding', 'note') else 'right'
-            table.add_column(h, footer=total[i], justify=justify, no_wrap=h in ('path', 'type'))
-        for c in cells:
-            table.add_row(*c)
-        return table
+
+        def build(keep: list[int], dropped: list[str]) -> Any:
+            caption = f'not shown at this width: {", ".join(dropped)}' if dropped else None
+            table = Table(
+                title=title, caption=caption, show_footer=True, box=box.SIMPLE, pad_edge=False
+            )
+            for i in keep:
+                h = header[i]
+                left = h in ('path', 'type', 'sharding', 'note')
+                table.add_column(  # only paths fold; every other cell keeps its width
+                    h,
+                    footer=total[i],
+                    justify='left' if left else 'right',
+                    overflow='fold',
+                    no_wrap=i != 0,
+                    min_width=min(widths[i], 20) if i == 0 else widths[i],
+                )
+            for c in cells:
+                table.add_row(*(c[i] for i in keep))
+            return table
+
+        def need(keep: list[int]) -> int:  # box.SIMPLE: three characters between columns
+            return sum(min(widths[i], 20) if i == 0 else widths[i] for i in keep) + 3 * len(keep)
+
+        keep, dropped = list(range(len(header))), []
+        for names in self._DROP_ORDER:
+            if need(keep) <= width:
+                break
+            for name in names:
+                if name in header and header.index(name) in keep:
+                    keep.remove(header.index(name))
+                    dropped.append(name)
+        return build(keep, dropped)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield self.rich_table(options.max_width)
 
     def _repr_html_(self) -> str:
         header, cells, total = self._table()

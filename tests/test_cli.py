@@ -7,10 +7,12 @@ import shutil
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import pytreeparams as ptp
+from pytreeparams._cli import main
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -105,3 +107,17 @@ def test_closed_pipe_ends_quietly(files):
     cmd = f'{exe or sys.executable + " -m pytreeparams"} summary {pa} --json | head -c 10'
     r = subprocess.run(['bash', '-c', cmd], capture_output=True, text=True, timeout=300)
     assert 'Traceback' not in r.stderr and 'BrokenPipe' not in r.stderr
+
+
+def test_summary_uses_rich_on_request_and_plain_text_for_scripts(tmp_path, capsys):
+    pytest.importorskip('rich')
+    path = str(tmp_path / 'p.safetensors')
+    ptp.save(path, {'layer': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)}})
+    assert main(['summary', path, '--rich']) == 0
+    rich_out = capsys.readouterr().out
+    assert 'Parameters' in rich_out and '───' in rich_out  # the rich table's title and rule
+    assert main(['summary', path]) == 0  # not a terminal: plain text
+    plain = capsys.readouterr().out
+    assert 'Parameters' not in plain and 'layer/kernel' in plain and '---' in plain
+    assert main(['summary', path, '--plain']) == 0
+    assert capsys.readouterr().out == plain

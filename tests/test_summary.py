@@ -355,3 +355,41 @@ def test_prng_key_leaves_are_shown_counted_and_compared():
     )
     assert report.ok
     assert (jax.random.key_data(out['k']) == jax.random.key_data(other['k'])).all()
+
+
+@pytest.mark.parametrize('width', [80, 120, 60])
+def test_rich_table_reads_at_ordinary_widths(width):
+    """At 80 (and 60, 120) columns no numeric cell is cut: lines fit, no '…',
+    every shown number appears whole, paths fold, left-out columns are named."""
+    import io
+
+    from rich.console import Console
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i in range(3):
+                x = nn.Dense(64, name=f'a_rather_long_layer_name_{i}')(x)
+            return nn.LayerNorm()(x)
+
+    v = Net().init(jax.random.key(0), jnp.ones((1, 32)))
+    for s in (ptp.summary(v), ptp.summary(v, depth=2)):
+        console = Console(width=width, file=io.StringIO(), record=True)
+        console.print(s)
+        text = console.export_text()
+        assert '…' not in text
+        assert max(len(line) for line in text.splitlines()) <= width
+        header, cells, total = s._table()
+        shown = text.splitlines()[2].split()
+        assert 'path' in shown and 'type' in shown and 'size' in shown
+        assert width < 80 or ('mean' in shown and 'std' in shown)
+        for j, h in enumerate(header):
+            if h in shown and h not in ('path', 'type'):
+                for row in [*cells, total]:
+                    assert row[j] in text, (h, row[j])
+        hidden = [h for h in header if h not in shown]
+        if hidden:
+            caption = ' '.join(text.split()).split('not shown at this width: ')[1]
+            assert sorted(caption.split(', ')) == sorted(hidden)
+    if width >= 120:
+        assert 'min' in shown and 'max' in shown
