@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from ._errors import FormatError, PathError
     from ._io import load
-    from ._summary import diff, summary
+    from ._summary import diff, parameter_count, summary
 
     try:
         if args.command == 'summary':
@@ -116,12 +116,18 @@ def _run(args: argparse.Namespace) -> int:
             tree = load(args.file, step=args.step)
             depth = args.depth or None
             s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select)
+            full = s  # its leaf rows, also where --depth 0 leaves out the table
             if args.depth == 0:
                 s = dataclasses.replace(s, rows=(), groups=(), depth=None)
             if args.json:
                 print(json.dumps(s.to_dict(), indent=1, allow_nan=True))
             else:
-                print(f'{args.file}: {s.totals.leaves} leaves, {s.totals.size:,} parameters')
+                n_params, n_state = parameter_count(full.rows)
+                state = f', {n_state:,} values of other state (running statistics, counters)'
+                print(
+                    f'{args.file}: {s.totals.leaves} leaves, {n_params:,} parameters'
+                    + (state if n_state else '')
+                )
                 _print_table(s, args)
             return 0
         if args.command == 'diff':

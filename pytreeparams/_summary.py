@@ -218,6 +218,42 @@ _ROW_DEFAULTS = {
 }
 
 
+# Trees hold other state beside parameters: Flax's non-parameter collections
+# and PyTorch's buffers (running statistics, counters).
+_STATE_COLLECTIONS = frozenset({'batch_stats', 'cache', 'intermediates', 'losses', 'rngs'})
+_TORCH_BUFFERS = frozenset({'running_mean', 'running_var', 'num_batches_tracked'})
+
+
+def is_state_path(path: str) -> bool:
+    """Whether a leaf path names other state than a parameter: a Flax collection
+    such as ``batch_stats`` or a PyTorch buffer (``running_mean``, ``running_var``,
+    ``num_batches_tracked``).
+
+    Example:
+      >>> from pytreeparams._summary import is_state_path
+      >>> is_state_path('batch_stats/bn/mean'), is_state_path('layer1.0.bn1.running_var')
+      (True, True)
+      >>> is_state_path('params/bn/scale')
+      False
+    """
+    keys = path.replace('.', '/').split('/')
+    return keys[0] in _STATE_COLLECTIONS or keys[-1] in _TORCH_BUFFERS
+
+
+def parameter_count(rows: Sequence[Row]) -> tuple[int, int]:
+    """``(parameters, other state)`` element counts of leaf rows (see :func:`is_state_path`).
+
+    Example:
+      >>> import numpy as np, pytreeparams as ptp
+      >>> from pytreeparams._summary import parameter_count
+      >>> s = ptp.summary({'params': {'w': np.ones(3)}, 'batch_stats': {'mean': np.ones(2)}})
+      >>> parameter_count(s.rows)
+      (3, 2)
+    """
+    state = sum(r.size for r in rows if is_state_path(r.path))
+    return sum(r.size for r in rows) - state, state
+
+
 def _fmt_int(n: int) -> str:
     return f'{n:,}'
 

@@ -567,7 +567,8 @@ class SharedModule:
 
     Attributes:
       path: The module's path (where its parameters are stored).
-      calls: How many times it was called (linen) or reached (NNX).
+      calls: How many times it was called (linen; NNX given inputs), or the
+        number of attribute paths that reach it (NNX without inputs).
       call_sites: Where: for linen, ``'caller path #n'`` per call (the n-th
         sub-module call of that caller); for NNX, every attribute path.
       param_paths: The parameter paths it owns (stored once).
@@ -591,14 +592,17 @@ def shared_modules(module: Any, *args: Any, **kwargs: Any) -> list[SharedModule]
 
     For a Flax linen module, runs ``module.init`` abstractly (``jax.eval_shape``,
     nothing allocated) on ``args`` and records every sub-module call. For a
-    Flax NNX module (no ``args``), walks the object graph and reports every
-    ``Module`` or ``Variable`` reached through more than one attribute path
-    (NNX's ``State`` lists it once, under the first).
+    Flax NNX module, reports every ``Module`` or ``Param`` reached through more
+    than one attribute path (``nnx.find_duplicates``), under the path where
+    NNX's ``State`` stores its parameters; with ``args``, ``calls`` counts the
+    calls of one abstract forward pass (``nnx.eval_shape``: the model is not
+    changed), without them the attribute paths that reach it. Modules without
+    parameters (dropout, activations) are not listed.
 
     Args:
       module: A ``flax.linen.Module`` or ``flax.nnx.Module``.
-      *args: Example inputs (linen), e.g. ``jnp.ones((2, 4))``.
-      **kwargs: Keyword inputs (linen).
+      *args: Example inputs, e.g. ``jnp.ones((2, 4))`` (linen: required).
+      **kwargs: Keyword inputs.
 
     Returns:
       One :class:`SharedModule` per reused module, in order of first call.
@@ -616,7 +620,7 @@ def shared_modules(module: Any, *args: Any, **kwargs: Any) -> list[SharedModule]
     from flax import nnx
 
     if isinstance(module, nnx.Module):
-        return _shared_nnx(module)
+        return _shared_nnx(module, args, kwargs)
     import flax.linen as nn
 
     calls: dict[tuple[str, ...], list[str]] = {}
@@ -653,41 +657,70 @@ def shared_modules(module: Any, *args: Any, **kwargs: Any) -> list[SharedModule]
                 for x in all_paths
                 if f'/{p}/' in f'/{x}' and x.split('/', 1)[1].startswith(p + '/')
             )
-            out.append(SharedModule(p, len(sites), tuple(sites), owned))
+            if owned:  # a parameterless module (dropout, an activation) shares no weight
+                out.append(SharedModule(p, len(sites), tuple(sites), owned))
     return out
 
 
-def _shared_nnx(module: Any) -> list[SharedModule]:
+def _shared_nnx(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[SharedModule]:
+    """NNX: ``nnx.find_duplicates`` for the nodes reached by several attribute
+    paths; the path NNX stores them under (its state's); calls counted by
+    running the model abstractly when inputs are given."""
     from flax import nnx
 
-    seen: dict[int, tuple[Any, list[str]]] = {}
+    param_paths = _flatten(nnx.state(module, nnx.Param))[2]
+    groups = []
+    for group in nnx.find_duplicates(module):
+        paths_ = ['/'.join(str(k) for k in p) for p in group]
+        owned = tuple(
+            p for p in param_paths if any(p == q or p.startswith(q + '/') for q in paths_)
+        )
+        if owned:  # a parameterless module (Dropout, an activation) is not a shared weight
+            stored = next(q for q in paths_ if owned[0] == q or owned[0].startswith(q + '/'))
+            groups.append((stored, paths_, owned))
+    calls = _count_nnx_calls(module, args, kwargs) if (args or kwargs) and groups else {}
+    return [
+        SharedModule(stored, calls.get(stored, 0) if args or kwargs else len(paths_),
+                     tuple(paths_), owned)
+        for stored, paths_, owned in groups
+    ]  # fmt: skip
 
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, (nnx.Module, nnx.Variable)):
-            entry = seen.setdefault(id(node), (node, []))
-            entry[1].append(path)
-            if len(entry[1]) > 1 or isinstance(node, nnx.Variable):
-                return
-            items = vars(node).items()
-        elif isinstance(node, Mapping):
-            items = node.items()
-        elif isinstance(node, (list, tuple)):
-            items = enumerate(node)
-        else:
-            return
-        for k, v in items:
-            if isinstance(k, str) and k.startswith('_'):
-                continue
-            walk(v, f'{path}/{k}' if path else str(k))
 
-    walk(module, '')
-    state_paths = _flatten(nnx.state(module))[2]
-    out = []
-    for _node, paths_ in seen.values():
-        if len(paths_) > 1:
-            first = paths_[0]
-            owned = tuple(
-                p for p in state_paths if any(p == q or p.startswith(q + '/') for q in paths_)
-            )
-            out.append(SharedModule(first, len(paths_), tuple(paths_), owned))
-    return out
+def _count_nnx_calls(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, int]:
+    """``{stored path: __call__ count}`` of every sub-module, from one abstract
+    forward pass (``nnx.eval_shape``: nothing computed, the model untouched)."""
+    from flax import nnx
+
+    counts: dict[str, int] = {}
+    where: dict[int, str] = {}
+    classes = {type(n) for _, n in nnx.graph.iter_graph(module) if isinstance(n, nnx.Module)}
+    saved = {cls: cls.__dict__.get('__call__') for cls in classes}
+
+    def counting(cls: type) -> Any:
+        original = cls.__call__
+
+        def __call__(self: Any, *a: Any, **k: Any) -> Any:
+            path = where.get(id(self))
+            if path is not None:
+                counts[path] = counts.get(path, 0) + 1
+            return original(self, *a, **k)
+
+        return __call__
+
+    def run(m: Any, *a: Any) -> Any:
+        for p, n in nnx.graph.iter_graph(m):
+            if isinstance(n, nnx.Module) and p:
+                where[id(n)] = '/'.join(str(k) for k in p)
+        return m(*a, **kwargs)
+
+    try:
+        for cls in classes:
+            cls.__call__ = counting(cls)
+        nnx.eval_shape(run, module, *args)
+    finally:
+        for cls, original in saved.items():
+            if original is None:
+                del cls.__call__
+            else:
+                cls.__call__ = original
+    return counts

@@ -121,3 +121,21 @@ def test_summary_uses_rich_on_request_and_plain_text_for_scripts(tmp_path, capsy
     assert 'Parameters' not in plain and 'layer/kernel' in plain and '---' in plain
     assert main(['summary', path, '--plain']) == 0
     assert capsys.readouterr().out == plain
+
+
+def test_summary_counts_parameters_apart_from_running_statistics(tmp_path, capsys):
+    """A PyTorch ResNet-style file: running statistics and the int64
+    num_batches_tracked are other state, not parameters (PyTorch's count)."""
+    torch = pytest.importorskip('torch')
+    from safetensors.torch import save_file
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)
+    )
+    path = str(tmp_path / 'resnetish.safetensors')
+    save_file(net.state_dict(), path)
+    n_params = sum(p.numel() for p in net.parameters())
+    n_state = sum(b.numel() for b in net.buffers())
+    assert main(['summary', path, '--plain', '--no-stats']) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f', {n_params:,} parameters, {n_state:,} values of other state' in first

@@ -201,19 +201,45 @@ def test_shared_modules_linen_chapter_network():
 
 
 def test_shared_modules_nnx():
+    """NNX: every path that reaches a shared layer, the path NNX stores its
+    parameters under, calls counted by an abstract forward pass (or paths
+    without inputs); parameterless modules (dropout) are not shared weights;
+    the model is left as it was."""
+
     class Net(nnx.Module):
         def __init__(self, rngs):
             self.first = nnx.Linear(4, 4, rngs=rngs)
-            self.shared = nnx.Linear(4, 4, rngs=rngs)
-            self.layers = nnx.List([self.first, self.shared, self.shared])
+            self.wte = nnx.Linear(4, 4, rngs=rngs)
+            self.head_embed = self.wte  # NNX stores it under 'head_embed' (sorted first)
+            self.layers = nnx.List([self.first, self.wte, self.wte])
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+            self.drop_again = self.drop
 
-    found = ptp.shared_modules(Net(nnx.Rngs(0)))
-    by_path = {m.path: m for m in found}
-    assert by_path['shared'].call_sites == ('shared', 'layers/1', 'layers/2')
-    assert by_path['first'].calls == 2
-    # NNX's State lists the shared layer once, under one of its paths
-    assert [p.rsplit('/', 1)[1] for p in by_path['shared'].param_paths] == ['bias', 'kernel']
-    assert by_path['shared'].param_paths[0].rsplit('/', 1)[0] in by_path['shared'].call_sites
+        def __call__(self, x):
+            for _ in range(3):
+                x = self.wte(self.drop(x))
+            return self.head_embed(self.first(self.drop_again(x)))
+
+    net = Net(nnx.Rngs(0, dropout=1))
+    before = nnx.state(net)
+    linear_call, net_call = nnx.Linear.__call__, Net.__call__
+    stored = {p.rsplit('/', 1)[0] for p in ptp.paths(nnx.state(net, nnx.Param))}
+    found = {m.path: m for m in ptp.shared_modules(net)}
+    assert sorted(found) == ['first', 'head_embed'] and set(found) <= stored
+    assert found['head_embed'].call_sites == ('head_embed', 'layers/1', 'layers/2', 'wte')
+    assert found['head_embed'].calls == 4  # without inputs: the paths that reach it
+    assert found['head_embed'].param_paths == ('head_embed/bias', 'head_embed/kernel')
+    called = {m.path: m.calls for m in ptp.shared_modules(net, jnp.ones((2, 4)))}
+    assert called == {'first': 1, 'head_embed': 4}
+    chex.assert_trees_all_equal(nnx.state(net), before)
+    assert nnx.Linear.__call__ is linear_call and Net.__call__ is net_call  # unpatched
+
+
+def test_shared_modules_linen_leaves_out_parameterless_modules():
+    drop = nn.Dropout(0.5, deterministic=True)
+    dense = nn.Dense(3)
+    net = nn.Sequential([dense, drop, dense, drop])
+    assert [m.path for m in ptp.shared_modules(net, jnp.ones((1, 3)))] == ['layers_0']
 
 
 # --------------------------------------------------------------------------
