@@ -975,7 +975,8 @@ def load(
       Without ``like``, one rule for every format: dicts, FrozenDicts, lists
       and tuples come back as saved; other nodes (NNX ``State``, optax states
       and other namedtuples, dataclasses) as dicts keyed by their field names;
-      boxes unboxed; Python scalars as Python scalars; PRNG keys as keys.
+      boxes unboxed; Python scalars as Python scalars; PRNG keys as keys;
+      arrays as NumPy arrays (jax arrays from Orbax).
       Files written by other programs: nested dicts (names split at ``/`` or
       ``.``). Tied trees come back tied.
 
