@@ -14,7 +14,7 @@ from _common import fmt_s, interleaved
 from flax import traverse_util
 
 import pytreeparams as ptp
-from pytreeparams import _paths
+from pytreeparams import _flatten, _patterns
 
 
 def make_tree(n_layers: int = 2500):
@@ -68,8 +68,8 @@ def main() -> None:
         {
             'ptp.select': lambda: ptp.select(tree, glob),
             'ptp.select cold': lambda: (
-                _paths._PATHS_CACHE.clear(),
-                _paths._MATCH_CACHE.clear(),
+                _flatten.PATHS_CACHE.clear(),
+                _patterns.MATCH_CACHE.clear(),
                 ptp.select(tree, glob),
             ),
             'hand select': lambda: hand_select(tree, rx),

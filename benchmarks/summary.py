@@ -21,7 +21,7 @@ import trees
 from _common import block, fmt_s, interleaved
 
 import pytreeparams as ptp
-from pytreeparams import _paths
+from pytreeparams import _flatten, _patterns
 from pytreeparams._engine import clear_programs, count_device_work, force_device_path, wait_compiled
 
 
@@ -29,8 +29,8 @@ def first_call(fn, ours: bool = True) -> float:
     """Seconds of ``fn``'s first call after clearing jax's caches (and ours)."""
     jax.clear_caches()
     if ours:
-        _paths._PATHS_CACHE.clear()
-        _paths._MATCH_CACHE.clear()
+        _flatten.PATHS_CACHE.clear()
+        _patterns.MATCH_CACHE.clear()
         clear_programs()
     t0 = time.perf_counter()
     block(fn())

@@ -21,8 +21,11 @@ import numpy as np
 from flax import struct
 
 from ._errors import NonFiniteError, PathError, StructureError
+from ._flatten import flatten, flatten_with_paths
 from ._jax_moments import jax_grad_partials
-from ._paths import _flatten, _quote_list, compile_pattern, flatten, unbox_all
+from ._keys import unbox_all
+from ._messages import quote_list
+from ._patterns import compile_pattern
 from ._stats import eager_leaf_stats, is_array, readable, table_text
 from ._typing import Pattern, PyTree
 
@@ -129,14 +132,14 @@ class GradStats:
 
 
 def _leaf_lists(tree: PyTree, what: str, paths_ref: tuple[str, ...] | None = None):
-    leaves, _, paths_ = _flatten(tree)
+    leaves, _, paths_ = flatten_with_paths(tree)
     if paths_ref is not None and paths_ != paths_ref:
         have, want = set(paths_), set(paths_ref)
         missing = [p for p in paths_ref if p not in have]
         extra = [p for p in paths_ if p not in want]
         raise StructureError(
             f'grad_stats: `{what}` does not match the gradients: missing '
-            f'{_quote_list(missing) or "none"}; unexpected {_quote_list(extra) or "none"}'
+            f'{quote_list(missing) or "none"}; unexpected {quote_list(extra) or "none"}'
         )
     return readable(unbox_all(leaves)), paths_
 
@@ -350,7 +353,7 @@ def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.A
       >>> int(ptp.dead_units(g)['dense/kernel'])
       1
     """
-    from ._paths import select
+    from ._patterns import select
 
     try:
         chosen = select(grads, pattern)
@@ -369,7 +372,7 @@ def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.A
 
 
 def _nonfinite_counts(tree: PyTree) -> list[tuple[str, int]]:
-    leaves, _, paths_ = _flatten(tree)
+    leaves, _, paths_ = flatten_with_paths(tree)
     leaves = readable(unbox_all(leaves))
     stats = eager_leaf_stats(leaves)
     return [(p, int(s[5])) for p, s in zip(paths_, stats) if s is not None and s[5] > 0]
@@ -733,7 +736,7 @@ class History:
         """
         self._fetch()
         if self.paths is None or path not in self.paths:
-            raise KeyError(f'History has no path {path!r}; it has {_quote_list(self.paths or ())}')
+            raise KeyError(f'History has no path {path!r}; it has {quote_list(self.paths or ())}')
         if stat not in self.columns:
             raise KeyError(f'History has no statistic {stat!r}; it has {list(self.columns)}')
         i, j = self.paths.index(path), self.columns.index(stat)

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._paths import _flatten, first_match, rebox, unbox
+from ._flatten import flatten_with_paths
+from ._keys import rebox, unbox
+from ._patterns import first_match
 from ._typing import PyTree
 
 __all__ = ['path_key', 'reinit']
@@ -73,7 +75,7 @@ def reinit(params: PyTree, key: jax.Array, rules: Any) -> PyTree:
       >>> new['dense']['bias'].tolist(), new['dense']['kernel'].tolist()
       ([0.0, 0.0], [[1.0, 1.0], [1.0, 1.0]])
     """
-    leaves, treedef, paths_ = _flatten(params)
+    leaves, treedef, paths_ = flatten_with_paths(params)
     chosen: list[Initializer | None] = first_match(paths_, rules, 'reinit')
     new = []
     for x, p, init in zip(leaves, paths_, chosen):

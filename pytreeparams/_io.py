@@ -27,18 +27,11 @@ import numpy as np
 from flax.core import FrozenDict
 
 from ._errors import FormatError, StructureError
-from ._paths import (
-    _children,
-    _flatten,
-    describe,
-    flatten,
-    get,
-    is_key_dtype,
-    map_with_path,
-    unbox,
-    unflatten,
-)
+from ._flatten import children, flatten, flatten_with_paths, unflatten
+from ._keys import describe, is_key_dtype, unbox
+from ._paths import get
 from ._paths import set as set_path
+from ._patterns import map_with_path
 from ._typing import PyTree
 
 __all__ = ['load', 'save']
@@ -277,7 +270,7 @@ def _encode(node: Any, path: str, arrays: dict[str, np.ndarray] | None) -> Any:
             )
         arrays[path] = np.ascontiguousarray(arr)
         return {'t': 'array', 's': list(arr.shape)}
-    kids = _children(node)
+    kids = children(node)
     if kids is None:
         raise ValueError(
             f'save: {path!r} holds a {type(node).__name__}, which safetensors cannot hold'
@@ -487,7 +480,7 @@ def _msgpack_state(node: Any, where: str, fetch: bool = True) -> Any:
             str(i): _msgpack_state(v, f'{where}/{i}' if where else str(i), fetch)
             for i, v in enumerate(node)
         }
-    kids = _children(node)
+    kids = children(node)
     if kids is None:
         raise ValueError(
             f'save: {where or "the root"!r} holds a {type(node).__name__}, which a msgpack '
@@ -818,10 +811,10 @@ def _check_names(tree: PyTree) -> None:
     """Raises before anything is written if a name would not round-trip.
 
     Two leaves with one path (a key ``'a/b'`` beside a nested ``a``/``b``) are
-    refused by ``_flatten``; keys must be strings or ints (a float or tuple key
+    refused by ``flatten_with_paths``; keys must be strings or ints (a float or tuple key
     has no name in a file).
     """
-    _flatten(tree)  # StructureError for two leaves with the same path
+    flatten_with_paths(tree)  # StructureError for two leaves with the same path
 
     def walk(node: Any, where: str) -> None:
         node = unbox(node)
@@ -886,7 +879,7 @@ def _check_like(
     loaded: PyTree, like: PyTree, path: str, cast: bool = False, hint: bool | str = True
 ) -> PyTree:
     flat = flatten(loaded)
-    like_leaves, _, like_paths = _flatten(like)
+    like_leaves, _, like_paths = flatten_with_paths(like)
     missing = [p for p in like_paths if p not in flat]
     known = set(like_paths)
     unexpected = [p for p in flat if p not in known]

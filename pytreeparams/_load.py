@@ -12,15 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import StructureError
-from ._paths import (
-    _flatten,
-    _quote_list,
-    compile_pattern,
-    describe,
-    rebox,
-    same_dtype,
-    unbox,
-)
+from ._flatten import flatten_with_paths
+from ._keys import describe, rebox, same_dtype, unbox
+from ._messages import quote_list
+from ._patterns import compile_pattern
 from ._typing import Pattern, PyTree
 
 __all__ = ['LoadReport', 'load_into']
@@ -66,10 +61,10 @@ class LoadReport:
         """One line per kind of problem (empty when ``ok``)."""
         out = []
         if self.missing:
-            out.append(f'missing in source ({len(self.missing)}): {_quote_list(self.missing)}')
+            out.append(f'missing in source ({len(self.missing)}): {quote_list(self.missing)}')
         if self.unexpected:
             out.append(
-                f'unexpected in source ({len(self.unexpected)}): {_quote_list(self.unexpected)}'
+                f'unexpected in source ({len(self.unexpected)}): {quote_list(self.unexpected)}'
             )
         for name, d in (('shape', self.shape_mismatch), ('dtype', self.dtype_mismatch)):
             if d:
@@ -142,8 +137,8 @@ def load_into(
       >>> params['body']['w'].tolist(), report.renamed, report.skipped
       ([1.0, 1.0], {'backbone/w': 'body/w'}, ('head/w',))
     """
-    t_leaves, t_def, t_paths = _flatten(target)
-    s_leaves, _, s_paths = _flatten(source)
+    t_leaves, t_def, t_paths = flatten_with_paths(target)
+    s_leaves, _, s_paths = flatten_with_paths(source)
     rules = list(rename)
     provided: dict[str, Any] = {}
     origin: dict[str, str] = {}

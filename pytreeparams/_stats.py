@@ -16,9 +16,10 @@ import numpy as np
 from flax import struct
 
 from ._engine import leaf_rows
+from ._flatten import flatten_with_paths
 from ._jax_moments import jax_partials
+from ._keys import unbox
 from ._moments import STAT_NAMES, finalize
-from ._paths import _flatten, unbox
 from ._typing import PyTree
 
 __all__ = ['STAT_NAMES', 'Stats', 'stats']
@@ -213,7 +214,7 @@ def stats(tree: PyTree) -> Stats:
       >>> s.paths, s['nonfinite'].tolist(), s['zero_frac'].tolist()
       (('a', 'b'), [1.0, 0.0], [0.0, 1.0])
     """
-    leaves, _, paths_ = _flatten(tree)
+    leaves, _, paths_ = flatten_with_paths(tree)
     names, xs = [], []
     for p, x in zip(paths_, readable([unbox(v) for v in leaves])):
         if is_array(x) and not isinstance(x, jax.ShapeDtypeStruct):

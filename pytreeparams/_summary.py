@@ -16,17 +16,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._paths import (
-    _flatten,
-    compile_pattern,
-    describe,
-    dtype_name,
-    flatten,
-    is_key_dtype,
-    no_match_message,
-    unbox,
-    unbox_all,
-)
+from ._flatten import flatten, flatten_with_paths
+from ._keys import describe, dtype_name, is_key_dtype, unbox, unbox_all
+from ._messages import no_match_message
+from ._patterns import compile_pattern, pattern_texts
 from ._stats import STAT_NAMES, eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
@@ -514,7 +507,7 @@ def summary(
     """
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
-    leaves, _, paths_ = _flatten(tree)
+    leaves, _, paths_ = flatten_with_paths(tree)
     leaves = readable(unbox_all(leaves))
     if select is not None:
         pred = compile_pattern(select)
@@ -522,7 +515,7 @@ def summary(
         if not keep:
             from ._errors import PathError
 
-            raise PathError(no_match_message(select, paths_))
+            raise PathError(no_match_message(pattern_texts(select), paths_))
         leaves = [leaves[i] for i in keep]
         paths_ = tuple(paths_[i] for i in keep)
     concrete = stats and any(
@@ -586,7 +579,7 @@ def nbytes(tree: PyTree) -> int:
       144
     """
     total = 0
-    leaves = readable([unbox(v) for v in _flatten(tree)[0]])
+    leaves = readable([unbox(v) for v in flatten_with_paths(tree)[0]])
     for x in leaves:
         if is_array(x) or _is_key(x):
             dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
@@ -595,7 +588,7 @@ def nbytes(tree: PyTree) -> int:
 
 
 def _array_leaves(tree: PyTree) -> list[Any]:
-    return [x for x in readable([unbox(v) for v in _flatten(tree)[0]]) if is_array(x)]
+    return [x for x in readable([unbox(v) for v in flatten_with_paths(tree)[0]]) if is_array(x)]
 
 
 def shapes(tree: PyTree) -> PyTree:
@@ -616,7 +609,7 @@ def shapes(tree: PyTree) -> PyTree:
       >>> ptp.shapes({'w': jnp.zeros((4, 8)), 'b': [jnp.zeros(8)]})
       {'b': [(8,)], 'w': (4, 8)}
     """
-    from ._paths import map_with_path
+    from ._patterns import map_with_path
 
     return map_with_path(lambda _, x: tuple(np.shape(x)) if is_array(x) else None, tree)
 

@@ -45,9 +45,11 @@ import jax
 import numpy as np
 
 from ._errors import PathError, StructureError
+from ._flatten import flatten_with_paths, unflatten
 from ._io import read_state_dict
+from ._keys import describe, unbox
 from ._load import LoadReport
-from ._paths import _flatten, _nearest, describe, unbox, unflatten
+from ._messages import nearest
 from ._stats import from_torch
 from ._typing import PyTree
 
@@ -88,7 +90,7 @@ def _mapping(
     like: PyTree, rules: Sequence[Rule]
 ) -> list[tuple[str, str, tuple[int, ...] | None, Any]]:
     """``(flax path, torch key, permutation, leaf)`` for every leaf of ``like``."""
-    leaves, _, paths_ = _flatten(like)
+    leaves, _, paths_ = flatten_with_paths(like)
     compiled = [(re.compile(r[0]), r[1], (r[2] if len(r) > 2 else 'default')) for r in rules]
     out = []
     for path, leaf in zip(paths_, leaves):
@@ -119,7 +121,7 @@ def _flatten_shapes(
         if kernel not in known:
             raise PathError(
                 f'after_flatten: no Dense kernel at {kernel!r}'
-                + (f'. Did you mean {_nearest(kernel, paths_, 1)[0]!r}?' if paths_ else '')
+                + (f'. Did you mean {nearest(kernel, paths_, 1)[0]!r}?' if paths_ else '')
             )
         out[kernel] = tuple(int(d) for d in shape)
     return out
@@ -224,7 +226,7 @@ def to_torch_state_dict(
         if source not in out:
             raise StructureError(
                 f'ties: the source {source!r} of {alias!r} is not in the state_dict '
-                f'(near: {", ".join(repr(k) for k in _nearest(source, list(out), 3))})'
+                f'(near: {", ".join(repr(k) for k in nearest(source, list(out), 3))})'
             )
         out[alias] = out[source]  # the same array (tensor): one storage, as in PyTorch
     return out

@@ -20,18 +20,9 @@ import numpy as np
 from flax.core import FrozenDict
 
 from ._errors import StructureError
-from ._paths import (
-    _children,
-    _flatten,
-    get,
-    is_box,
-    path_str,
-    path_tuple,
-    rebox,
-    set,
-    unbox,
-    unbox_all,
-)
+from ._flatten import children, flatten_with_paths
+from ._keys import is_box, path_str, path_tuple, rebox, unbox, unbox_all
+from ._paths import get, set
 from ._typing import PathLike, PyTree
 
 __all__ = [
@@ -179,7 +170,7 @@ class Ties:
     def notes(self, tree: PyTree) -> dict[str, str]:
         """``{alias leaf path: 'alias of source'}`` for the leaves of ``tree``."""
         out = {}
-        paths_ = _flatten(tree)[2]
+        paths_ = flatten_with_paths(tree)[2]
         for a, s, fn in self.items():
             suffix = ' (transposed)' if fn is transpose else (' (transformed)' if fn else '')
             for p in paths_:
@@ -212,7 +203,7 @@ def _check_shapes(alias: str, source: str, fn: Any, src_node: Any, alias_node: A
     g_leaves, g_def = jax.tree_util.tree_flatten(got)
     w_leaves, w_def = jax.tree_util.tree_flatten(want)
     if g_def != w_def:
-        g_paths, w_paths = _flatten(got)[2], _flatten(want)[2]
+        g_paths, w_paths = flatten_with_paths(got)[2], flatten_with_paths(want)[2]
         raise StructureError(
             f'Ties: {alias!r} cannot be rebuilt from {source!r}: they hold different keys: only '
             f'in the source {[p for p in g_paths if p not in w_paths]}, only in the alias '
@@ -231,10 +222,10 @@ def _without(parent: Any, key: str) -> Any:
         return FrozenDict({k: v for k, v in parent.items() if str(k) != key})
     if isinstance(parent, dict):
         return {k: v for k, v in parent.items() if str(k) != key}
-    kids = _children(parent)
-    children = list(kids[1])
-    children[kids[0].index(key)] = None
-    return jax.tree_util.tree_unflatten(kids[2], children)
+    kids = children(parent)
+    items = list(kids[1])
+    items[kids[0].index(key)] = None
+    return jax.tree_util.tree_unflatten(kids[2], items)
 
 
 def _remove(tree: PyTree, path: str) -> PyTree:
@@ -279,7 +270,7 @@ def _same_mapping(node: Mapping, new: dict) -> Any:
 def _boxed(tree: PyTree, path: str, value: Any) -> Any:
     """``value`` in the box that holds ``path`` in ``tree`` (an NNX ``Variable``,
     ``nn.Partitioned``), so that a rebuilt alias is boxed as its source is."""
-    leaves, _, paths_ = _flatten(tree)
+    leaves, _, paths_ = flatten_with_paths(tree)
     if path in paths_:
         leaf = leaves[paths_.index(path)]
         if is_box(leaf):
@@ -434,7 +425,7 @@ def tied_grads(full_grads: PyTree, ties: Ties) -> dict[str, dict[str, jax.Array]
 
 
 def _subflat(node: Any) -> dict[str, Any]:
-    leaves, _, paths_ = _flatten(node)
+    leaves, _, paths_ = flatten_with_paths(node)
     if paths_ == ('',):
         return {'': unbox(leaves[0])}
     return {p: unbox(x) for p, x in zip(paths_, leaves)}
@@ -508,7 +499,7 @@ def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False
     """
     from ._stats import eager_leaf_stats, is_array, readable
 
-    leaves, _, paths_ = _flatten(tree)
+    leaves, _, paths_ = flatten_with_paths(tree)
     leaves = readable(unbox_all(leaves))
     idx = [i for i, x in enumerate(leaves) if is_array(x) and np.size(x) > 0]
     fps = eager_leaf_stats([leaves[i] for i in idx])
@@ -647,7 +638,7 @@ def shared_modules(module: Any, *args: Any, **kwargs: Any) -> list[SharedModule]
             return module.init(jax.random.key(0), *args, **kwargs)
 
     variables = jax.eval_shape(run)
-    all_paths = _flatten(variables)[2]
+    all_paths = flatten_with_paths(variables)[2]
     out = []
     for path, sites in calls.items():
         if len(sites) > 1:
@@ -668,7 +659,7 @@ def _shared_nnx(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> l
     running the model abstractly when inputs are given."""
     from flax import nnx
 
-    param_paths = _flatten(nnx.state(module, nnx.Param))[2]
+    param_paths = flatten_with_paths(nnx.state(module, nnx.Param))[2]
     groups = []
     for group in nnx.find_duplicates(module):
         paths_ = ['/'.join(str(k) for k in p) for p in group]

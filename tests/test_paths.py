@@ -466,7 +466,7 @@ def test_path_caches_are_thread_safe():
     """8 threads selecting on trees of many structures (more than the cache holds)."""
     import concurrent.futures
 
-    from pytreeparams import _paths
+    from pytreeparams import _flatten
 
     trees_ = [
         {f'k{i}': {'kernel': np.zeros(1), f'b{j}': np.zeros(1)}}
@@ -483,7 +483,7 @@ def test_path_caches_are_thread_safe():
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(8)))
-    assert len(_paths._PATHS_CACHE) <= _paths._CACHE_SIZE
+    assert len(_flatten.PATHS_CACHE) <= _flatten.CACHE_SIZE
 
 
 def test_every_hint_names_a_call_that_works():

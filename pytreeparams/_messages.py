@@ -1,0 +1,84 @@
+"""The library's messages: quoting, lists, "did you mean", mismatches.
+
+Builders here take plain data (names, lists, counts), never trees or patterns,
+so that every layer above can use them: the ground floor of the package.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+MAX_KEYS_SHOWN = 12  # names listed in a message before '... (N more)'
+
+
+def unspellable_key_message(key: str, keys: Sequence[str]) -> str:
+    """Why a key cannot be spelled in a path string (empty, or holding '/')."""
+    where = '/'.join(keys)
+    what = 'is empty' if not key else 'contains "/"'
+    return (
+        f'the key {key!r} (in the leaf path {where!r}) {what}: path strings join keys with '
+        f"'/', so this tree's paths would be ambiguous and would not unflatten to the same "
+        f'tree. Rename the key first (its subtree can still be read with a tuple path, '
+        f'ptp.get(tree, {tuple(keys[: keys.index(key) + 1])!r}))'
+    )
+
+
+def nearest(word: str, candidates: Sequence[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.0)
+
+
+def quote_list(items: Iterable[str], limit: int = MAX_KEYS_SHOWN) -> str:
+    items = list(items)
+    shown = ', '.join(repr(i) for i in items[:limit])
+    if len(items) > limit:
+        shown += f', ... ({len(items) - limit} more)'
+    return shown
+
+
+def plural(n: int, word: str) -> str:
+    return f'{n} {word}' + ('' if n == 1 else 's')
+
+
+def structure_mismatch_message(what: str, missing: Sequence[str], unexpected: Sequence[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f'missing {plural(len(missing), "path")}: {quote_list(missing)}')
+    if unexpected:
+        parts.append(f'unexpected {plural(len(unexpected), "path")}: {quote_list(unexpected)}')
+    return f'{what}: ' + '; '.join(parts)
+
+
+def no_match_message(
+    patterns: Sequence[str], paths_: Sequence[str], missing_ok_hint: bool = False
+) -> str:
+    """The text of the error for a pattern that matches no path.
+
+    Args:
+      patterns: The text of each pattern (a glob, or a regex's source).
+      paths_: The tree's leaf paths.
+      missing_ok_hint: Add "Pass missing_ok=True": only for callers that take it.
+
+    Returns:
+      One paragraph: the pattern, the nearest paths, and how to match a subtree.
+    """
+    shown = repr(patterns[0]) if len(patterns) == 1 else repr(list(patterns))
+    msg = f'pattern {shown} matches none of the {len(paths_)} paths.'
+    if not paths_:
+        return msg + ' The tree has no leaves.'
+    near: list[str] = []
+    for f in patterns:
+        near += nearest(f, paths_, n=3)
+    near = list(dict.fromkeys(near))[:3]
+    if near:
+        msg += f' Nearest paths: {quote_list(near)}.'
+    for f in patterns:
+        if any(p.startswith(f + '/') for p in paths_):
+            msg += (
+                f' Patterns match whole leaf paths: to select everything under {f!r}, '
+                f'write {f + "/**"!r}.'
+            )
+            break
+    if missing_ok_hint:
+        msg += ' Pass missing_ok=True to allow no match.'
+    return msg

@@ -1,0 +1,380 @@
+"""Patterns: the glob grammar, and selecting, masking, labelling, updating,
+partitioning and combining leaves by pattern.
+
+A *pattern* selects leaf paths. A string is a glob matched against the whole
+path: ``*`` and ``?`` match within one key, ``**`` matches any number of whole
+keys (``'**/kernel'`` matches ``'kernel'`` and ``'a/b/kernel'``), ``[...]`` is a
+character class (``[!...]`` negates). A compiled ``re.Pattern`` is matched with
+``fullmatch``. A list or tuple of patterns matches what any of them matches.
+Matches are cached per tree structure and pattern.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+
+from ._errors import PathError, StructureError
+from ._flatten import LRU, flatten_with_paths
+from ._keys import is_box, rebox, unbox
+from ._messages import no_match_message, plural, quote_list
+from ._typing import Leaf, Pattern, PyTree
+
+MATCH_CACHE = LRU()
+
+
+# --------------------------------------------------------------------------
+# Patterns.
+
+
+def glob_to_regex(glob: str) -> str:
+    """Translates a path glob into a regular expression (for ``fullmatch``).
+
+    Args:
+      glob: ``*``/``?`` match within one key, ``**`` any number of keys,
+        ``[...]`` a character class (``[!...]`` negated).
+
+    Returns:
+      The regular expression source.
+    """
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if glob.startswith('**', i):
+            j = i + 2
+            if j < n and glob[j] == '/':
+                out.append('(?:.*/)?')
+                i = j + 1
+            else:
+                out.append('.*')
+                i = j
+            continue
+        if c == '*':
+            out.append('[^/]*')
+        elif c == '?':
+            out.append('[^/]')
+        elif c == '[':
+            end = glob.find(']', i + 2 if glob.startswith('[!', i) else i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = glob[i + 1 : end]
+                negate = body.startswith('!')
+                if negate:
+                    body = body[1:]
+                body = body.replace('\\', '\\\\').replace('[', '\\[')
+                out.append(f'[^/{body}]' if negate else f'[{body}]')
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return ''.join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_one(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
+    if isinstance(pattern, re.Pattern):
+        return pattern
+    try:
+        return re.compile(glob_to_regex(pattern))
+    except re.error as e:
+        raise ValueError(
+            f'the glob {pattern!r} is not valid ({e.msg}); a "[" opens a character class that '
+            'needs a closing "]" (write "[[]" for a literal "[")'
+        ) from None
+
+
+def _pattern_key(pattern: Pattern) -> tuple[Any, ...]:
+    if isinstance(pattern, (str, re.Pattern)):
+        return (pattern,)
+    if isinstance(pattern, Sequence) and all(isinstance(p, (str, re.Pattern)) for p in pattern):
+        return tuple(pattern)
+    raise TypeError(
+        'a pattern is a glob string, a compiled re.Pattern or a list of them, '
+        f'got {type(pattern).__name__}: {pattern!r}'
+    )
+
+
+def compile_pattern(pattern: Pattern) -> Callable[[str], bool]:
+    """A predicate on path strings for ``pattern`` (see the module docstring)."""
+    regexes = [_compile_one(p) for p in _pattern_key(pattern)]
+    if len(regexes) == 1:
+        fm = regexes[0].fullmatch
+        return lambda s: fm(s) is not None
+    return lambda s: any(r.fullmatch(s) is not None for r in regexes)
+
+
+def pattern_texts(pattern: Pattern) -> list[str]:
+    """The text of each pattern in ``pattern`` (a glob, or a regex's source), for messages."""
+    return [p.pattern if isinstance(p, re.Pattern) else p for p in _pattern_key(pattern)]
+
+
+def match_flags(tree_paths: tuple[str, ...], pattern: Pattern) -> tuple[bool, ...]:
+    """Which of ``tree_paths`` match ``pattern`` (cached per paths and pattern)."""
+    key = (id(tree_paths), tree_paths, _pattern_key(pattern))
+    try:
+        flags = MATCH_CACHE.get(key)
+    except TypeError:
+        flags = None
+    if flags is None:
+        pred = compile_pattern(pattern)
+        flags = tuple(pred(p) for p in tree_paths)
+        try:
+            MATCH_CACHE.put(key, flags)
+        except TypeError:
+            pass
+    return flags
+
+
+def _matches(tree: PyTree, pattern: Pattern, missing_ok: bool):
+    leaves, treedef, paths_ = flatten_with_paths(tree)
+    flags = match_flags(paths_, pattern)
+    if not missing_ok and not any(flags):
+        raise PathError(no_match_message(pattern_texts(pattern), paths_, missing_ok_hint=True))
+    return leaves, treedef, paths_, flags
+
+
+def select(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> dict[str, Leaf]:
+    """The leaves whose paths match ``pattern``, in flatten order.
+
+    Args:
+      tree: Any pytree.
+      pattern: A glob (``'**/kernel'``), a compiled regex (matched with
+        ``fullmatch``) or a list of them.
+      missing_ok: If False, a pattern that matches nothing is an error.
+
+    Returns:
+      ``{path: leaf}`` for the matching leaves (unboxed).
+
+    Raises:
+      PathError: If nothing matches and not ``missing_ok``; the message names
+        the nearest paths.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> params = {'l0': {'kernel': 1, 'bias': 2}, 'l1': {'kernel': 3, 'bias': 4}}
+      >>> ptp.select(params, '*/kernel')
+      {'l0/kernel': 1, 'l1/kernel': 3}
+    """
+    leaves, _, paths_, flags = _matches(tree, pattern, missing_ok)
+    return {p: unbox(x) for p, x, f in zip(paths_, leaves, flags, strict=False) if f}
+
+
+def mask(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> PyTree:
+    """A tree of bools, True where the leaf path matches ``pattern``.
+
+    The mask has ``tree``'s own container types (a FrozenDict stays a
+    FrozenDict), so it fits ``optax.masked(tx, mask)`` and the ``mask=``
+    argument of ``optax.adamw`` directly.
+
+    Args:
+      tree: Any pytree, e.g. Flax params.
+      pattern: Which leaves are True (see the module docstring).
+      missing_ok: If False, a pattern that matches nothing is an error.
+
+    Returns:
+      A tree of Python bools with ``tree``'s structure.
+
+    Raises:
+      PathError: If nothing matches and not ``missing_ok``.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> ptp.mask({'dense': {'kernel': 1.0, 'bias': 0.0}}, '**/kernel')
+      {'dense': {'bias': False, 'kernel': True}}
+    """
+    _, treedef, _, flags = _matches(tree, pattern, missing_ok)
+    return jax.tree_util.tree_unflatten(treedef, list(flags))
+
+
+def update(
+    tree: PyTree, pattern: Pattern, fn: Callable[[Leaf], Leaf], *, missing_ok: bool = False
+) -> PyTree:
+    """Returns a new tree with ``fn(leaf)`` at every leaf matching ``pattern``.
+
+    Args:
+      tree: Any pytree.
+      pattern: Which leaves to change.
+      fn: Called on each matching (unboxed) leaf; the result is reboxed.
+      missing_ok: If False, a pattern that matches nothing is an error.
+
+    Returns:
+      The new tree with ``tree``'s container types; ``tree`` is unchanged.
+
+    Raises:
+      PathError: If nothing matches and not ``missing_ok``.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> ptp.update({'w': 1.0, 'b': 2.0}, 'w', lambda x: x + 1)
+      {'b': 2.0, 'w': 2.0}
+    """
+    leaves, treedef, _, flags = _matches(tree, pattern, missing_ok)
+    new = [rebox(x, fn(unbox(x))) if f else x for x, f in zip(leaves, flags, strict=False)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def map_with_path(fn: Callable[[str, Leaf], Leaf], tree: PyTree) -> PyTree:
+    """Maps ``fn(path, leaf)`` over every leaf, keeping containers and boxes.
+
+    Args:
+      fn: Called with the path string and the (unboxed) leaf.
+      tree: Any pytree.
+
+    Returns:
+      A tree of ``fn``'s results with ``tree``'s structure.
+
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> ptp.map_with_path(lambda p, x: p, {'a': 1, 'b': [2]})
+      {'a': 'a', 'b': ['b/0']}
+    """
+    leaves, treedef, paths_ = flatten_with_paths(tree)
+    new = [rebox(x, fn(p, unbox(x))) for p, x in zip(paths_, leaves, strict=False)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _rules(rules: Any, what: str) -> list[tuple[Pattern, Any]]:
+    items = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise TypeError(
+                f'{what} are an ordered mapping or a list of (pattern, {what[:-1]}) '
+                f'pairs, got the item {item!r}'
+            )
+    return items
+
+
+def first_match(paths_: Sequence[str], rules: Any, what: str) -> list[Any]:
+    """For each path, the value of the first ``(pattern, value)`` rule matching it.
+
+    Args:
+      paths_: Leaf paths.
+      rules: An ordered mapping or list of ``(pattern, value)``.
+      what: The caller's name, for messages.
+
+    Returns:
+      One value per path, None where no rule matches.
+
+    Raises:
+      PathError: If a rule matches no path.
+    """
+    out: list[Any] = [None] * len(paths_)
+    for pattern, value in _rules(rules, 'rules'):
+        flags = match_flags(tuple(paths_), pattern)
+        if not any(flags):
+            raise PathError(f'{what}: rule ' + no_match_message(pattern_texts(pattern), paths_))
+        for i, f in enumerate(flags):
+            if f and out[i] is None:
+                out[i] = value
+    return out
+
+
+def labels(tree: PyTree, rules: Any, default: str | None = None) -> PyTree:
+    """A tree of label strings for ``optax.multi_transform``.
+
+    Args:
+      tree: Any pytree, e.g. Flax params.
+      rules: An ordered mapping or list of ``(pattern, label)``; for each leaf
+        the first matching rule gives its label.
+      default: The label of leaves no rule matches.
+
+    Returns:
+      A tree of strings with ``tree``'s containers.
+
+    Raises:
+      PathError: If a rule matches no leaf.
+      StructureError: If some leaf gets no label and there is no ``default``.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> ptp.labels({'w': 1.0, 'b': 0.0}, {'w': 'adam'}, default='sgd')
+      {'b': 'sgd', 'w': 'adam'}
+    """
+    leaves, treedef, paths_ = flatten_with_paths(tree)
+    out = first_match(paths_, rules, 'labels')
+    unlabeled = [p for p, lab in zip(paths_, out, strict=False) if lab is None]
+    if unlabeled:
+        if default is None:
+            raise StructureError(
+                f'labels: no rule matches {plural(len(unlabeled), "path")}: '
+                f'{quote_list(unlabeled)}; add a rule or pass default='
+            )
+        out = [default if lab is None else lab for lab in out]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def partition(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> tuple[PyTree, PyTree]:
+    """Splits ``tree`` into the leaves matching ``pattern`` and the rest.
+
+    Both parts keep ``tree``'s structure with ``None`` in the holes, so
+    ``combine(matched, rest)`` gives ``tree`` back. Use it to differentiate
+    with respect to part of a model: ``jax.grad(lambda m: loss(combine(m,
+    rest)))(matched)``.
+
+    Args:
+      tree: Any pytree.
+      pattern: Which leaves go to ``matched``.
+      missing_ok: If False, a pattern that matches nothing is an error.
+
+    Returns:
+      ``(matched, rest)``.
+
+    Raises:
+      PathError: If nothing matches and not ``missing_ok``.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> ptp.partition({'w': 1.0, 'b': 0.0}, 'w')
+      ({'b': None, 'w': 1.0}, {'b': 0.0, 'w': None})
+    """
+    leaves, treedef, _, flags = _matches(tree, pattern, missing_ok)
+    matched = [x if f else None for x, f in zip(leaves, flags, strict=False)]
+    rest = [None if f else x for x, f in zip(leaves, flags, strict=False)]
+    return (
+        jax.tree_util.tree_unflatten(treedef, matched),
+        jax.tree_util.tree_unflatten(treedef, rest),
+    )
+
+
+def combine(*trees: PyTree) -> PyTree:
+    """Merges trees with ``None`` holes, the inverse of :func:`partition`.
+
+    Args:
+      *trees: Trees of one structure; at each leaf position at most one of
+        them is not ``None``.
+
+    Returns:
+      The tree with each position taken from the tree that fills it.
+
+    Raises:
+      StructureError: If the trees' structures differ or two fill one place.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> ptp.combine({'w': 1.0, 'b': None}, {'w': None, 'b': 0.0})
+      {'b': 0.0, 'w': 1.0}
+    """
+    if not trees:
+        raise StructureError('combine needs at least one tree')
+
+    def pick(*xs: Any) -> Any:
+        filled = [x for x in xs if x is not None]
+        if len(filled) > 1:
+            raise StructureError('combine: two trees fill the same leaf position')
+        return filled[0] if filled else None
+
+    try:
+        return jax.tree_util.tree_map(pick, *trees, is_leaf=lambda x: x is None or is_box(x))
+    except ValueError as e:
+        if isinstance(e, StructureError):
+            raise
+        raise StructureError(f'combine: the trees have different structures: {e}') from e
