@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from ._demo import run_demo
+from ._errors import FormatError, PathError
+from ._io import load
+from ._summary import diff, parameter_count, summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,8 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except BrokenPipeError:  # e.g. `... --json | head`: end quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:  # pragma: no cover
@@ -94,21 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == 'demo':
-        import os
-
-        from ._demo import run_demo
-
         if args.steps < 1:
             return _err(f'--steps must be a positive number of training steps, got {args.steps}')
         if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
             return _err(f'--out {args.out!r} is a file; give a folder (it is created if missing)')
         return run_demo(steps=args.steps, out=args.out, plain=args.plain)
-    import json
-
-    from ._errors import FormatError, PathError
-    from ._io import load
-    from ._summary import diff, parameter_count, summary
-
     try:
         if args.command == 'summary':
             if args.depth is not None and args.depth < 0:

@@ -25,8 +25,9 @@ from ._flatten import flatten, flatten_with_paths
 from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._messages import quote_list
-from ._patterns import compile_pattern
-from ._stats import eager_leaf_stats, is_array, readable, table_text
+from ._patterns import compile_pattern, select
+from ._stats import STAT_NAMES, Stats, eager_leaf_stats, is_array, readable, table_text
+from ._summary import summary
 from ._typing import Pattern, PyTree
 
 __all__ = [
@@ -353,7 +354,6 @@ def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.A
       >>> int(ptp.dead_units(g)['dense/kernel'])
       1
     """
-    from ._patterns import select
 
     try:
         chosen = select(grads, pattern)
@@ -614,7 +614,6 @@ def inspect(
       >>> float(r.loss), r.grads['w'].tolist(), round(float(r.stats['grad_norm'][0]), 6)
       (3.0, [0.0, 1.0, 2.0], 2.236068)
     """
-    from ._summary import summary
 
     def compute(p: PyTree, *a: Any) -> Any:
         return _inspect_compute(p, *a, loss_fn=loss_fn, has_aux=has_aux, depth=depth)
@@ -702,7 +701,6 @@ class History:
         Raises:
           StructureError: If the paths differ from earlier steps.
         """
-        from ._stats import STAT_NAMES, Stats
 
         columns = STAT_NAMES if isinstance(stats, Stats) else GRAD_STAT_NAMES
         if self.paths is None:

@@ -32,6 +32,7 @@ from ._keys import describe, is_key_dtype, unbox
 from ._paths import get
 from ._paths import set as set_path
 from ._patterns import map_with_path
+from ._tying import Ties, tie, untie
 from ._typing import PyTree
 
 __all__ = ['load', 'save']
@@ -750,8 +751,6 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     _check_names(tree)  # every name must come back as it went in: checked before writing
     extra: dict[str, Any] = {}
     if ties is not None:
-        from ._tying import untie
-
         extra['ties'] = ties.to_json()
         tree = untie(tree, ties)
     tree, keys = _keys_to_data(tree)
@@ -1003,8 +1002,6 @@ def load(
         raise ValueError(f'step={step}: only Orbax CheckpointManager folders have steps')
     ties = None
     if meta.get('ties'):
-        from ._tying import Ties, tie, untie
-
         try:
             ties = Ties.from_json(meta['ties'])
         except (KeyError, AttributeError, TypeError, IndexError, ValueError) as e:

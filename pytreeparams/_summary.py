@@ -16,10 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._errors import PathError
 from ._flatten import flatten, flatten_with_paths
 from ._keys import describe, dtype_name, is_key_dtype, unbox, unbox_all
 from ._messages import no_match_message
-from ._patterns import compile_pattern, pattern_texts
+from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._stats import STAT_NAMES, eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
@@ -513,8 +514,6 @@ def summary(
         pred = compile_pattern(select)
         keep = [i for i, p in enumerate(paths_) if pred(p)]
         if not keep:
-            from ._errors import PathError
-
             raise PathError(no_match_message(pattern_texts(select), paths_))
         leaves = [leaves[i] for i in keep]
         paths_ = tuple(paths_[i] for i in keep)
@@ -609,7 +608,6 @@ def shapes(tree: PyTree) -> PyTree:
       >>> ptp.shapes({'w': jnp.zeros((4, 8)), 'b': [jnp.zeros(8)]})
       {'b': [(8,)], 'w': (4, 8)}
     """
-    from ._patterns import map_with_path
 
     return map_with_path(lambda _, x: tuple(np.shape(x)) if is_array(x) else None, tree)
 

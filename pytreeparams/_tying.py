@@ -23,6 +23,7 @@ from ._errors import StructureError
 from ._flatten import children, flatten_with_paths
 from ._keys import is_box, path_str, path_tuple, rebox, unbox, unbox_all
 from ._paths import get, set
+from ._stats import eager_leaf_stats, is_array, readable
 from ._typing import PathLike, PyTree
 
 __all__ = [
@@ -497,7 +498,6 @@ def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False
       >>> ptp.find_ties({'a': w, 'b': w + 0, 'c': w.T, 'd': w + 1}, transposed=True)
       [TieGroup(source='a', aliases=('b',), transposed=('c',))]
     """
-    from ._stats import eager_leaf_stats, is_array, readable
 
     leaves, _, paths_ = flatten_with_paths(tree)
     leaves = readable(unbox_all(leaves))
