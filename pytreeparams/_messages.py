@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 
+from ._errors import StructureError
+
 MAX_KEYS_SHOWN = 12  # names listed in a message before '... (N more)'
 
 
@@ -82,3 +84,44 @@ def no_match_message(
     if missing_ok_hint:
         msg += ' Pass missing_ok=True to allow no match.'
     return msg
+
+
+def like_mismatch(
+    path: str,
+    missing: list[str],
+    unexpected: list[str],
+    bad: list[str],
+    dtype_only: bool,
+    partial_hint: bool | str,
+) -> StructureError:
+    """The error for a file that does not match ``like`` (every format).
+
+    ``partial_hint``: False, True (suggest ``load_into``), or ``'torch'`` for a
+    file in PyTorch's layout (suggest ``from_torch_state_dict``).
+    """
+    parts = [
+        f'{what} {len(v)}: ' + ', '.join(v[:12])
+        for what, v in (
+            ('missing', [repr(p) for p in missing]),
+            ('unexpected', [repr(p) for p in unexpected]),
+            ('mismatched', bad),
+        )
+        if v
+    ]
+    hints = ['Pass cast=True to convert to the dtypes of `like`'] if bad and dtype_only else []
+    if partial_hint == 'torch':
+        hints.append(
+            f'The file is in PyTorch layout (dotted names): use '
+            f'ptp.from_torch_state_dict({path!r}, like=like)'
+        )
+    elif partial_hint:
+        hints.append(
+            f'For a partial load use ptp.load_into(like, ptp.load({path!r}), strict=False), '
+            'which returns (tree, report)'
+        )
+    return StructureError(
+        f'load: {path!r} does not match `like`: '
+        + '; '.join(parts)
+        + ''.join(f'. {h}' for h in hints)
+        + '.'
+    )

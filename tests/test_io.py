@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pytreeparams as ptp
-from pytreeparams import _io
+from pytreeparams import _orbax, _safetensors
 
 ALL_DTYPES = [
     'float32',
@@ -210,8 +210,8 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
 
         return real(target, half)
 
-    real = _io.atomic_write_path
-    monkeypatch.setattr(_io, 'atomic_write_path', failing_write)
+    real = _safetensors.atomic_write_path
+    monkeypatch.setattr(_safetensors, 'atomic_write_path', failing_write)
     with pytest.raises(OSError, match='No space left'):
         ptp.save(path, {'w': np.zeros(3, np.float32)})
     assert path.read_bytes() == before
@@ -235,12 +235,12 @@ def test_killed_writer_leaves_previous_file(tmp_path):
     code = textwrap.dedent(
         f"""
         import os, numpy as np
-        from pytreeparams import _io
+        from pytreeparams import _atomic
         def die(f):
             f.write(b'x' * 100)
             f.flush()
             os._exit(9)
-        _io.atomic_write({str(path)!r}, die)
+        _atomic.atomic_write({str(path)!r}, die)
         """
     )
     proc = subprocess.run([sys.executable, '-c', code])
@@ -407,7 +407,6 @@ def test_orbax_failure_midway_keeps_the_old_checkpoint_and_no_temporary(
     tmp_path, monkeypatch, fail
 ):
     ocp = pytest.importorskip('orbax.checkpoint')
-    from pytreeparams import _io
 
     ck = str(tmp_path / 'ck')
     ptp.save(ck, {'w': jnp.arange(3.0)})
@@ -433,9 +432,9 @@ def test_orbax_failure_midway_keeps_the_old_checkpoint_and_no_temporary(
         def boom_meta(*a, **k):
             raise OSError('injected: disk full writing pytreeparams.json')
 
-        monkeypatch.setattr(_io.json, 'dump', boom_meta)
+        monkeypatch.setattr(_orbax.json, 'dump', boom_meta)
     else:
-        monkeypatch.setattr(_io.os, 'replace', replace)
+        monkeypatch.setattr(_orbax.os, 'replace', replace)
     with pytest.raises(OSError, match='injected'):
         ptp.save(ck, {'w': jnp.arange(3.0) + 10})
     monkeypatch.undo()

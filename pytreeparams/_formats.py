@@ -1,0 +1,41 @@
+"""Which format a path names: the suffix decides (a folder is an Orbax checkpoint);
+pickle files are named and refused."""
+
+from __future__ import annotations
+
+import os
+
+from ._errors import FormatError
+
+PICKLE_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.pkl', '.pickle')
+PICKLE_MESSAGE = (
+    '{path!r} is a pickle file (PyTorch .pt/.pth/.bin): it is not read, as unpickling can run '
+    'code. Convert it once where you trust it: in PyTorch, `from safetensors.torch import '
+    "save_model; save_model(model, 'model.safetensors')` (or `save_file(state_dict, ...)`), "
+    'then load the .safetensors file'
+)
+
+
+def format_of(path: str) -> str:
+    """'safetensors', 'msgpack', 'npz' or 'orbax', from the path (suffixes in any case).
+
+    Raises:
+      FormatError: For a pickle file (with how to convert it safely) or an
+        unknown suffix.
+    """
+    p = os.fspath(path)
+    low = p.lower()
+    if low.endswith('.safetensors'):
+        return 'safetensors'
+    if low.endswith('.msgpack'):
+        return 'msgpack'
+    if low.endswith('.npz'):
+        return 'npz'
+    if low.endswith(PICKLE_SUFFIXES):
+        raise FormatError(PICKLE_MESSAGE.format(path=p))
+    if p.endswith(os.sep) or os.path.isdir(p) or not os.path.splitext(p)[1]:
+        return 'orbax'
+    raise FormatError(
+        f'cannot tell the format of {p!r}: use a .safetensors or .msgpack file, '
+        'or a directory (no suffix) for an Orbax checkpoint'
+    )

@@ -1,0 +1,244 @@
+"""safetensors files (and pickle-free ``.npz``): written with their structure,
+read with every tensor accounted for; files of other programs by name."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._atomic import atomic_write_path
+from ._errors import FormatError
+from ._flatten import unflatten
+from ._formats import format_of
+from ._structure import FORMAT_VERSION, META_KEY, decode_structure, encode_structure
+from ._typing import PyTree
+
+_MAX_HEADER = 100 * 1024 * 1024
+
+_ST_DTYPES = {
+    'F64': 'float64',
+    'F32': 'float32',
+    'F16': 'float16',
+    'BF16': 'bfloat16',
+    'I64': 'int64',
+    'I32': 'int32',
+    'I16': 'int16',
+    'I8': 'int8',
+    'U64': 'uint64',
+    'U32': 'uint32',
+    'U16': 'uint16',
+    'U8': 'uint8',
+    'BOOL': 'bool',
+    'F8_E4M3': 'float8_e4m3fn',
+    'F8_E5M2': 'float8_e5m2',
+}
+ST_SUPPORTED = set(_ST_DTYPES.values())
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The flat ``{name: array}`` of a ``.safetensors`` or ``.npz`` file, names as stored.
+
+    This is the PyTorch route: ``ptp.from_torch_state_dict(path, like=v)``
+    reads the file's dotted names (``'0.weight'``) without nesting them.
+
+    Args:
+      path: A ``.safetensors`` or ``.npz`` file.
+
+    Returns:
+      ``{name: array}``, NumPy arrays (zero-copy views for safetensors).
+
+    Raises:
+      FileNotFoundError: If ``path`` does not exist.
+      FormatError: For a corrupt file, a pickle file (.pt/.pth/.bin: with how
+        to convert it safely), or another format.
+
+    Example:
+      >>> import os, tempfile, numpy as np, pytreeparams as ptp
+      >>> path = os.path.join(tempfile.mkdtemp(), 'sd.npz')
+      >>> np.savez(path, **{'0.weight': np.ones((2, 3)), '0.bias': np.zeros(2)})
+      >>> sorted(ptp.read_state_dict(path))
+      ['0.bias', '0.weight']
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no such file: {path!r}')
+    fmt = format_of(path)
+    if fmt == 'safetensors':
+        return read_safetensors(path)[0]
+    if fmt == 'npz':
+        return read_npz(path)
+    raise FormatError(f'{path!r}: a state dict is read from a .safetensors or .npz file')
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:  # never unpickles
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise FormatError(f'{path!r} is not a readable .npz file (without pickle): {e}') from e
+
+
+def nest_names(arrays: dict[str, np.ndarray], path: str) -> PyTree:
+    """Foreign tensor names nested by '/' (or '.' when a name has no '/')."""
+    flat: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for k, v in arrays.items():
+        p = k.replace('.', '/') if '/' not in k else k
+        if not all(p.split('/')):
+            raise FormatError(
+                f'{path!r}: the tensor name {k!r} has an empty part; it cannot be placed in '
+                'a tree (read it with ptp.read_state_dict)'
+            )
+        if p in origin:
+            raise FormatError(
+                f'{path!r}: the tensors {origin[p]!r} and {k!r} both name {p!r}; '
+                'they cannot be placed in one tree'
+            )
+        flat[p], origin[p] = v, k
+    for p in flat:
+        cut = p.rsplit('/', 1)[0] if '/' in p else None
+        while cut:
+            if cut in flat:
+                raise FormatError(
+                    f'{path!r}: the tensor {origin[cut]!r} is also a prefix of '
+                    f'{origin[p]!r}; they cannot be placed in one tree'
+                )
+            cut = cut.rsplit('/', 1)[0] if '/' in cut else None
+    return unflatten(flat)
+
+
+def _np_dtype(name: str) -> np.dtype:
+    import jax.numpy as jnp
+
+    return np.dtype(jnp.dtype(name))
+
+
+def save_safetensors(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
+    from safetensors.numpy import save_file
+
+    arrays: dict[str, np.ndarray] = {}
+    spec = encode_structure(tree, '', arrays)
+    for p, arr in arrays.items():  # checked before anything is written
+        if arr.dtype.name not in ST_SUPPORTED:
+            raise ValueError(
+                f'save: {p!r} has dtype {arr.dtype.name}, which safetensors cannot hold '
+                f'(supported: {", ".join(sorted(ST_SUPPORTED))}); nothing was written'
+            )
+    meta = {'version': FORMAT_VERSION, 'structure': spec, **extra}
+    # Hugging Face loaders read only files that say their layout: a flat mapping of
+    # dotted names (``to_torch_state_dict``) is PyTorch's, anything else Flax's
+    flat_torch = isinstance(tree, Mapping) and all(
+        isinstance(k, str) and '/' not in k and hasattr(v, 'shape') for k, v in tree.items()
+    )
+    header = {'format': 'pt' if flat_torch else 'flax', META_KEY: json.dumps(meta)}
+    atomic_write_path(path, lambda tmp: save_file(arrays, tmp, metadata=header))
+
+
+def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    """Reads and validates a safetensors file; arrays are views of one buffer.
+
+    The checks follow the format's specification (as the reference reader
+    does): header length within the file, a JSON object header, known dtypes,
+    offsets in bounds, sizes equal to dtype size x element count, and tensors
+    covering the data region without gaps or overlaps. We parse it here
+    because ``safetensors.numpy`` cannot load bfloat16 and
+    ``safetensors.deserialize`` copies every tensor.
+    """
+    with open(path, 'rb') as f:
+        raw = f.read()
+    where = f'{path!r} is not a valid safetensors file'
+    if len(raw) < 8:
+        raise FormatError(f'{where}: {len(raw)} bytes, shorter than the 8-byte header length')
+    n = int.from_bytes(raw[:8], 'little')
+    if n > len(raw) - 8 or n > _MAX_HEADER:
+        raise FormatError(
+            f'{where}: the header claims {n:,} bytes but the file has {len(raw) - 8:,} after it'
+        )
+    try:
+        header = json.loads(raw[8 : 8 + n])
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f'{where}: the header is not JSON ({e!r})') from e
+    if not isinstance(header, dict):
+        raise FormatError(f'{where}: the header is not a JSON object')
+    base = 8 + n
+    data_len = len(raw) - base
+    spans = []
+    arrays: dict[str, np.ndarray] = {}
+    buf = memoryview(raw)
+    for name, info in header.items():
+        if name == '__metadata__':
+            continue
+        dtype, shape, (begin, end) = _entry(info, name, where)
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_len:
+            raise FormatError(
+                f'{where}: tensor {name!r} has offsets {begin}..{end} outside the data'
+            )
+        np_dtype = _np_dtype(dtype)
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        if count * np_dtype.itemsize != end - begin:
+            raise FormatError(
+                f'{where}: tensor {name!r} of {dtype}{shape} needs {count * np_dtype.itemsize} '
+                f'bytes, the file gives {end - begin}'
+            )
+        try:
+            arrays[name] = np.frombuffer(buf[base + begin : base + end], np_dtype).reshape(shape)
+        except ValueError as e:  # e.g. a dimension NumPy cannot index
+            raise FormatError(f'{where}: tensor {name!r} has shape {shape} ({e})') from e
+        spans.append((begin, end))
+    spans.sort()
+    pos = 0
+    for begin, end in spans:
+        if begin != pos:
+            raise FormatError(f'{where}: the tensors do not cover the data region contiguously')
+        pos = end
+    if pos != data_len:
+        raise FormatError(f'{where}: {data_len - pos} bytes after the last tensor')
+    meta = None
+    md = header.get('__metadata__')
+    if isinstance(md, dict) and META_KEY in md:
+        try:
+            meta = json.loads(md[META_KEY])
+        except (TypeError, ValueError, RecursionError) as e:
+            raise FormatError(f'{where}: its pytreeparams metadata is not JSON: {e!r}') from e
+        if not isinstance(meta, dict):
+            raise FormatError(f'{where}: its pytreeparams metadata is not a JSON object')
+    return arrays, meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _entry(info: Any, name: str, where: str) -> tuple[str, list[int], tuple[int, int]]:
+    """(dtype, shape, offsets) of one header entry, every field checked: JSON
+    integers only (not 1.5, "1", true or Infinity), at most 32 dimensions."""
+    bad = f'{where}: bad entry for tensor {name!r}'
+    if not isinstance(info, dict):
+        raise FormatError(f'{bad} (not a JSON object)')
+    dtype, shape, offsets = info.get('dtype'), info.get('shape'), info.get('data_offsets')
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+        raise FormatError(f'{bad} (unknown dtype {dtype!r})')
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise FormatError(f'{bad} (the shape {shape!r} is not a list of non-negative integers)')
+    if len(shape) > 32:
+        raise FormatError(f'{bad} ({len(shape)} dimensions; at most 32 are read)')
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+        raise FormatError(f'{bad} (data_offsets {offsets!r} are not two integers)')
+    return _ST_DTYPES[dtype], shape, (offsets[0], offsets[1])
+
+
+def load_safetensors(path: str) -> tuple[PyTree, dict[str, Any]]:
+    arrays, meta = read_safetensors(path)
+    if meta is None:  # written by another program: nest by '/' or '.'
+        return nest_names(arrays, path), {}
+    try:
+        tree = decode_structure(meta['structure'], '', dict(arrays))
+    except FormatError as e:
+        raise FormatError(f'{path!r}: {e}') from e
+    except (KeyError, TypeError, ValueError, RecursionError, AttributeError, IndexError) as e:
+        raise FormatError(f'{path!r}: its structure metadata is corrupt ({e!r})') from e
+    return tree, meta
