@@ -1,9 +1,13 @@
 """pytreeparams: reach, read, share and watch the parameters of JAX models."""
 
+from ._diff import DiffReport as DiffReport
+from ._diff import diff as diff
 from ._errors import FormatError as FormatError
 from ._errors import NonFiniteError as NonFiniteError
 from ._errors import PathError as PathError
 from ._errors import StructureError as StructureError
+from ._find_ties import TieGroup as TieGroup
+from ._find_ties import find_ties as find_ties
 from ._finite import assert_finite as assert_finite
 from ._finite import find_nonfinite as find_nonfinite
 from ._finite import first_nonfinite_activation as first_nonfinite_activation
@@ -36,24 +40,20 @@ from ._patterns import mask as mask
 from ._patterns import partition as partition
 from ._patterns import select as select
 from ._patterns import update as update
+from ._shared import SharedModule as SharedModule
+from ._shared import shared_modules as shared_modules
 from ._stats import STAT_NAMES as STAT_NAMES
 from ._stats import Stats as Stats
 from ._stats import stats as stats
-from ._summary import DiffReport as DiffReport
 from ._summary import Row as Row
 from ._summary import Summary as Summary
 from ._summary import count as count
-from ._summary import diff as diff
 from ._summary import nbytes as nbytes
 from ._summary import shapes as shapes
 from ._summary import summary as summary
 from ._torch import from_torch_state_dict as from_torch_state_dict
 from ._torch import to_torch_state_dict as to_torch_state_dict
-from ._tying import SharedModule as SharedModule
-from ._tying import TieGroup as TieGroup
 from ._tying import Ties as Ties
-from ._tying import find_ties as find_ties
-from ._tying import shared_modules as shared_modules
 from ._tying import tie as tie
 from ._tying import tied_grads as tied_grads
 from ._tying import transpose as transpose

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._demo import run_demo
+from ._diff import diff
 from ._errors import FormatError, PathError
 from ._io import load
-from ._summary import diff, parameter_count, summary
+from ._summary import parameter_count, summary
 
 
 def _parser() -> argparse.ArgumentParser:

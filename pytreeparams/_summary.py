@@ -17,14 +17,14 @@ import jax
 import numpy as np
 
 from ._errors import PathError
-from ._flatten import flatten, flatten_with_paths
+from ._flatten import flatten_with_paths
 from ._keys import describe, dtype_name, is_key_dtype, unbox, unbox_all
 from ._messages import no_match_message
 from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._stats import STAT_NAMES, eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
-__all__ = ['Row', 'Summary', 'summary', 'count', 'nbytes', 'shapes', 'diff', 'DiffReport']
+__all__ = ['Row', 'Summary', 'count', 'nbytes', 'shapes', 'summary']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def _is_plain(x: Any) -> bool:
     return False
 
 
-def _is_key(x: Any) -> bool:
+def is_key_array(x: Any) -> bool:
     """A PRNG key array (``jax.random.key``): shown, counted in bytes, no statistics."""
     dtype = getattr(x, 'dtype', None)
     return dtype is not None and hasattr(x, 'shape') and is_key_dtype(dtype)
@@ -139,7 +139,7 @@ def _leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: st
         size = math.prod(shape)
         fields = {'path': path, 'shape': shape, 'dtype': name, 'size': size}
         fields['nbytes'] = size * itemsize
-    elif is_array(x) or _is_key(x):
+    elif is_array(x) or is_key_array(x):
         shape = tuple(map(int, np.shape(x)))  # () for Python scalars
         name, itemsize = _dtype_info(getattr(x, 'dtype', None) or np.asarray(x).dtype)
         size = math.prod(shape)
@@ -580,7 +580,7 @@ def nbytes(tree: PyTree) -> int:
     total = 0
     leaves = readable([unbox(v) for v in flatten_with_paths(tree)[0]])
     for x in leaves:
-        if is_array(x) or _is_key(x):
+        if is_array(x) or is_key_array(x):
             dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
             total += math.prod(np.shape(x)) * _dtype_info(dtype)[1]
     return total
@@ -610,111 +610,3 @@ def shapes(tree: PyTree) -> PyTree:
     """
 
     return map_with_path(lambda _, x: tuple(np.shape(x)) if is_array(x) else None, tree)
-
-
-@dataclasses.dataclass(frozen=True)
-class DiffReport:
-    """What differs between two trees (see :func:`diff`).
-
-    Attributes:
-      only_a: Paths only in the first tree.
-      only_b: Paths only in the second tree.
-      changed: ``{path: (type in a, type in b)}`` where shape or dtype differ.
-      rel_change: ``{path: ||a - b|| / ||a||}`` for common leaves of equal type
-        (``inf`` where ``a`` is zero and ``b`` is not).
-
-    Example:
-      >>> import pytreeparams as ptp
-      >>> r = ptp.diff({'w': 1.0}, {'w': 1.0, 'b': 0.0})
-      >>> r.only_b, r.same
-      (('b',), False)
-    """
-
-    only_a: tuple[str, ...]
-    only_b: tuple[str, ...]
-    changed: dict[str, tuple[str, str]]
-    rel_change: dict[str, float]
-
-    @property
-    def same(self) -> bool:
-        """True when structure, types and values are identical."""
-        return (
-            not self.only_a
-            and not self.only_b
-            and not self.changed
-            and all(v == 0 for v in self.rel_change.values())
-        )
-
-    def moved(self, tol: float = 0.0) -> list[str]:
-        """Paths whose relative change exceeds ``tol``."""
-        return [p for p, v in self.rel_change.items() if not v <= tol]
-
-    def __str__(self) -> str:
-        lines = []
-        for p in self.only_a:
-            lines.append(f'- {p}  (only in a)')
-        for p in self.only_b:
-            lines.append(f'+ {p}  (only in b)')
-        for p, (ta, tb) in self.changed.items():
-            lines.append(f'~ {p}  {ta} -> {tb}')
-        for p, v in self.rel_change.items():
-            if v != 0:
-                lines.append(f'  {p}  relative change {v:.3e}')
-        same = sum(1 for v in self.rel_change.values() if v == 0)
-        lines.append(
-            f'{len(self.only_a)} only in a, {len(self.only_b)} only in b, '
-            f'{len(self.changed)} changed type, {len(self.rel_change) - same} changed value, '
-            f'{same} identical'
-        )
-        return '\n'.join(lines)
-
-
-def diff(a: PyTree, b: PyTree) -> DiffReport:
-    """Compares two trees path by path.
-
-    Args:
-      a: The reference tree (e.g. parameters before a step).
-      b: The other tree.
-
-    Returns:
-      A :class:`DiffReport`: paths only in ``a`` / only in ``b``, changed shape
-      or dtype, and the relative change ``||a-b|| / ||a||`` of common leaves
-      (computed in float64 on the host).
-
-    Raises:
-      StructureError: If two leaves of a tree would get the same path string.
-
-    Example:
-      >>> import jax.numpy as jnp, pytreeparams as ptp
-      >>> r = ptp.diff({'w': jnp.ones(4), 'b': 0.0}, {'w': jnp.ones(4) * 1.5, 'c': 0.0})
-      >>> r.only_a, r.only_b, r.rel_change
-      (('b',), ('c',), {'w': 0.5})
-    """
-    fa, fb = flatten(a), flatten(b)
-    only_a = tuple(p for p in fa if p not in fb)
-    only_b = tuple(p for p in fb if p not in fa)
-    changed: dict[str, tuple[str, str]] = {}
-    rel: dict[str, float] = {}
-    for p, xa in fa.items():
-        if p not in fb:
-            continue
-        xb = fb[p]
-        if describe(xa) != describe(xb):
-            changed[p] = (describe(xa), describe(xb))
-            continue
-        if _is_key(xa) and _is_key(xb):
-            same = np.array_equal(jax.random.key_data(xa), jax.random.key_data(xb))
-            rel[p] = 0.0 if same else float('inf')
-            continue
-        if not (is_array(xa) and is_array(xb)):
-            rel[p] = 0.0 if xa == xb else float('inf')
-            continue
-        va = np.asarray(jax.device_get(xa)).astype(np.float64)
-        vb = np.asarray(jax.device_get(xb)).astype(np.float64)
-        if np.array_equal(va, vb, equal_nan=True):  # NaN in the same places is no change
-            rel[p] = 0.0
-            continue
-        num = float(np.linalg.norm((va - vb).ravel()))
-        den = float(np.linalg.norm(va.ravel()))
-        rel[p] = num / den if den > 0 else (0.0 if num == 0 else float('inf'))
-    return DiffReport(only_a, only_b, changed, rel)
