@@ -22,7 +22,8 @@ from ._flatten import flatten_with_paths
 from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._messages import quote_list
-from ._stats import is_array, readable, table_text
+from ._render import stats_text
+from ._stats import is_array, readable
 from ._typing import PyTree
 
 __all__ = ['GRAD_STAT_NAMES', 'GradStats', 'grad_stats']
@@ -74,7 +75,7 @@ class GradStats:
         return self.table[:, GRAD_STAT_NAMES.index(name)]
 
     def __str__(self) -> str:
-        text = table_text(self.paths, GRAD_STAT_NAMES, self.table)
+        text = stats_text(self.paths, GRAD_STAT_NAMES, self.table)
         if isinstance(self.global_norm, jax.core.Tracer):
             return text
         return f'{text}\nglobal_norm {float(jax.device_get(self.global_norm)):.4g}'

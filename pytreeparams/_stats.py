@@ -20,6 +20,7 @@ from ._flatten import flatten_with_paths
 from ._jax_moments import jax_partials
 from ._keys import unbox
 from ._moments import STAT_NAMES, finalize
+from ._render import stats_text
 from ._typing import PyTree
 
 __all__ = ['STAT_NAMES', 'Stats', 'stats']
@@ -87,36 +88,6 @@ def readable(leaves: list[Any]) -> list[Any]:
     return leaves
 
 
-def table_text(paths: tuple[str, ...], columns: tuple[str, ...], table: Any) -> str:
-    """A plain-text table: one row per path, one column per statistic (one fetch).
-
-    Example:
-      >>> print(table_text(('w',), ('mean',), np.array([[0.5]])))
-      path  mean
-      ----------
-      w      0.5
-    """
-    if isinstance(table, jax.core.Tracer):
-        return f'<{len(paths)} x {len(columns)} statistics, traced>'
-    t = np.asarray(jax.device_get(table), np.float64)
-
-    def fmt(v: float) -> str:
-        if v != v:
-            return 'nan'
-        if v == 0 or (1e-3 <= abs(v) < 1e5):
-            return f'{v:.4g}'
-        return f'{v:.2e}'
-
-    rows = [[p, *(fmt(v) for v in t[i])] for i, p in enumerate(paths)]
-    header = ['path', *columns]
-    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
-    line = lambda r: '  '.join(  # noqa: E731
-        c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))
-    )
-    head = line(header)
-    return '\n'.join([head, '-' * len(head), *(line(r) for r in rows)])
-
-
 def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
     """Statistics of concrete leaves, each computed where it lives (``_engine``).
 
@@ -159,7 +130,7 @@ class Stats:
         return self.table[:, STAT_NAMES.index(name)]
 
     def __str__(self) -> str:
-        return table_text(self.paths, STAT_NAMES, self.table)
+        return stats_text(self.paths, STAT_NAMES, self.table)
 
     def to_dict(self) -> dict[str, float]:
         """``{'path/stat': float}`` on the host (one transfer)."""

@@ -8,7 +8,6 @@ Data and presentation are apart (as in flax ``linen/summary.py``): a
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from ._flatten import flatten_with_paths
 from ._keys import describe, dtype_name, is_key_dtype, unbox, unbox_all
 from ._messages import no_match_message
 from ._patterns import compile_pattern, map_with_path, pattern_texts
+from ._render import fmt_bytes, fmt_float, fmt_int, html_table, rich_table, text_table
 from ._stats import STAT_NAMES, eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
@@ -248,30 +248,6 @@ def parameter_count(rows: Sequence[Row]) -> tuple[int, int]:
     return sum(r.size for r in rows) - state, state
 
 
-def _fmt_int(n: int) -> str:
-    return f'{n:,}'
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
-        if n < 1000 or unit == 'TB':
-            return f'{n} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-        n /= 1000
-    return str(n)  # pragma: no cover
-
-
-def _fmt_float(v: float | None) -> str:
-    if v is None:
-        return ''
-    if v != v:
-        return 'nan'
-    if v == 0:
-        return '0'
-    if abs(v) >= 1e5 or abs(v) < 1e-3:
-        return f'{v:.2e}'
-    return f'{v:.4g}'
-
-
 @dataclasses.dataclass(frozen=True)
 class Summary:
     """A summary of a parameter tree: rows, optional group rows, totals.
@@ -302,21 +278,21 @@ class Summary:
         cols: list[tuple[str, Any]] = [
             ('path', lambda r: r.path),
             ('type', lambda r: r.type if r.shape is not None else r.dtype),
-            ('size', lambda r: _fmt_int(r.size)),
-            ('bytes', lambda r: _fmt_bytes(r.nbytes)),
+            ('size', lambda r: fmt_int(r.size)),
+            ('bytes', lambda r: fmt_bytes(r.nbytes)),
         ]
         if self.depth is not None:
             cols.insert(2, ('leaves', lambda r: str(r.leaves)))
         if self.has_stats:
             for name in ('mean', 'std', 'min', 'max', 'l2'):
-                cols.append((name, lambda r, n=name: _fmt_float(getattr(r, n))))
+                cols.append((name, lambda r, n=name: fmt_float(getattr(r, n))))
             cols.append(('nonfinite', lambda r: '' if r.nonfinite is None else str(r.nonfinite)))
-            cols.append(('zeros', lambda r: _fmt_float(r.zero_frac)))
+            cols.append(('zeros', lambda r: fmt_float(r.zero_frac)))
         body = self.groups if self.depth is not None else self.rows
         if body and body[0].extra:
             for j, (name, _) in enumerate(body[0].extra):
                 cols.append(
-                    (name, lambda r, j=j: _fmt_float(r.extra[j][1]) if len(r.extra) > j else '')
+                    (name, lambda r, j=j: fmt_float(r.extra[j][1]) if len(r.extra) > j else '')
                 )
         if self.show_sharding:
             cols.append(('sharding', lambda r: r.sharding or ''))
@@ -333,33 +309,18 @@ class Summary:
         total[1] = f'{self.totals.leaves} leaves'
         return header, cells, total
 
+    def _title(self) -> str:
+        return 'Parameters' + (f' by module (depth {self.depth})' if self.depth else '')
+
     def __str__(self) -> str:
-        header, cells, total = self._table()
-        widths = [max(len(x) for x in col) for col in zip(header, *cells, total)]
-        right = {i for i, h in enumerate(header) if h not in ('path', 'type', 'sharding', 'note')}
-
-        def line(vals: Sequence[str]) -> str:
-            parts = [
-                v.rjust(w) if i in right else v.ljust(w)
-                for i, (v, w) in enumerate(zip(vals, widths))
-            ]
-            return '  '.join(parts).rstrip()
-
-        rule = '-' * len(line(header))
-        return '\n'.join([line(header), rule, *(line(c) for c in cells), rule, line(total)])
-
-    # Columns left out, in this order, while a rich table does not fit its width.
-    _DROP_ORDER = (
-        ('l2',), ('zeros',), ('nonfinite',), ('bytes',), ('min', 'max'), ('leaves',),
-        ('sharding',), ('std',), ('mean',), ('size',),
-    )  # fmt: skip
+        return text_table(*self._table())
 
     def rich_table(self, width: int = 80) -> Any:
         """A ``rich.table.Table`` that fits ``width`` columns with no cut cell.
 
         Numbers are never cut: long paths fold onto further lines, and when the
         table is still too wide whole columns are left out (first ``l2``,
-        ``zeros``, ``nonfinite``, ``bytes``, ``min``, ``max``), named in the
+        ``zeros``, ``nonfinite``, ``bytes``, ``min``/``max``), named in the
         caption. ``print(summary)`` or ``summary.to_dict()`` give everything.
 
         Args:
@@ -371,66 +332,18 @@ class Summary:
         Raises:
           ImportError: If rich is not installed.
         """
-        try:
-            from rich import box
-            from rich.table import Table
-        except ImportError as e:  # pragma: no cover - only reached through rich
-            raise ImportError('rich tables need `pip install pytreeparams[rich]`') from e
-        header, cells, total = self._table()
-        widths = [max(len(x) for x in col) for col in zip(header, *cells, total)]
-        title = 'Parameters' + (f' by module (depth {self.depth})' if self.depth else '')
-
-        def build(keep: list[int], dropped: list[str]) -> Any:
-            caption = f'not shown at this width: {", ".join(dropped)}' if dropped else None
-            table = Table(
-                title=title, caption=caption, show_footer=True, box=box.SIMPLE, pad_edge=False
-            )
-            for i in keep:
-                h = header[i]
-                left = h in ('path', 'type', 'sharding', 'note')
-                table.add_column(  # only paths fold; every other cell keeps its width
-                    h,
-                    footer=total[i],
-                    justify='left' if left else 'right',
-                    overflow='fold',
-                    no_wrap=i != 0,
-                    min_width=min(widths[i], 20) if i == 0 else widths[i],
-                )
-            for c in cells:
-                table.add_row(*(c[i] for i in keep))
-            return table
-
-        def need(keep: list[int]) -> int:  # box.SIMPLE: three characters between columns
-            return sum(min(widths[i], 20) if i == 0 else widths[i] for i in keep) + 3 * len(keep)
-
-        keep, dropped = list(range(len(header))), []
-        for names in self._DROP_ORDER:
-            if need(keep) <= width:
-                break
-            for name in names:
-                if name in header and header.index(name) in keep:
-                    keep.remove(header.index(name))
-                    dropped.append(name)
-        return build(keep, dropped)
+        return rich_table(*self._table(), title=self._title(), width=width)
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
         yield self.rich_table(options.max_width)
 
     def _repr_html_(self) -> str:
-        header, cells, total = self._table()
-        esc = html.escape
-        head = ''.join(f'<th>{esc(h)}</th>' for h in header)
-        body = ''.join('<tr>' + ''.join(f'<td>{esc(v)}</td>' for v in c) + '</tr>' for c in cells)
-        foot = '<tr>' + ''.join(f'<td><b>{esc(v)}</b></td>' for v in total) + '</tr>'
-        return (
-            '<table class="pytreeparams-summary"><thead><tr>'
-            f'{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>'
-        )
+        return html_table(*self._table())
 
     def __repr__(self) -> str:
         return (
-            f'Summary({len(self.rows)} leaves, {_fmt_int(self.totals.size)} parameters, '
-            f'{_fmt_bytes(self.totals.nbytes)})'
+            f'Summary({len(self.rows)} leaves, {fmt_int(self.totals.size)} parameters, '
+            f'{fmt_bytes(self.totals.nbytes)})'
         )
 
     def to_dict(self) -> dict[str, float]:
