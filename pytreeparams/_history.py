@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import StructureError
+from ._errors import PathError, StructureError
 from ._grads import GRAD_STAT_NAMES
-from ._messages import quote_list
+from ._messages import did_you_mean, quote_list
 from ._patterns import compile_pattern
 from ._stats import STAT_NAMES, Stats
 from ._typing import Pattern
@@ -81,13 +81,20 @@ class History:
         """The values of ``stat`` at ``path`` over the recorded steps.
 
         Raises:
-          KeyError: For an unknown path or statistic.
+          PathError: For an unknown path (naming the recorded ones).
+          KeyError: For an unknown statistic (naming the recorded ones).
         """
         self._fetch()
         if self.paths is None or path not in self.paths:
-            raise KeyError(f'History has no path {path!r}; it has {quote_list(self.paths or ())}')
+            raise PathError(
+                f'History has no path {path!r}; it has {quote_list(self.paths or ()) or "none"}.'
+                + did_you_mean(path, self.paths or ())
+            )
         if stat not in self.columns:
-            raise KeyError(f'History has no statistic {stat!r}; it has {list(self.columns)}')
+            raise KeyError(
+                f'History has no statistic {stat!r}; it has {quote_list(self.columns)}.'
+                + did_you_mean(stat, self.columns)
+            )
         i, j = self.paths.index(path), self.columns.index(stat)
         return np.array([t[i, j] for t in self._tables])
 

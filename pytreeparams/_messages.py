@@ -30,6 +30,17 @@ def nearest(word: str, candidates: Sequence[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.0)
 
 
+def did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest candidate (a close one only), else ''.
+
+    Example:
+      >>> did_you_mean('mena', ['mean', 'std'])
+      " Did you mean 'mean'?"
+    """
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f' Did you mean {close[0]!r}?' if close else ''
+
+
 def quote_list(items: Iterable[str], limit: int = MAX_KEYS_SHOWN) -> str:
     items = list(items)
     shown = ', '.join(repr(i) for i in items[:limit])

@@ -363,8 +363,12 @@ def combine(*trees: PyTree) -> PyTree:
       >>> ptp.combine({'w': 1.0, 'b': None}, {'w': None, 'b': 0.0})
       {'b': 0.0, 'w': 1.0}
     """
-    if not trees:
-        raise StructureError('combine needs at least one tree')
+    if len(trees) < 2:
+        given = f'a {type(trees[0]).__name__}' if trees else 'nothing'
+        raise StructureError(
+            f'combine takes two or more trees as separate arguments, got {given}; '
+            'for a list of trees, unpack it: ptp.combine(*trees)'
+        )
 
     def pick(*xs: Any) -> Any:
         filled = [x for x in xs if x is not None]

@@ -19,6 +19,7 @@ from ._engine import leaf_rows
 from ._flatten import flatten_with_paths
 from ._jax_moments import jax_partials
 from ._keys import unbox
+from ._messages import did_you_mean
 from ._moments import STAT_NAMES, finalize
 from ._render import stats_text
 from ._typing import PyTree
@@ -126,7 +127,10 @@ class Stats:
           KeyError: For a name not in ``STAT_NAMES`` (the message lists them).
         """
         if name not in STAT_NAMES:
-            raise KeyError(f'no statistic {name!r}; the statistics are {", ".join(STAT_NAMES)}')
+            raise KeyError(
+                f'no statistic {name!r}; the statistics are {", ".join(STAT_NAMES)}.'
+                + did_you_mean(name, STAT_NAMES)
+            )
         return self.table[:, STAT_NAMES.index(name)]
 
     def __str__(self) -> str:

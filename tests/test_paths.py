@@ -519,3 +519,21 @@ def test_every_hint_names_a_call_that_works():
             },
             ptp.Ties({'dec': 'enc'}),
         )
+
+
+def test_combine_history_and_stats_raise_the_library_errors_with_what_exists():
+    """combine([a, b]) is refused with the call that works; an unknown History
+    path is a PathError naming the recorded paths; unknown statistic names
+    suggest the closest."""
+    matched, rest = ptp.partition({'w': 1.0, 'b': 0.0}, 'w')
+    with pytest.raises(ptp.StructureError, match=re.escape('ptp.combine(*trees)')):
+        ptp.combine([matched, rest])
+    assert ptp.combine(*[matched, rest]) == {'b': 0.0, 'w': 1.0}
+    with pytest.raises(KeyError, match="Did you mean 'mean'"):
+        ptp.stats({'w': jnp.ones(2)})['mena']
+    hist = ptp.History()
+    hist.append(0, ptp.grad_stats({'dense': {'kernel': jnp.ones((2, 2))}}))
+    with pytest.raises(ptp.PathError, match="Did you mean 'dense/kernel'"):
+        hist.array('dense/kernal', 'grad_norm')
+    with pytest.raises(KeyError, match="Did you mean 'grad_norm'"):
+        hist.array('dense/kernel', 'grad_nrom')
