@@ -12,11 +12,22 @@ import pytreeparams as ptp
 
 def test_all_names_exist_and_are_sorted_out():
     assert len(ptp.__all__) == len(set(ptp.__all__))
+    assert list(ptp.__all__) == sorted(ptp.__all__)
+    assert {'STAT_NAMES', 'GRAD_STAT_NAMES'} <= set(ptp.__all__)
     for name in ptp.__all__:
         assert hasattr(ptp, name), name
 
 
-@pytest.mark.parametrize('name', ptp.__all__)
+PUBLIC = sorted({*ptp.__all__, 'set', 'inspect'} - {'STAT_NAMES', 'GRAD_STAT_NAMES'})
+
+
+def test_star_import_shadows_no_builtin():
+    import builtins
+
+    assert not set(ptp.__all__) & set(dir(builtins)) and 'inspect' not in ptp.__all__
+
+
+@pytest.mark.parametrize('name', PUBLIC)
 def test_docstring_sections_and_example(name):
     obj = getattr(ptp, name)
     doc = inspect.getdoc(obj) or ''
@@ -35,13 +46,11 @@ def test_docstring_sections_and_example(name):
         assert 'Attributes:' in doc or 'Args:' in doc, f'{name} documents no attributes/args'
 
 
-@pytest.mark.parametrize('name', ptp.__all__)
-def test_examples_run(name):
-    obj = getattr(ptp, name)
-    finder = doctest.DocTestFinder(recurse=False)
-    runner = doctest.DocTestRunner(
-        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
-    )
-    for test in finder.find(obj, name, globs={}):
-        runner.run(test)
-    assert runner.failures == 0, f'{name}: {runner.failures} doctest failures'
+def test_every_example_runs_once():
+    """The examples run under --doctest-modules (pyproject), once: not again here."""
+    import pathlib
+
+    import tomllib
+
+    conf = tomllib.loads((pathlib.Path(__file__).parent.parent / 'pyproject.toml').read_text())
+    assert '--doctest-modules' in conf['tool']['pytest']['ini_options']['addopts']
