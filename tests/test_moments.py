@@ -383,12 +383,3 @@ def test_the_package_is_pure_python_and_uses_no_private_jax():
     assert not (root.parent / 'setup.py').exists()
     for f in root.glob('*.py'):
         assert 'jax._src' not in f.read_text(), f
-
-
-def test_empty_and_non_array_leaves():
-    s = ptp.stats({'e': jnp.zeros((0,)), 'x': jnp.ones(2), 's': 'text'})
-    assert s.paths == ('e', 'x')
-    row = np.asarray(s.table[0])
-    assert np.isnan(row[:5]).all() and row[5] == 0 and np.isnan(row[6])
-    with pytest.raises(KeyError, match='the statistics are mean'):
-        s['mena']
