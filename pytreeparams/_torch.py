@@ -274,6 +274,50 @@ def _same_values(a: Any, b: Any) -> bool:
     return x.shape == y.shape and x.dtype == y.dtype and x.tobytes() == y.tobytes()
 
 
+def _drop_ties(sd: dict[str, Any], ties: Mapping[str, str]) -> list[str]:
+    """Removes each tied alias from ``sd`` (checked equal to its source); their names."""
+    dropped = []
+    for alias, source in _check_ties(ties).items():
+        if alias not in sd:
+            continue
+        if source in sd and not _same_values(sd[alias], sd[source]):
+            raise StructureError(
+                f'ties: {alias!r} differs from its source {source!r}; they are not tied'
+            )
+        del sd[alias]
+        dropped.append(alias)
+    return dropped
+
+
+def _to_flax_layout(
+    arr: np.ndarray, perm: Any, hwc: tuple[int, ...] | None, leaf: Any, path: str
+) -> np.ndarray:
+    """A PyTorch tensor's array in the Flax layout: transposed back, rows of a
+    Dense after a flatten put back in (h, w, c) order."""
+    if perm is not None and arr.ndim == len(perm):
+        arr = np.transpose(arr, np.argsort(perm))
+    if hwc is not None and tuple(arr.shape) == tuple(np.shape(leaf)):
+        arr = _torch_rows_to_flax(arr, hwc, path)
+    return arr
+
+
+def _strict_error(report: LoadReport, sd: dict[str, Any], used: set[str]) -> StructureError:
+    """The strict error: every problem, and the ties=/rules=/cast= that would fix it."""
+    tie_hint = {k: u for k in report.unexpected for u in sorted(used) if _same_values(sd[k], sd[u])}
+    return StructureError(
+        'from_torch_state_dict(strict=True): the state_dict does not fit `like`:\n  '
+        + '\n  '.join(report.problems())
+        + (
+            f'\nThese hold the same values as a loaded tensor: pass ties={tie_hint!r}.'
+            if tie_hint
+            else ''
+        )
+        + '\nAdd rules=[(flax_path_regex, torch_name, perm)]'
+        + (', pass cast=True to convert dtypes' if report.dtype_mismatch else '')
+        + ' or pass strict=False.'
+    )
+
+
 def from_torch_state_dict(
     state_dict: Mapping[str, Any] | str | os.PathLike[str],
     like: PyTree,
@@ -327,16 +371,7 @@ def from_torch_state_dict(
     if isinstance(state_dict, (str, os.PathLike)):  # a PyTorch-layout file, names as stored
         state_dict = read_state_dict(state_dict)
     sd = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
-    dropped = []
-    for alias, source in _check_ties(ties or {}).items():
-        if alias not in sd:
-            continue
-        if source in sd and not _same_values(sd[alias], sd[source]):
-            raise StructureError(
-                f'ties: {alias!r} differs from its source {source!r}; they are not tied'
-            )
-        del sd[alias]
-        dropped.append(alias)
+    dropped = _drop_ties(sd, ties or {})
     used: set[str] = set()
     flat: dict[str, Any] = {}
     loaded, missing = [], []
@@ -350,11 +385,7 @@ def from_torch_state_dict(
             flat[path] = leaf
             continue
         used.add(name)
-        arr = _to_numpy(sd[name])
-        if perm is not None and arr.ndim == len(perm):
-            arr = np.transpose(arr, np.argsort(perm))
-        if path in flat_rows and tuple(arr.shape) == tuple(np.shape(leaf)):
-            arr = _torch_rows_to_flax(arr, flat_rows[path], path)
+        arr = _to_flax_layout(_to_numpy(sd[name]), perm, flat_rows.get(path), leaf, path)
         if tuple(arr.shape) != tuple(np.shape(leaf)):
             shape_mm[path] = (describe(leaf), f'{arr.dtype.name}{list(arr.shape)} at {name!r}')
             flat[path] = leaf
@@ -372,30 +403,13 @@ def from_torch_state_dict(
         flat[path] = (
             jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
         )
-    unexpected = []
-    for k in sd:
-        if k in used:
-            continue
-        source = next((u for u in used if _same_storage(sd[k], sd[u])), None)
-        if source is not None:  # a tied alias (one tensor under two names)
-            dropped.append(k)
-        else:
-            unexpected.append(k)
+    unexpected = [k for k in sd if k not in used]
+    tied = [k for k in unexpected if any(_same_storage(sd[k], sd[u]) for u in used)]
+    unexpected = [k for k in unexpected if k not in tied]  # a tied alias: one tensor, two names
+    dropped += tied
     report = LoadReport(
         tuple(loaded), tuple(missing), tuple(unexpected), shape_mm, dtype_mm, (), {}, tuple(dropped)
     )
     if strict and not report.ok:
-        tie_hint = {k: u for k in unexpected for u in sorted(used) if _same_values(sd[k], sd[u])}
-        raise StructureError(
-            'from_torch_state_dict(strict=True): the state_dict does not fit `like`:\n  '
-            + '\n  '.join(report.problems())
-            + (
-                f'\nThese hold the same values as a loaded tensor: pass ties={tie_hint!r}.'
-                if tie_hint
-                else ''
-            )
-            + '\nAdd rules=[(flax_path_regex, torch_name, perm)]'
-            + (', pass cast=True to convert dtypes' if dtype_mm else '')
-            + ' or pass strict=False.'
-        )
+        raise _strict_error(report, sd, used)
     return unflatten(flat, like=like), report
