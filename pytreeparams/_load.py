@@ -97,6 +97,46 @@ def _put_like(value: Any, target: Any) -> Any:
     return jnp.asarray(value) if isinstance(target, jax.Array) else value
 
 
+def _renamed_source(
+    s_paths: tuple[str, ...], s_leaves: list[Any], rules: list[Any]
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str], list[str]]:
+    """``(provided, origin, renamed, dropped)``: the source's leaves by their
+    target path after ``rules``, where each came from, the renames applied and
+    the paths a rule dropped."""
+    provided: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    renamed: dict[str, str] = {}
+    dropped: list[str] = []
+    for p, x in zip(s_paths, s_leaves):
+        new, hit = _rename(p, rules)
+        if new is None:
+            dropped.append(p)
+            continue
+        if hit and new != p:
+            renamed[p] = new
+        if new in provided:
+            raise StructureError(
+                f'load_into: source paths {origin[new]!r} and {p!r} both map to {new!r}'
+            )
+        provided[new], origin[new] = unbox(x), p
+    return provided, origin, renamed, dropped
+
+
+def _with_target_dtype(src: Any, tgt: Any, cast: bool) -> Any:
+    """``src`` in the target's dtype where that is allowed, else None (a mismatch).
+
+    A Python scalar has no dtype of its own: the target's wins if it holds the
+    value. Arrays of another dtype convert only with ``cast``.
+    """
+    t_dtype, s_dtype = getattr(tgt, 'dtype', None), getattr(src, 'dtype', None)
+    if t_dtype is not None and s_dtype is None and isinstance(src, (bool, int, float, complex)):
+        cast_src = np.asarray(src).astype(t_dtype)
+        return cast_src if cast_src.item() == src else None
+    if t_dtype is not None and s_dtype is not None and not same_dtype(t_dtype, s_dtype):
+        return jnp.asarray(src).astype(t_dtype) if cast else None
+    return src
+
+
 def load_into(
     target: PyTree,
     source: PyTree,
@@ -139,23 +179,7 @@ def load_into(
     """
     t_leaves, t_def, t_paths = flatten_with_paths(target)
     s_leaves, _, s_paths = flatten_with_paths(source)
-    rules = list(rename)
-    provided: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    renamed: dict[str, str] = {}
-    dropped: list[str] = []
-    for p, x in zip(s_paths, s_leaves):
-        new, hit = _rename(p, rules)
-        if new is None:
-            dropped.append(p)
-            continue
-        if hit and new != p:
-            renamed[p] = new
-        if new in provided:
-            raise StructureError(
-                f'load_into: source paths {origin[new]!r} and {p!r} both map to {new!r}'
-            )
-        provided[new], origin[new] = unbox(x), p
+    provided, origin, renamed, dropped = _renamed_source(s_paths, s_leaves, list(rename))
     skip_pred = compile_pattern(skip) if skip else (lambda _: False)
     out, loaded, missing, skipped = [], [], [], []
     shape_mm: dict[str, tuple[str, str]] = {}
@@ -175,21 +199,11 @@ def load_into(
             shape_mm[p] = (describe(tgt), describe(src))
             out.append(x)
             continue
-        t_dtype, s_dtype = getattr(tgt, 'dtype', None), getattr(src, 'dtype', None)
-        if t_dtype is not None and s_dtype is None and isinstance(src, (bool, int, float, complex)):
-            # a Python scalar has no dtype of its own: the target's wins, if it holds the value
-            cast_src = np.asarray(src).astype(t_dtype)
-            if cast_src.item() != src:
-                dtype_mm[p] = (describe(tgt), describe(src))
-                out.append(x)
-                continue
-            src = cast_src
-        if t_dtype is not None and s_dtype is not None and not same_dtype(t_dtype, s_dtype):
-            if not cast:
-                dtype_mm[p] = (describe(tgt), describe(src))
-                out.append(x)
-                continue
-            src = jnp.asarray(src).astype(t_dtype)
+        src = _with_target_dtype(src, tgt, cast)
+        if src is None:
+            dtype_mm[p] = (describe(tgt), describe(provided[p]))
+            out.append(x)
+            continue
         loaded.append(p)
         out.append(rebox(x, _put_like(src, tgt)))
     known = set(t_paths)
