@@ -138,6 +138,40 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
     return jnp.sqrt(total) * top
 
 
+def _leaf_column(g: Any, p: Any, u: Any, extras: bool) -> jax.Array:
+    """One leaf's raw column: n, mean, ss, scale, amax, zeros, nonfinite, and the
+    parameter and update sums of squares with their scales (NaN when absent)."""
+    nan = jnp.array(jnp.nan, jnp.float32)
+    one = jnp.ones((), jnp.float32)
+    gp = jax_grad_partials(g, extras)
+    n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
+    pss, pscale = _norm_parts(p) if p is not None else (nan, one)
+    uss, uscale = _norm_parts(u) if u is not None else (nan, one)
+    parts = [n, gp[2], gp.ss, gp.scale, gp.amax, gp.zeros, gp.nonfinite, pss, pscale, uss, uscale]
+    return jnp.stack(parts).astype(jnp.float32)
+
+
+def _grouped(raw: jax.Array, names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], Any]:
+    """The raw columns pooled by the first ``depth`` keys: group names, and
+    (n, mean, grad norm, param norm, update norm, amax, zeros, nonfinite)."""
+    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
+    groups: dict[str, int] = {}
+    seg = [groups.setdefault('/'.join(p.split('/')[:depth]), len(groups)) for p in names]
+    ids = jnp.asarray(seg, jnp.int32)
+    k = len(groups)
+    total = jax.ops.segment_sum(n, ids, num_segments=k)
+    return tuple(groups), (
+        total,
+        jax.ops.segment_sum(n * mean, ids, num_segments=k) / jnp.maximum(total, 1),
+        _pooled_norm(ss, scale, ids, k),
+        _pooled_norm(pss, pscale, ids, k),
+        _pooled_norm(uss, uscale, ids, k),
+        jax.ops.segment_max(amax, ids, num_segments=k),
+        jax.ops.segment_sum(zeros, ids, num_segments=k),
+        jax.ops.segment_sum(nonfinite, ids, num_segments=k),
+    )
+
+
 def grad_stats(
     grads: PyTree,
     params: PyTree | None = None,
@@ -181,51 +215,21 @@ def grad_stats(
     keep = [i for i, g in enumerate(g_leaves) if is_array(g)]
     p_leaves = _leaf_lists(params, 'params', paths_)[0] if params is not None else None
     u_leaves = _leaf_lists(updates, 'updates', paths_)[0] if updates is not None else None
-    nan = jnp.array(jnp.nan, jnp.float32)
-    one = jnp.ones((), jnp.float32)
-    cols = []  # per leaf: n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale
-    for i in keep:
-        g = g_leaves[i]
-        gp = jax_grad_partials(g, extras)
-        n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
-        pss, pscale = _norm_parts(p_leaves[i]) if p_leaves is not None else (nan, one)
-        uss, uscale = _norm_parts(u_leaves[i]) if u_leaves is not None else (nan, one)
-        cols.append(
-            jnp.stack(
-                [
-                    n,
-                    *gp[2:3],
-                    gp.ss,
-                    gp.scale,
-                    gp.amax,
-                    gp.zeros,
-                    gp.nonfinite,
-                    pss,
-                    pscale,
-                    uss,
-                    uscale,
-                ]
-            ).astype(jnp.float32)
+    cols = [
+        _leaf_column(
+            g_leaves[i],
+            p_leaves[i] if p_leaves is not None else None,
+            u_leaves[i] if u_leaves is not None else None,
+            extras,
         )
+        for i in keep
+    ]
     names = tuple(paths_[i] for i in keep)
     raw = jnp.stack(cols) if cols else jnp.zeros((0, 11), jnp.float32)
     n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
     global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
     if depth is not None:
-        groups: dict[str, int] = {}
-        seg = [groups.setdefault('/'.join(p.split('/')[:depth]), len(groups)) for p in names]
-        ids = jnp.asarray(seg, jnp.int32)
-        k = len(groups)
-        total = jax.ops.segment_sum(n, ids, num_segments=k)
-        mean = jax.ops.segment_sum(n * mean, ids, num_segments=k) / jnp.maximum(total, 1)
-        gnorm = _pooled_norm(ss, scale, ids, k)
-        pnorm = _pooled_norm(pss, pscale, ids, k)
-        unorm = _pooled_norm(uss, uscale, ids, k)
-        amax = jax.ops.segment_max(amax, ids, num_segments=k)
-        zeros = jax.ops.segment_sum(zeros, ids, num_segments=k)
-        nonfinite = jax.ops.segment_sum(nonfinite, ids, num_segments=k)
-        n = total
-        names = tuple(groups)
+        names, (n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite) = _grouped(raw, names, depth)
     else:
         gnorm, pnorm, unorm = jnp.sqrt(ss) * scale, jnp.sqrt(pss) * pscale, jnp.sqrt(uss) * uscale
     safe = jnp.maximum(n, 1)
