@@ -165,7 +165,7 @@ def _run_demo(steps: int, out: str, plain: bool) -> int:
     o.print('Fine-tuning: load the MLP into a model with a new 3-output head')
     new_net = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
     target = new_net.init(jax.random.key(5), x)
-    loaded, report = ptp.load_into(target, params, skip='params/layers_2/**')
+    loaded, report = ptp.load_into(params, like=target, skip='params/layers_2/**')
     o.print(f'  {report}')
 
     # 4. Tied parameters ------------------------------------------------------

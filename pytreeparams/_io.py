@@ -111,7 +111,7 @@ def _keys_to_data(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
 
     if not any(is_key_dtype(getattr(x, 'dtype', None)) for x in jax.tree_util.tree_leaves(tree)):
         return tree, impls
-    return map_with_path(to_data, tree), impls
+    return map_with_path(tree, to_data), impls
 
 
 def _like_key_data(like: PyTree, impls: Mapping[str, str]) -> PyTree:
@@ -122,7 +122,7 @@ def _like_key_data(like: PyTree, impls: Mapping[str, str]) -> PyTree:
             return jax.eval_shape(jax.random.key_data, x)
         return x
 
-    return map_with_path(to_data, like)
+    return map_with_path(like, to_data)
 
 
 def _data_to_keys(tree: PyTree, impls: Any, path: str) -> PyTree:

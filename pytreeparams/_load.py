@@ -14,7 +14,7 @@ import numpy as np
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._keys import describe, rebox, same_dtype, unbox
-from ._messages import quote_list
+from ._messages import deprecated, quote_list
 from ._patterns import compile_pattern
 from ._typing import Pattern, PyTree
 
@@ -38,7 +38,7 @@ class LoadReport:
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
       >>> target = {'w': jnp.zeros(2), 'b': jnp.zeros(1)}
-      >>> _, report = ptp.load_into(target, {'w': jnp.ones(2)}, strict=False)
+      >>> _, report = ptp.load_into({'w': jnp.ones(2)}, like=target, strict=False)
       >>> report.missing, report.ok
       (('b',), False)
     """
@@ -138,20 +138,23 @@ def _with_target_dtype(src: Any, tgt: Any, cast: bool) -> Any:
 
 
 def load_into(
-    target: PyTree,
     source: PyTree,
-    *,
+    *old: PyTree,
+    like: PyTree = None,
     rename: Sequence[tuple[str | re.Pattern[str], str | None]] = (),
     skip: Pattern = (),
     strict: bool = True,
     cast: bool = False,
 ) -> tuple[PyTree, LoadReport]:
-    """Copies ``source`` leaves into ``target`` by path, reporting what differs.
+    """Copies ``source`` leaves into a tree shaped ``like``, by path, reporting what differs.
 
     Args:
-      target: A freshly initialized (or abstract) tree; its structure,
-        containers, boxes and shardings are kept.
       source: A loaded checkpoint tree.
+      *old: The old spelling ``load_into(target, source)`` (deprecated: it
+        warns and still works for one release).
+      like: The target: a freshly initialized (or abstract) tree; its
+        structure, containers, boxes and shardings are kept, and its values
+        stay where the source has nothing that fits.
       rename: Ordered ``(regex, replacement)`` pairs applied to source paths
         (``fullmatch``, group references like ``r'\\1'`` allowed, first match
         wins, ``None`` drops the entry).
@@ -167,17 +170,25 @@ def load_into(
     Raises:
       StructureError: With ``strict``, naming every problem; always when two
         source paths map to one target path.
+      TypeError: Without ``like``.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
       >>> target = {'body': {'w': jnp.zeros(2)}, 'head': {'w': jnp.zeros(3)}}
       >>> source = {'backbone': {'w': jnp.ones(2)}, 'head': {'w': jnp.ones(10)}}
       >>> params, report = ptp.load_into(
-      ...     target, source, rename=[(r'backbone/(.*)', r'body/\\1')], skip='head/**')
+      ...     source, like=target, rename=[(r'backbone/(.*)', r'body/\\1')], skip='head/**')
       >>> params['body']['w'].tolist(), report.renamed, report.skipped
       ([1.0, 1.0], {'backbone/w': 'body/w'}, ('head/w',))
     """
-    t_leaves, t_def, t_paths = flatten_with_paths(target)
+    if old:  # load_into(target, source)
+        if len(old) > 1 or like is not None:
+            raise TypeError('load_into(source, like=target): give the target as like=')
+        deprecated('ptp.load_into(target, source)', 'ptp.load_into(source, like=target)')
+        source, like = old[0], source
+    if like is None:
+        raise TypeError('load_into(source, like=target): like= (the tree to fill) is missing')
+    t_leaves, t_def, t_paths = flatten_with_paths(like)
     s_leaves, _, s_paths = flatten_with_paths(source)
     provided, origin, renamed, dropped = _renamed_source(s_paths, s_leaves, list(rename))
     skip_pred = compile_pattern(skip) if skip else (lambda _: False)

@@ -7,6 +7,7 @@ so that every layer above can use them: the ground floor of the package.
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable, Sequence
 
 from ._errors import StructureError
@@ -127,7 +128,7 @@ def like_mismatch(
         )
     elif partial_hint:
         hints.append(
-            f'For a partial load use ptp.load_into(like, ptp.load({path!r}), strict=False), '
+            f'For a partial load use ptp.load_into(ptp.load({path!r}), like=like, strict=False), '
             'which returns (tree, report)'
         )
     return StructureError(
@@ -135,4 +136,13 @@ def like_mismatch(
         + '; '.join(parts)
         + ''.join(f'. {h}' for h in hints)
         + '.'
+    )
+
+
+def deprecated(old: str, new: str) -> None:
+    """Warns (``DeprecationWarning``, at the caller's line) that ``old`` is spelled ``new`` now."""
+    warnings.warn(
+        f'{old} is deprecated and will be removed in the next release: write {new}',
+        DeprecationWarning,
+        stacklevel=3,
     )

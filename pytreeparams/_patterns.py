@@ -21,7 +21,7 @@ import jax
 from ._errors import PathError, StructureError
 from ._flatten import LRU, flatten_with_paths
 from ._keys import is_box, rebox, unbox
-from ._messages import no_match_message, plural, quote_list
+from ._messages import deprecated, no_match_message, plural, quote_list
 from ._typing import Leaf, Pattern, PyTree
 
 MATCH_CACHE = LRU()
@@ -219,12 +219,13 @@ def update(
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def map_with_path(fn: Callable[[str, Leaf], Leaf], tree: PyTree) -> PyTree:
+def map_with_path(tree: PyTree, fn: Callable[[str, Leaf], Leaf]) -> PyTree:
     """Maps ``fn(path, leaf)`` over every leaf, keeping containers and boxes.
 
     Args:
+      tree: Any pytree (the tree first, as in every function here; the old
+        order ``map_with_path(fn, tree)`` warns and still works for one release).
       fn: Called with the path string and the (unboxed) leaf.
-      tree: Any pytree.
 
     Returns:
       A tree of ``fn``'s results with ``tree``'s structure.
@@ -234,9 +235,12 @@ def map_with_path(fn: Callable[[str, Leaf], Leaf], tree: PyTree) -> PyTree:
 
     Example:
       >>> import pytreeparams as ptp
-      >>> ptp.map_with_path(lambda p, x: p, {'a': 1, 'b': [2]})
+      >>> ptp.map_with_path({'a': 1, 'b': [2]}, lambda p, x: p)
       {'a': 'a', 'b': ['b/0']}
     """
+    if callable(tree) and not callable(fn):
+        deprecated('ptp.map_with_path(fn, tree)', 'ptp.map_with_path(tree, fn)')
+        tree, fn = fn, tree
     leaves, treedef, paths_ = flatten_with_paths(tree)
     new = [rebox(x, fn(p, unbox(x))) for p, x in zip(paths_, leaves, strict=False)]
     return jax.tree_util.tree_unflatten(treedef, new)

@@ -522,4 +522,4 @@ def shapes(tree: PyTree) -> PyTree:
       {'b': [(8,)], 'w': (4, 8)}
     """
 
-    return map_with_path(lambda _, x: tuple(np.shape(x)) if is_array(x) else None, tree)
+    return map_with_path(tree, lambda _, x: tuple(np.shape(x)) if is_array(x) else None)

@@ -38,18 +38,18 @@ def test_finetune_load_new_head():
     ckpt = TinyViT(1000).init(jax.random.key(0), x)
     target = TinyViT(10).init(jax.random.key(1), x)
     with pytest.raises(ptp.StructureError) as e:
-        ptp.load_into(target, ckpt)
+        ptp.load_into(ckpt, like=target)
     msg = str(e.value)
     assert "'params/head/bias' (target float32[10], source float32[1000])" in msg
     assert "'params/head/kernel' (target float32[8,10], source float32[8,1000])" in msg
-    params, report = ptp.load_into(target, ckpt, skip='params/head/**')
+    params, report = ptp.load_into(ckpt, like=target, skip='params/head/**')
     assert report.ok and report.skipped == ('params/head/bias', 'params/head/kernel')
     for p in ptp.paths(ckpt):
         if p.startswith('params/head'):
             assert ptp.get(params, p) is ptp.get(target, p)
         else:
             np.testing.assert_array_equal(ptp.get(params, p), ptp.get(ckpt, p))
-    loose, rep = ptp.load_into(target, ckpt, strict=False)
+    loose, rep = ptp.load_into(ckpt, like=target, strict=False)
     assert set(rep.shape_mismatch) == {'params/head/bias', 'params/head/kernel'}
     assert ptp.get(loose, 'params/head/kernel') is ptp.get(target, 'params/head/kernel')
 
@@ -58,13 +58,13 @@ def test_missing_cls_and_unexpected_pre_logits():
     x = jnp.ones((1, 4))
     ckpt = TinyViT(10, pre_logits=True).init(jax.random.key(0), x)
     target = TinyViT(10, cls_token=True).init(jax.random.key(1), x)
-    params, report = ptp.load_into(target, ckpt, strict=False)
+    params, report = ptp.load_into(ckpt, like=target, strict=False)
     assert report.missing == ('params/cls',)
     assert report.unexpected == ('params/pre_logits/bias', 'params/pre_logits/kernel')
     with pytest.raises(ptp.StructureError, match=r"missing in source \(1\): 'params/cls'"):
-        ptp.load_into(target, ckpt)
+        ptp.load_into(ckpt, like=target)
     _, report = ptp.load_into(
-        target, ckpt, rename=[(r'params/pre_logits/.*', None)], skip='params/cls'
+        ckpt, like=target, rename=[(r'params/pre_logits/.*', None)], skip='params/cls'
     )
     assert report.ok and report.dropped == ('params/pre_logits/bias', 'params/pre_logits/kernel')
 
@@ -77,25 +77,25 @@ def test_rename_with_groups_and_dtype_cast():
     }
     rules = [(r'layer_(\d+)/weight', r'blocks/\1/w')]
     with pytest.raises(ptp.StructureError, match=r"dtype mismatch \(1\): 'blocks/1/w'"):
-        ptp.load_into(target, source, rename=rules)
-    params, report = ptp.load_into(target, source, rename=rules, cast=True)
+        ptp.load_into(source, like=target, rename=rules)
+    params, report = ptp.load_into(source, like=target, rename=rules, cast=True)
     assert report.renamed == {'layer_0/weight': 'blocks/0/w', 'layer_1/weight': 'blocks/1/w'}
     assert params['blocks']['1']['w'].dtype == jnp.float32
     np.testing.assert_array_equal(params['blocks']['1']['w'], 2.0)
     with pytest.raises(ptp.StructureError, match='both map to'):
-        ptp.load_into(target, source, rename=[(r'.*', 'blocks/0/w')])
+        ptp.load_into(source, like=target, rename=[(r'.*', 'blocks/0/w')])
 
 
 def test_abstract_target(mlp_params):
     abstract = jax.eval_shape(lambda: mlp_params)
-    params, report = ptp.load_into(abstract, mlp_params)
+    params, report = ptp.load_into(mlp_params, like=abstract)
     assert report.ok
     chex.assert_trees_all_equal(params, mlp_params)
 
 
 @given(trees())
 def test_load_into_self_is_identity(tree):
-    params, report = ptp.load_into(tree, tree)
+    params, report = ptp.load_into(tree, like=tree)
     assert report.ok and report.loaded == tuple(ptp.paths(tree))
     chex.assert_trees_all_equal(params, tree)
 
@@ -116,7 +116,7 @@ SHARDED = textwrap.dedent(
         assert new[k].sharding == tree[k].sharding, (k, new[k].sharding)
         assert not np.array_equal(np.asarray(new[k]), 1.0)
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in tree.items()}
-    loaded, rep = ptp.load_into(abstract, {k: np.asarray(v) for k, v in new.items()})
+    loaded, rep = ptp.load_into({k: np.asarray(v) for k, v in new.items()}, like=abstract)
     for k in tree:
         assert loaded[k].sharding == sh[k]
     print('OK')
@@ -130,10 +130,28 @@ def test_sharded_reinit_and_load_keep_sharding():
 
 def test_python_scalar_source_takes_the_target_dtype():
     out, report = ptp.load_into(
-        {'x': jnp.zeros(()), 'i': jnp.zeros((), jnp.int32)}, {'x': 5, 'i': 7}
+        {'x': 5, 'i': 7}, like={'x': jnp.zeros(()), 'i': jnp.zeros((), jnp.int32)}
     )
     assert out['x'].dtype == jnp.float32 and float(out['x']) == 5.0 and report.ok
     assert out['i'].dtype == jnp.int32 and int(out['i']) == 7
     # a value the target dtype cannot hold is reported, not silently changed
-    out, report = ptp.load_into({'i': jnp.zeros((), jnp.int32)}, {'i': 2.5}, strict=False)
+    out, report = ptp.load_into({'i': 2.5}, like={'i': jnp.zeros((), jnp.int32)}, strict=False)
     assert not report.ok and 'i' in report.dtype_mismatch and int(out['i']) == 0
+
+
+def test_old_spellings_warn_and_still_work():
+    """The tree first, the target as like=: the old orders warn (DeprecationWarning
+    showing the new call) and give the same result, for one release."""
+    target = {'w': jnp.zeros(2), 'b': jnp.zeros(1)}
+    source = {'w': jnp.ones(2), 'b': jnp.ones(1)}
+    new, report = ptp.load_into(source, like=target)
+    with pytest.warns(DeprecationWarning, match=r'ptp\.load_into\(source, like=target\)'):
+        old, old_report = ptp.load_into(target, source)
+    chex.assert_trees_all_equal(old, new)
+    assert old_report == report
+    with pytest.raises(TypeError, match='like='):
+        ptp.load_into(source)
+    with pytest.warns(DeprecationWarning, match=r'ptp\.map_with_path\(tree, fn\)'):
+        assert ptp.map_with_path(lambda p, x: p, source) == ptp.map_with_path(
+            source, lambda p, x: p
+        )

@@ -127,7 +127,7 @@ def test_update_and_map_with_path(mlp_params, maybe_jit):
         new['params']['layers_0']['kernel'], frozen['params']['layers_0']['kernel']
     )
     chex.assert_trees_all_equal(frozen['params']['layers_0']['bias'], jnp.zeros(8))
-    names = ptp.map_with_path(lambda p, x: p, frozen)
+    names = ptp.map_with_path(frozen, lambda p, x: p)
     assert names['params']['layers_2']['kernel'] == 'params/layers_2/kernel'
 
 

@@ -351,7 +351,7 @@ def test_prng_key_leaves_are_shown_counted_and_compared():
     other = {'k': jax.random.key(1)}
     assert ptp.diff({'k': jax.random.key(0)}, other).rel_change == {'k': float('inf')}
     out, report = ptp.load_into(
-        {'k': jax.random.key(0), 'w': jnp.ones(2)}, {**other, 'w': jnp.zeros(2)}
+        {**other, 'w': jnp.zeros(2)}, like={'k': jax.random.key(0), 'w': jnp.ones(2)}
     )
     assert report.ok
     assert (jax.random.key_data(out['k']) == jax.random.key_data(other['k'])).all()

@@ -122,10 +122,10 @@ print(ptp.get(custom, 'params/layers_0/kernel')[0])"""),
     code("""new_net = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
 target = new_net.init(jax.random.key(5), X)
 try:
-    ptp.load_into(target, params)
+    ptp.load_into(params, like=target)
 except ptp.StructureError as e:
     print(e)
-loaded, report = ptp.load_into(target, params, skip='params/layers_2/**')
+loaded, report = ptp.load_into(params, like=target, skip='params/layers_2/**')
 print(report)"""),
     md("""## 4. Tied parameters
 
