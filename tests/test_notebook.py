@@ -1,4 +1,4 @@
-"""The notebook runs top to bottom; a failing cell fails this test."""
+"""The notebook is the tour's cells (one source) and runs top to bottom."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def test_committed_notebook_has_outputs():
     code = [c for c in nb['cells'] if c['cell_type'] == 'code']
     assert code and all(c.get('execution_count') for c in code)
     assert sum(bool(c.get('outputs')) for c in code) >= len(code) // 2
+
+
+def test_committed_notebook_is_the_tour():
+    """The notebook holds exactly the cells of pytreeparams/_tour.py (the demo's
+    source too): `python tools/build_notebook.py --execute` writes it."""
+    import json
+
+    from pytreeparams._tour import CELLS
+
+    nb = json.loads(NOTEBOOK.read_text())
+    cells = [(c['cell_type'], ''.join(c['source'])) for c in nb['cells']]
+    assert cells == list(CELLS)
