@@ -74,17 +74,27 @@ def test_bad_and_missing_files(tmp_path):
     assert r.returncode == 2 and 'cannot tell the format' in r.stderr
 
 
-def test_exit_codes_version_and_one_line_errors(files, tmp_path):
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """The command line in this process (one real subprocess is in test_summary_command)."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse: --version, usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_exit_codes_version_and_one_line_errors(files, tmp_path, capsys):
     pa, pb = files
-    assert cli('diff', str(pa), str(pa)).returncode == 0  # equal
-    assert cli('diff', str(pa), str(pb)).returncode == 1  # different
-    r = cli('--version')
-    assert r.returncode == 0 and r.stdout.startswith('pytreeparams ')
-    r = cli('summary', str(pa), '--depth', '0')
-    assert r.returncode == 0 and 'params/layers_0' not in r.stdout and '4 leaves' in r.stdout
+    assert _main(capsys, 'diff', str(pa), str(pa))[0] == 0  # equal
+    assert _main(capsys, 'diff', str(pa), str(pb))[0] == 1  # different
+    code, out, _ = _main(capsys, '--version')
+    assert code == 0 and out.startswith('pytreeparams ')
+    code, out, _ = _main(capsys, 'summary', str(pa), '--depth', '0')
+    assert code == 0 and 'params/layers_0' not in out and '4 leaves' in out
     upper = tmp_path / 'A.SAFETENSORS'
     upper.write_bytes(pa.read_bytes())
-    assert cli('summary', str(upper)).returncode == 0
+    assert _main(capsys, 'summary', str(upper))[0] == 0
     afile = tmp_path / 'afile'
     afile.write_text('x')
     bad_inputs = [
@@ -96,9 +106,9 @@ def test_exit_codes_version_and_one_line_errors(files, tmp_path):
         ('diff', str(pa), str(tmp_path / 'missing.msgpack')),
     ]
     for args in bad_inputs:
-        r = cli(*args)
-        assert r.returncode == 2, (args, r.stdout, r.stderr)
-        assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, args
+        code, out, err = _main(capsys, *args)
+        assert code == 2, (args, out, err)
+        assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, args
 
 
 def test_closed_pipe_ends_quietly(files):
