@@ -58,6 +58,9 @@ from ._tying import tie as tie
 from ._tying import tied_grads as tied_grads
 from ._tying import transpose as transpose
 from ._tying import untie as untie
+from ._watch import WatchState as WatchState
+from ._watch import watch as watch
+from ._watch import watched as watched
 
 __version__ = '0.1.0'
 
@@ -82,6 +85,7 @@ __all__ = [
     'Summary',
     'TieGroup',
     'Ties',
+    'WatchState',
     'assert_finite',
     'combine',
     'count',
@@ -120,4 +124,6 @@ __all__ = [
     'unflatten',
     'untie',
     'update',
+    'watch',
+    'watched',
 ]

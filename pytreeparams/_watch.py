@@ -1,0 +1,126 @@
+"""Gradient statistics at the optimizer: ``ptp.watch`` wraps an optax
+transformation and keeps the latest :class:`GradStats` in its state."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ._grads import GradStats, grad_stats
+from ._keys import unbox
+from ._typing import PyTree
+
+__all__ = ['WatchState', 'watch', 'watched']
+
+
+class WatchState(NamedTuple):
+    """The state of :func:`watch`: the wrapped transformation's, and the statistics.
+
+    Attributes:
+      inner: The wrapped transformation's state.
+      stats: The :class:`GradStats` of the last update (zeros before the first).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, pytreeparams as ptp
+      >>> state = ptp.watch(optax.sgd(0.1)).init({'w': jnp.ones(2)})
+      >>> isinstance(state, ptp.WatchState), state.stats.table.shape
+      (True, (1, 10))
+    """
+
+    inner: optax.OptState
+    stats: GradStats
+
+
+def watch(
+    tx: optax.GradientTransformation | None = None,
+    *,
+    depth: int | None = None,
+    extras: bool = True,
+) -> optax.GradientTransformation:
+    """Wraps ``tx`` so that its state keeps per-layer statistics of every update.
+
+    The updates pass through unchanged. Each ``update`` records
+    ``ptp.grad_stats(grads, params, updates)`` of the incoming gradients, the
+    parameters and ``tx``'s outgoing updates, in one pass per leaf inside the
+    jitted step. Wrap the whole optimizer (``watch(optax.chain(clip, adamw))``)
+    to see the gradients before clipping and the final updates; read the
+    statistics with :func:`watched`. Works under ``jit``, in ``optax.chain``,
+    ``optax.MultiSteps`` and ``nnx.Optimizer``, on sharded parameters.
+
+    Args:
+      tx: The transformation to wrap (default: ``optax.identity()``, for a
+        place in a chain: ``optax.chain(watch(), clip, adamw)``).
+      depth: Group the statistics by the first ``depth`` keys (per module).
+      extras: Also the mean, zero fraction and non-finite count (as in
+        :func:`grad_stats`).
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`WatchState`.
+
+    Raises:
+      StructureError: At ``update``, if the gradients' paths differ from the
+        parameters'.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, pytreeparams as ptp
+      >>> params = {'w': jnp.ones(3)}
+      >>> tx = ptp.watch(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)))
+      >>> state = tx.init(params)
+      >>> updates, state = jax.jit(tx.update)({'w': jnp.array([3.0, 4.0, 0.0])}, state, params)
+      >>> float(ptp.watched(state).global_norm)  # before clipping
+      5.0
+    """
+    inner_tx = tx if tx is not None else optax.identity()
+
+    def stats_of(grads: PyTree, params: PyTree, updates: PyTree) -> GradStats:
+        return grad_stats(grads, params, updates, depth=depth, extras=extras)
+
+    def init(params: PyTree) -> WatchState:
+        shapes = jax.eval_shape(stats_of, params, params, params)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return WatchState(inner_tx.init(params), zeros)
+
+    def update(
+        updates: PyTree, state: WatchState, params: PyTree | None = None
+    ) -> tuple[PyTree, WatchState]:
+        new, inner = inner_tx.update(updates, state.inner, params)
+        return new, WatchState(inner, stats_of(updates, params, new))
+
+    return optax.GradientTransformation(init, update)
+
+
+def watched(opt_state: Any) -> GradStats | None:
+    """The :class:`GradStats` that :func:`watch` keeps in an optimizer state.
+
+    Args:
+      opt_state: An optax state holding a :class:`WatchState` anywhere (a chain,
+        ``MultiSteps``), or an ``nnx.Optimizer`` (or its ``opt_state``).
+
+    Returns:
+      The statistics of the last update (of the first ``watch`` found), or
+      None if there is no ``watch`` in the state.
+
+    Raises:
+      Nothing: a state without ``watch`` gives None.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, pytreeparams as ptp
+      >>> state = ptp.watch(optax.sgd(0.1)).init({'w': jnp.ones(2)})
+      >>> ptp.watched(state).paths
+      ('w',)
+    """
+    opt_state = getattr(opt_state, 'opt_state', opt_state)  # nnx.Optimizer
+    found = [
+        x
+        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, WatchState))
+        if isinstance(x, WatchState)
+    ]
+    if not found:
+        return None
+    stats = found[0].stats
+    return GradStats(
+        table=unbox(stats.table), global_norm=unbox(stats.global_norm), paths=stats.paths
+    )

@@ -1,0 +1,103 @@
+"""Tests for ptp.watch and ptp.watched (_watch): statistics kept by the optimizer."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import run_on_8_devices
+from flax import nnx
+
+import pytreeparams as ptp
+
+PARAMS = {'enc': {'w': jnp.ones((3, 2))}, 'b': jnp.ones(2)}
+GRADS = {'enc': {'w': jnp.full((3, 2), 2.0)}, 'b': jnp.array([3.0, 4.0])}
+
+
+@pytest.mark.parametrize('jit', [False, True])
+def test_watch_in_a_chain_sees_the_gradients_before_clipping(jit):
+    """watch() first in a chain: the recorded norm is the unclipped one
+    (optax.tree.norm), the updates are exactly the unwatched chain's."""
+    plain = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    watched_tx = optax.chain(ptp.watch(), optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    upd = jax.jit(watched_tx.update) if jit else watched_tx.update
+    state = watched_tx.init(PARAMS)
+    assert float(ptp.watched(state).global_norm) == 0.0  # nothing seen yet
+    updates, state = upd(GRADS, state, PARAMS)
+    want, _ = plain.update(GRADS, plain.init(PARAMS), PARAMS)
+    chex.assert_trees_all_close(updates, want)
+    stats = ptp.watched(state)
+    chex.assert_trees_all_close(stats.global_norm, optax.tree.norm(GRADS), rtol=1e-6)
+    assert stats.paths == ('b', 'enc/w')
+    chex.assert_trees_all_close(stats['grad_norm'], jnp.array([5.0, np.sqrt(24.0)]), rtol=1e-6)
+    chex.assert_trees_all_close(stats['param_norm'], jnp.array([np.sqrt(2.0), np.sqrt(6.0)]))
+
+
+def test_watch_around_the_optimizer_records_its_final_updates():
+    tx = ptp.watch(optax.sgd(0.5), depth=1)
+    updates, state = jax.jit(tx.update)(GRADS, tx.init(PARAMS), PARAMS)
+    stats = ptp.watched(state)
+    assert stats.paths == ('b', 'enc')
+    chex.assert_trees_all_close(stats['update_norm'], 0.5 * stats['grad_norm'], rtol=1e-6)
+    chex.assert_trees_all_close(updates, jax.tree.map(lambda g: -0.5 * g, GRADS))
+
+
+def test_watch_inside_multisteps_records_the_accumulated_gradient():
+    tx = optax.MultiSteps(ptp.watch(optax.adam(1e-3)), every_k_schedule=2)
+    state = tx.init(PARAMS)
+    other = jax.tree.map(lambda g: -g, GRADS)
+    upd = jax.jit(tx.update)
+    _, state = upd(GRADS, state, PARAMS)
+    assert float(ptp.watched(state).global_norm) == 0.0  # the inner step has not run yet
+    _, state = upd(jax.tree.map(lambda g: 3 * g, GRADS), state, PARAMS)
+    mean = jax.tree.map(lambda a, b: (a + 3 * b) / 2, GRADS, GRADS)
+    chex.assert_trees_all_close(ptp.watched(state).global_norm, optax.tree.norm(mean), rtol=1e-6)
+    del other
+
+
+def test_watch_with_an_nnx_optimizer():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(2, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.lin(x)
+
+    model = Net(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, ptp.watch(optax.sgd(0.1)), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, x):
+        grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+        opt.update(model, grads)
+        return grads
+
+    grads = step(model, opt, jnp.ones((4, 2)))
+    stats = ptp.watched(opt)
+    assert stats.paths == ('lin/bias', 'lin/kernel')
+    chex.assert_trees_all_close(stats.global_norm, optax.tree.norm(grads), rtol=1e-6)
+    assert ptp.watched(optax.adam(1e-3).init(PARAMS)) is None
+
+
+def test_watch_on_8_devices_with_sharded_parameters():
+    assert 'OK' in run_on_8_devices(
+        """
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import pytreeparams as ptp
+mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('d', 'm'))
+sh = NamedSharding(mesh, P('d', 'm'))
+params = {'w': jax.device_put(jnp.ones((16, 8)), sh)}
+grads = {'w': jax.device_put(jnp.arange(128.0).reshape(16, 8), sh)}
+tx = ptp.watch(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)))
+updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+assert updates['w'].sharding.is_equivalent_to(sh, 2)
+got = float(ptp.watched(state).global_norm)
+want = float(optax.tree.norm(grads))
+assert abs(got - want) <= 1e-5 * want, (got, want)
+print('OK')
+"""
+    )
