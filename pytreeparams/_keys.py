@@ -100,7 +100,7 @@ _KEY_ATTR = {
 }
 
 
-def key_str(entry: Any) -> str:
+def key_str(entry: Any) -> str:  # a jax key entry's key, or a plain key, as a string
     attr = _KEY_ATTR.get(type(entry))
     if attr is None:
         return str(entry)
@@ -112,7 +112,10 @@ def path_tuple(path: PathLike) -> Path:
     """Normalizes a path to a tuple of key strings.
 
     Args:
-      path: ``'a/b/0'`` or ``('a', 'b', 0)``; ``''`` or ``()`` is the root.
+      path: ``'a/b/0'``, ``('a', 'b', 0)``, or a jax key path (the tuples of
+        ``DictKey``/``GetAttrKey``/``SequenceKey``/``FlattenedIndexKey`` that
+        ``jax.tree_util.tree_flatten_with_path`` gives); ``''`` or ``()`` is
+        the root.
 
     Returns:
       The keys as strings, e.g. ``('a', 'b', '0')``.
@@ -133,7 +136,7 @@ def path_tuple(path: PathLike) -> Path:
             )
         return keys
     if isinstance(path, Sequence):
-        return tuple(str(k) for k in path)
+        return tuple(key_str(k) for k in path)  # plain keys and jax key entries alike
     raise PathError(
         f'a path is a string like "params/dense/kernel" or a tuple of keys, '
         f'got {type(path).__name__}: {path!r}'

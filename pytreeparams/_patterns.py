@@ -219,13 +219,17 @@ def update(
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def map_with_path(tree: PyTree, fn: Callable[[str, Leaf], Leaf]) -> PyTree:
+def map_with_path(
+    tree: PyTree, fn: Callable[[Any, Leaf], Leaf], *, key_paths: bool = False
+) -> PyTree:
     """Maps ``fn(path, leaf)`` over every leaf, keeping containers and boxes.
 
     Args:
       tree: Any pytree (the tree first, as in every function here; the old
         order ``map_with_path(fn, tree)`` warns and still works for one release).
       fn: Called with the path string and the (unboxed) leaf.
+      key_paths: Hand ``fn`` the jax key path (as ``jax.tree_util.
+        tree_map_with_path`` does) instead of the path string.
 
     Returns:
       A tree of ``fn``'s results with ``tree``'s structure.
@@ -242,6 +246,8 @@ def map_with_path(tree: PyTree, fn: Callable[[str, Leaf], Leaf]) -> PyTree:
         deprecated('ptp.map_with_path(fn, tree)', 'ptp.map_with_path(tree, fn)')
         tree, fn = fn, tree
     leaves, treedef, paths_ = flatten_with_paths(tree)
+    if key_paths:
+        paths_ = [kp for kp, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)[0]]
     new = [rebox(x, fn(p, unbox(x))) for p, x in zip(paths_, leaves, strict=False)]
     return jax.tree_util.tree_unflatten(treedef, new)
 

@@ -537,3 +537,35 @@ def test_combine_history_and_stats_raise_the_library_errors_with_what_exists():
         hist.array('dense/kernal', 'grad_norm')
     with pytest.raises(KeyError, match="Did you mean 'grad_norm'"):
         hist.array('dense/kernel', 'grad_nrom')
+
+
+def test_jax_key_paths_are_paths_too():
+    """Path strings equal jax's keystr(simple, '/'); a jax key path works wherever a
+    path does; map_with_path can hand fn the key path. On NNX and optax trees."""
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    trees_ = [
+        nnx.state(model),
+        optax.adam(1e-3).init({'w': jnp.ones(2), 'b': [jnp.zeros(1)]}),
+        freeze({'params': {'layers_0': {'kernel': jnp.ones((2, 2))}}}),
+    ]
+
+    def is_box(x):  # boxes (NNX Variables) are transparent in paths, as the docs say
+        return isinstance(x, nnx.Variable)
+
+    entries = (jax.tree_util.DictKey, jax.tree_util.SequenceKey, jax.tree_util.GetAttrKey)
+
+    def is_kp(x):
+        return isinstance(x, tuple) and bool(x) and all(isinstance(e, entries) for e in x)
+
+    for tree in trees_:
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
+        want = [jax.tree_util.keystr(kp, simple=True, separator='/') for kp, _ in flat]
+        assert ptp.paths(tree) == want
+        for kp, leaf in flat:
+            got, leaf = ptp.get(tree, kp), getattr(leaf, 'value', leaf)
+            assert got is leaf or np.array_equal(got, leaf)
+        kps = ptp.map_with_path(tree, lambda kp, x: kp, key_paths=True)
+        assert jax.tree.leaves(kps, is_leaf=is_kp) == [kp for kp, _ in flat]
+    kp = jax.tree_util.tree_flatten_with_path(trees_[2])[0][0][0]
+    new = ptp.set(trees_[2], kp, jnp.zeros((2, 2)))
+    assert isinstance(new, FrozenDict) and float(new['params']['layers_0']['kernel'].sum()) == 0
