@@ -104,14 +104,18 @@ class History:
         return np.asarray(self._global)
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        """``{'path/stat': values over steps}`` for every path and statistic."""
+        """``{'path/stat': values over steps}`` for every path and statistic, and
+        ``'global_norm'`` (gradient statistics) over the steps."""
         self._fetch()
         stacked = np.stack(self._tables) if self._tables else np.zeros((0, 0, 0))
-        return {
+        out = {
             f'{p}/{s}': stacked[:, i, j]
             for i, p in enumerate(self.paths or ())
             for j, s in enumerate(self.columns)
         }
+        if self.columns == GRAD_STAT_NAMES:
+            out['global_norm'] = self.global_norm()
+        return out
 
     def plot(
         self,

@@ -126,7 +126,7 @@ def rich_table(
         from rich import box
         from rich.table import Table
     except ImportError as e:  # pragma: no cover - only reached through rich
-        raise ImportError('rich tables need `pip install pytreeparams[rich]`') from e
+        raise ImportError('rich tables need rich (`pip install rich`)') from e
     widths = [max(len(x) for x in col) for col in zip(header, *cells, total)]
 
     def need(keep: list[int]) -> int:  # box.SIMPLE: three characters between columns

@@ -272,3 +272,12 @@ def test_inspect_differentiates_only_the_float_leaves(jit):
     assert r.stats.paths == ('w',)
     with pytest.raises(TypeError, match='no floating-point leaves'):
         ptp.inspect(loss, {'step': jnp.array(3)}, jnp.ones(3), jit=jit)
+
+
+def test_history_as_dict_includes_the_global_norm():
+    hist = ptp.History()
+    for i, g in enumerate([jnp.array([3.0, 4.0]), jnp.array([6.0, 8.0])]):
+        hist.append(i, ptp.grad_stats({'w': g}))
+    d = hist.as_dict()
+    np.testing.assert_allclose(d['global_norm'], [5.0, 10.0], rtol=1e-6)
+    np.testing.assert_allclose(d['w/grad_norm'], d['global_norm'], rtol=1e-6)
