@@ -98,6 +98,39 @@ def bench(name, loss_fn, params, batch, rounds, number):
     )
 
 
+def bench_watch(loss_fn, params, batch, rounds, number) -> None:
+    """ptp.watch around adam: every step, every 10th step, against the plain step."""
+
+    def make(tx):
+        state = [tx.init(params)]  # advanced by every call, so that every=N takes its turns
+
+        @jax.jit
+        def step(params, state, batch):
+            grads = jax.grad(loss_fn)(params, batch)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        def run():
+            new, state[0] = step(params, state[0], batch)
+            return new
+
+        return run
+
+    fns = {
+        'plain': make(optax.adam(1e-3)),
+        'watch': make(ptp.watch(optax.adam(1e-3))),
+        'watch10': make(ptp.watch(optax.adam(1e-3), every=10)),
+    }
+    for f in fns.values():
+        jax.block_until_ready(f())
+    res = interleaved(fns, rounds=rounds, number=number)
+    print(
+        f'| adam step | {fmt_s(res["plain"])} | {res["watch"] / res["plain"]:.3f} | '
+        f'{res["watch10"] / res["plain"]:.3f} |',
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=15)
@@ -115,6 +148,11 @@ def main() -> None:
     x = jax.random.normal(jax.random.key(0), (64, 1024))
     y = jax.random.normal(jax.random.key(1), (64, 1))
     p = mlp.init(jax.random.key(2), x)
+    print('\nptp.watch(adam) on the MLP (the every=10 step computes statistics in 1 of 10):')
+    print('| step | plain | watch / plain | watch(every=10) / plain |')
+    print('|---|---|---|---|')
+    bench_watch(lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2), p, (x, y), args.rounds, 10)
+    print()
     bench(
         'MLP 24 x Dense(1024), batch 64',
         lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2),

@@ -22,6 +22,7 @@ class WatchState(NamedTuple):
     Attributes:
       inner: The wrapped transformation's state.
       stats: The :class:`GradStats` of the last update (zeros before the first).
+      count: The updates seen (int32).
 
     Example:
       >>> import jax.numpy as jnp, optax, pytreeparams as ptp
@@ -32,6 +33,7 @@ class WatchState(NamedTuple):
 
     inner: optax.OptState
     stats: GradStats
+    count: jax.Array
 
 
 def watch(
@@ -39,6 +41,7 @@ def watch(
     *,
     depth: int | None = None,
     extras: bool = True,
+    every: int = 1,
 ) -> optax.GradientTransformation:
     """Wraps ``tx`` so that its state keeps per-layer statistics of every update.
 
@@ -56,6 +59,9 @@ def watch(
       depth: Group the statistics by the first ``depth`` keys (per module).
       extras: Also the mean, zero fraction and non-finite count (as in
         :func:`grad_stats`).
+      every: Compute the statistics on every ``every``-th update only (the
+        first, then each ``every``); the other updates keep the last ones and
+        pay for one ``lax.cond``.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`WatchState`.
@@ -63,6 +69,7 @@ def watch(
     Raises:
       StructureError: At ``update``, if the gradients' paths differ from the
         parameters'.
+      ValueError: If ``every`` is not a positive int.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, pytreeparams as ptp
@@ -74,6 +81,8 @@ def watch(
       5.0
     """
     inner_tx = tx if tx is not None else optax.identity()
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
 
     def stats_of(grads: PyTree, params: PyTree, updates: PyTree) -> GradStats:
         return grad_stats(grads, params, updates, depth=depth, extras=extras)
@@ -81,13 +90,21 @@ def watch(
     def init(params: PyTree) -> WatchState:
         shapes = jax.eval_shape(stats_of, params, params, params)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return WatchState(inner_tx.init(params), zeros)
+        return WatchState(inner_tx.init(params), zeros, jnp.zeros((), jnp.int32))
 
     def update(
         updates: PyTree, state: WatchState, params: PyTree | None = None
     ) -> tuple[PyTree, WatchState]:
         new, inner = inner_tx.update(updates, state.inner, params)
-        return new, WatchState(inner, stats_of(updates, params, new))
+        if every == 1:
+            stats = stats_of(updates, params, new)
+        else:
+            stats = jax.lax.cond(
+                state.count % every == 0,
+                lambda: stats_of(updates, params, new),
+                lambda: state.stats,
+            )
+        return new, WatchState(inner, stats, state.count + 1)
 
     return optax.GradientTransformation(init, update)
 

@@ -101,3 +101,18 @@ assert abs(got - want) <= 1e-5 * want, (got, want)
 print('OK')
 """
     )
+
+
+def test_watch_every_n_updates_keeps_the_last_statistics_between():
+    tx = ptp.watch(optax.sgd(0.1), every=3)
+    state = tx.init(PARAMS)
+    upd = jax.jit(tx.update)
+    seen = []
+    for k in range(1, 6):
+        _, state = upd(jax.tree.map(lambda g, k=k: k * g, GRADS), state, PARAMS)
+        seen.append(float(ptp.watched(state).global_norm))
+    base = float(optax.tree.norm(GRADS))
+    np.testing.assert_allclose(seen, [base, base, base, 4 * base, 4 * base], rtol=1e-6)
+    assert int(state.count) == 5
+    with pytest.raises(ValueError, match='positive'):
+        ptp.watch(every=0)
