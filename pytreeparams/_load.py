@@ -15,7 +15,7 @@ from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._keys import describe, rebox, same_dtype, unbox
 from ._messages import deprecated, quote_list
-from ._patterns import compile_pattern
+from ._patterns import capture_pattern, compile_pattern
 from ._typing import Pattern, PyTree
 
 __all__ = ['LoadReport', 'load_into']
@@ -83,8 +83,7 @@ class LoadReport:
 
 def _rename(path: str, rules: Sequence[tuple[Any, str | None]]) -> tuple[str | None, bool]:
     for pattern, repl in rules:
-        rx = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
-        m = rx.fullmatch(path)
+        m = capture_pattern(pattern, 'load_into(rename=)').fullmatch(path)
         if m:
             return (None if repl is None else m.expand(repl)), True
     return path, False
@@ -155,9 +154,10 @@ def load_into(
       like: The target: a freshly initialized (or abstract) tree; its
         structure, containers, boxes and shardings are kept, and its values
         stay where the source has nothing that fits.
-      rename: Ordered ``(regex, replacement)`` pairs applied to source paths
-        (``fullmatch``, group references like ``r'\\1'`` allowed, first match
-        wins, ``None`` drops the entry).
+      rename: Ordered ``(pattern, replacement)`` pairs applied to source paths
+        (first match wins, ``None`` drops the entry). A pattern is a glob whose
+        wildcards are groups (``('backbone/**', r'body/\\1')``) or a compiled
+        ``re.Pattern`` with its groups; a regex string is refused.
       skip: Patterns of target paths to keep as they are (e.g. a new head).
       strict: Raise on any missing, unexpected or mismatched entry; else keep
         the target's value for those and report them.
@@ -177,7 +177,7 @@ def load_into(
       >>> target = {'body': {'w': jnp.zeros(2)}, 'head': {'w': jnp.zeros(3)}}
       >>> source = {'backbone': {'w': jnp.ones(2)}, 'head': {'w': jnp.ones(10)}}
       >>> params, report = ptp.load_into(
-      ...     source, like=target, rename=[(r'backbone/(.*)', r'body/\\1')], skip='head/**')
+      ...     source, like=target, rename=[('backbone/**', r'body/\\1')], skip='head/**')
       >>> params['body']['w'].tolist(), report.renamed, report.skipped
       ([1.0, 1.0], {'backbone/w': 'body/w'}, ('head/w',))
     """

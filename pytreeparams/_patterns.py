@@ -31,16 +31,19 @@ MATCH_CACHE = LRU()
 # Patterns.
 
 
-def glob_to_regex(glob: str) -> str:
+def glob_to_regex(glob: str, capture: bool = False) -> str:
     """Translates a path glob into a regular expression (for ``fullmatch``).
 
     Args:
       glob: ``*``/``?`` match within one key, ``**`` any number of keys,
         ``[...]`` a character class (``[!...]`` negated).
+      capture: Make each wildcard a group (``\\1``, ``\\2``... in a rename's
+        replacement); ``**/`` captures the keys with their trailing ``/``.
 
     Returns:
       The regular expression source.
     """
+    grp = (lambda rx: f'({rx})') if capture else (lambda rx: rx)
     out: list[str] = []
     i, n = 0, len(glob)
     while i < n:
@@ -48,16 +51,16 @@ def glob_to_regex(glob: str) -> str:
         if glob.startswith('**', i):
             j = i + 2
             if j < n and glob[j] == '/':
-                out.append('(?:.*/)?')
+                out.append('(.*/)?' if capture else '(?:.*/)?')
                 i = j + 1
             else:
-                out.append('.*')
+                out.append(grp('.*'))
                 i = j
             continue
         if c == '*':
-            out.append('[^/]*')
+            out.append(grp('[^/]*'))
         elif c == '?':
-            out.append('[^/]')
+            out.append(grp('[^/]'))
         elif c == '[':
             end = glob.find(']', i + 2 if glob.startswith('[!', i) else i + 1)
             if end < 0:
@@ -68,12 +71,35 @@ def glob_to_regex(glob: str) -> str:
                 if negate:
                     body = body[1:]
                 body = body.replace('\\', '\\\\').replace('[', '\\[')
-                out.append(f'[^/{body}]' if negate else f'[{body}]')
+                out.append(grp(f'[^/{body}]' if negate else f'[{body}]'))
                 i = end
         else:
             out.append(re.escape(c))
         i += 1
     return ''.join(out)
+
+
+_REGEX_ONLY = re.compile(r'[()|+^${}\\]|\.\*')
+
+
+@functools.lru_cache(maxsize=1024)
+def capture_pattern(pattern: str | re.Pattern[str], what: str) -> re.Pattern[str]:
+    """The regex of a rename or conversion rule: a glob whose wildcards are
+    groups, or a compiled ``re.Pattern`` as it is (one dialect everywhere).
+
+    Raises:
+      ValueError: For a string that is a regular expression (the old form),
+        naming the two ways to write it now.
+    """
+    if isinstance(pattern, re.Pattern):
+        return pattern
+    if _REGEX_ONLY.search(pattern):
+        raise ValueError(
+            f'{what}: {pattern!r} is a regular expression, but a string pattern is a glob '
+            'everywhere in pytreeparams (each *, ** and ? is a group for \\1, \\2 in the '
+            f'replacement). Write it as a glob, or pass re.compile({pattern!r}).'
+        )
+    return re.compile(glob_to_regex(pattern, capture=True))
 
 
 @functools.lru_cache(maxsize=1024)

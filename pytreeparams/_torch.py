@@ -50,6 +50,7 @@ from ._io import read_state_dict
 from ._keys import describe, unbox
 from ._load import LoadReport
 from ._messages import nearest
+from ._patterns import capture_pattern
 from ._stats import from_torch
 from ._typing import PyTree
 
@@ -91,7 +92,9 @@ def _mapping(
 ) -> list[tuple[str, str, tuple[int, ...] | None, Any]]:
     """``(flax path, torch key, permutation, leaf)`` for every leaf of ``like``."""
     leaves, _, paths_ = flatten_with_paths(like)
-    compiled = [(re.compile(r[0]), r[1], (r[2] if len(r) > 2 else 'default')) for r in rules]
+    compiled = [
+        (capture_pattern(r[0], 'rules'), r[1], (r[2] if len(r) > 2 else 'default')) for r in rules
+    ]
     out = []
     for path, leaf in zip(paths_, leaves):
         leaf = unbox(leaf)
@@ -174,9 +177,10 @@ def to_torch_state_dict(
 
     Args:
       params: Flax variables (``{'params': ..., 'batch_stats': ...}``) or params.
-      rules: Extra ``(regex, torch_name)`` or ``(regex, torch_name, perm)``
-        rules, tried first (``fullmatch`` on the Flax path, group references
-        allowed); ``perm`` transposes the array (None: no transpose).
+      rules: Extra ``(pattern, torch_name)`` or ``(pattern, torch_name, perm)``
+        rules, tried first: a glob on the Flax path whose wildcards are groups
+        (``('params/blocks_*/kernel', r'blocks.\\1.weight')``) or a compiled
+        ``re.Pattern``; ``perm`` transposes the array (None: no transpose).
       tensors: Return ``torch.Tensor`` values (imports torch) instead of NumPy.
       after_flatten: ``{dense module path: (H, W, C)}`` for each Dense that
         follows a flatten of a feature map of that shape (Flax's NHWC order):
@@ -312,7 +316,7 @@ def _strict_error(report: LoadReport, sd: dict[str, Any], used: set[str]) -> Str
             if tie_hint
             else ''
         )
-        + '\nAdd rules=[(flax_path_regex, torch_name, perm)]'
+        + '\nAdd rules=[(flax_path_glob, torch_name, perm)]'
         + (', pass cast=True to convert dtypes' if report.dtype_mismatch else '')
         + ' or pass strict=False.'
     )

@@ -64,7 +64,7 @@ def test_missing_cls_and_unexpected_pre_logits():
     with pytest.raises(ptp.StructureError, match=r"missing in source \(1\): 'params/cls'"):
         ptp.load_into(ckpt, like=target)
     _, report = ptp.load_into(
-        ckpt, like=target, rename=[(r'params/pre_logits/.*', None)], skip='params/cls'
+        ckpt, like=target, rename=[('params/pre_logits/**', None)], skip='params/cls'
     )
     assert report.ok and report.dropped == ('params/pre_logits/bias', 'params/pre_logits/kernel')
 
@@ -75,7 +75,7 @@ def test_rename_with_groups_and_dtype_cast():
         'layer_0': {'weight': jnp.ones(2)},
         'layer_1': {'weight': jnp.full(2, 2.0, jnp.bfloat16)},
     }
-    rules = [(r'layer_(\d+)/weight', r'blocks/\1/w')]
+    rules = [('layer_*/weight', r'blocks/\1/w')]
     with pytest.raises(ptp.StructureError, match=r"dtype mismatch \(1\): 'blocks/1/w'"):
         ptp.load_into(source, like=target, rename=rules)
     params, report = ptp.load_into(source, like=target, rename=rules, cast=True)
@@ -83,7 +83,7 @@ def test_rename_with_groups_and_dtype_cast():
     assert params['blocks']['1']['w'].dtype == jnp.float32
     np.testing.assert_array_equal(params['blocks']['1']['w'], 2.0)
     with pytest.raises(ptp.StructureError, match='both map to'):
-        ptp.load_into(source, like=target, rename=[(r'.*', 'blocks/0/w')])
+        ptp.load_into(source, like=target, rename=[('**', 'blocks/0/w')])
 
 
 def test_abstract_target(mlp_params):
@@ -155,3 +155,24 @@ def test_old_spellings_warn_and_still_work():
         assert ptp.map_with_path(lambda p, x: p, source) == ptp.map_with_path(
             source, lambda p, x: p
         )
+
+
+def test_one_pattern_dialect_for_renames_and_rules():
+    """A string is a glob everywhere (its wildcards are groups); a regex is a
+    compiled re.Pattern; the old regex strings get a message naming both forms."""
+    import re
+
+    target = {'blocks': {'0': {'w': jnp.zeros(2)}, '1': {'w': jnp.zeros(2)}}}
+    source = {'layer_0': {'weight': jnp.ones(2)}, 'layer_1': {'weight': 2 * jnp.ones(2)}}
+    by_glob, r1 = ptp.load_into(source, like=target, rename=[('layer_*/weight', r'blocks/\1/w')])
+    by_re, r2 = ptp.load_into(
+        source, like=target, rename=[(re.compile(r'layer_(\d)/weight'), r'blocks/\1/w')]
+    )
+    assert r1.ok and r2.ok
+    chex.assert_trees_all_equal(by_glob, by_re)
+    moved, r3 = ptp.load_into({'old': source}, like={'new': source}, rename=[('old/**', r'new/\1')])
+    assert r3.ok and r3.renamed['old/layer_0/weight'] == 'new/layer_0/weight'
+    with pytest.raises(ValueError, match=r'or pass re\.compile\('):
+        ptp.load_into(source, like=target, rename=[(r'layer_(\d+)/weight', r'blocks/\1/w')])
+    with pytest.raises(ValueError, match='a glob everywhere'):
+        ptp.to_torch_state_dict({'params': {'d': {'kernel': jnp.ones((2, 2))}}}, [(r'.*', 'x')])
