@@ -1,6 +1,7 @@
 """save/load of the GPT-2-small-like tree: safetensors vs flax msgpack vs numpy, same run.
 
 Run: python benchmarks/io.py [--rounds N]
+     python benchmarks/io.py --lazy   (peak memory of partial reads of a 2 GB file)
 """
 
 from __future__ import annotations
@@ -18,11 +19,66 @@ from flax import serialization
 
 import pytreeparams as ptp
 
+_CHILD = """
+import sys
+import pytreeparams as ptp
+
+
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1])
+
+
+before = status('VmRSS:')
+open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS
+if sys.argv[2] == 'select':
+    out = ptp.load(sys.argv[1], select='t_042')
+    assert float(out['t_042'].sum()) != 0
+else:
+    out = ptp.load(sys.argv[1])
+    total = sum(float(v.sum()) for v in out.values())  # every byte read once
+print(before, status('VmHWM:'))
+"""
+
+
+def lazy() -> None:
+    """Peak resident memory growth (VmHWM after a reset, in a fresh process) of
+    reading 1 of 100 tensors of a 2 GB safetensors file, and all of them, against
+    the file size."""
+    import subprocess
+    import sys
+
+    folder = tempfile.mkdtemp(prefix='ptp-lazy-')
+    path = os.path.join(folder, 'big.safetensors')
+    rng = np.random.default_rng(0)
+    tree = {f't_{i:03d}': rng.standard_normal((2048, 2560), np.float32) for i in range(100)}
+    ptp.save(path, tree)
+    del tree
+    size = os.path.getsize(path)
+    print(f'file: {size / 2**30:.2f} GiB, 100 tensors of {2048 * 2560 * 4 / 2**20:.0f} MiB')
+    print('| read | peak RSS growth | / file size |')
+    print('|---|---|---|')
+    for what in ('select', 'all'):
+        out = subprocess.run(
+            [sys.executable, '-c', _CHILD, path, what], capture_output=True, text=True, check=True
+        ).stdout.split()
+        grown = (int(out[1]) - int(out[0])) * 1024
+        label = {
+            'select': "load(path, select='t_042') (1 tensor)",
+            'all': 'load(path), every tensor summed',
+        }
+        print(f'| {label[what]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)
+    shutil.rmtree(folder)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--lazy', action='store_true')
     args = ap.parse_args()
+    if args.lazy:
+        return lazy()
     tree = jax.tree.map(np.asarray, trees.make('gpt2'))
     flat = ptp.flatten(tree)
     folder = tempfile.mkdtemp(prefix='ptp-io-')

@@ -21,16 +21,16 @@ import jax
 import numpy as np
 from flax.core import FrozenDict
 
-from ._errors import FormatError, StructureError
+from ._errors import FormatError, PathError, StructureError
 from ._flatten import flatten, flatten_with_paths, unflatten
 from ._formats import format_of
 from ._keys import describe, is_key_dtype, unbox
-from ._messages import like_mismatch
+from ._messages import like_mismatch, no_match_message
 from ._msgpack import load_msgpack, save_msgpack
 from ._orbax import load_orbax, orbax_item, orbax_meta, save_orbax
 from ._paths import get
 from ._paths import set as set_path
-from ._patterns import map_with_path
+from ._patterns import map_with_path, match_flags, pattern_texts
 from ._safetensors import (
     load_safetensors,
     nest_names,
@@ -209,6 +209,7 @@ def load(
     *,
     cast: bool = False,
     step: int | None = None,
+    select: Any = None,
 ) -> PyTree:
     """Loads a tree saved by :func:`save` (or by another safetensors writer).
 
@@ -221,6 +222,10 @@ def load(
         a dtype mismatch (the same rule for every format).
       step: For an Orbax ``CheckpointManager`` folder, the step to read (the
         latest by default); a step folder or a single checkpoint works too.
+      select: A pattern (glob, ``re.Pattern`` or a list): only the matching
+        leaves, as nested dicts. A safetensors file is memory-mapped, so only
+        the selected tensors are read from disk (Orbax restores all, then
+        selects). Not with ``like``.
 
     Returns:
       The tree. With ``like``: ``like``'s structure, containers and boxes.
@@ -237,6 +242,8 @@ def load(
       FormatError: If the file is empty, truncated, corrupt or not of its
         format; never a crash or a huge allocation.
       StructureError: If it does not match ``like`` (naming every path).
+      PathError: If ``select`` matches no leaf (naming the nearest).
+      ValueError: For ``select`` with ``like``.
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
@@ -258,6 +265,8 @@ def load(
     else:
         path = orbax_item(path, step)
         meta = orbax_meta(path)
+    if select is not None and like is not None:
+        raise ValueError('load: give select= or like=, not both (like= says what to read)')
     if step is not None and fmt != 'orbax':
         raise ValueError(f'step={step}: only Orbax CheckpointManager folders have steps')
     ties = None
@@ -281,6 +290,12 @@ def load(
         tree = _check_like(tree, like, path, cast, 'torch' if foreign else True)
     if impls:
         tree = _data_to_keys(tree, impls, path)
+    if select is not None:
+        flat = flatten(tree)
+        keep = dict(zip(flat, match_flags(tuple(flat), select)))
+        if not any(keep.values()):
+            raise PathError(no_match_message(pattern_texts(select), list(flat)))
+        tree = unflatten({p: x for p, x in flat.items() if keep[p]})
     if ties is not None:
         try:
             tree = tie(tree, ties)

@@ -4,6 +4,7 @@ read with every tensor accounted for; files of other programs by name."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -138,6 +139,15 @@ def save_safetensors(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
     atomic_write_path(path, lambda tmp: save_file(arrays, tmp, metadata=header))
 
 
+def _mapped(path: str) -> Any:
+    """The file's bytes, memory-mapped read-only (read at once when tiny or empty)."""
+    with open(path, 'rb') as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 4096:
+            return f.read()
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
     """Reads and validates a safetensors file; arrays are views of one buffer.
 
@@ -146,10 +156,11 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] |
     offsets in bounds, sizes equal to dtype size x element count, and tensors
     covering the data region without gaps or overlaps. We parse it here
     because ``safetensors.numpy`` cannot load bfloat16 and
-    ``safetensors.deserialize`` copies every tensor.
+    ``safetensors.deserialize`` copies every tensor. The file is memory-mapped:
+    validation reads the header only, and a tensor's bytes are read when it is
+    used (``load(path, select=...)`` of a big file reads what it selects).
     """
-    with open(path, 'rb') as f:
-        raw = f.read()
+    raw = _mapped(path)
     where = f'{path!r} is not a valid safetensors file'
     if len(raw) < 8:
         raise FormatError(f'{where}: {len(raw)} bytes, shorter than the 8-byte header length')

@@ -746,3 +746,18 @@ def test_load_without_like_gives_the_same_containers_in_every_format(tmp_path):
         chex.assert_trees_all_equal(
             jax.tree.map(np.asarray, back), jax.tree.map(np.asarray, backs[0])
         )
+
+
+def test_load_select_reads_only_the_selected_tensors(tmp_path):
+    """select= gives the matching leaves as nested dicts (a safetensors file is
+    memory-mapped: the peak memory is measured in benchmarks/io.py --lazy)."""
+    tree = {f'block_{i}': {'w': np.full((64, 64), i, np.float32)} for i in range(20)}
+    path = tmp_path / 'big.safetensors'
+    ptp.save(str(path), tree)
+    out = ptp.load(str(path), select='block_3/**')
+    assert list(ptp.paths(out)) == ['block_3/w']
+    np.testing.assert_array_equal(out['block_3']['w'], tree['block_3']['w'])
+    with pytest.raises(ptp.PathError, match='Nearest paths'):
+        ptp.load(str(path), select='block_99/**')
+    with pytest.raises(ValueError, match='not both'):
+        ptp.load(str(path), select='block_3/**', like=tree)
