@@ -40,12 +40,12 @@ from ._patterns import mask as mask
 from ._patterns import partition as partition
 from ._patterns import select as select
 from ._patterns import update as update
+from ._rows import Row as Row
 from ._shared import SharedModule as SharedModule
 from ._shared import shared_modules as shared_modules
 from ._stats import STAT_NAMES as STAT_NAMES
 from ._stats import Stats as Stats
 from ._stats import stats as stats
-from ._summary import Row as Row
 from ._summary import Summary as Summary
 from ._summary import count as count
 from ._summary import nbytes as nbytes

@@ -19,7 +19,8 @@ from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
 from ._io import load
-from ._summary import parameter_count, summary
+from ._rows import parameter_count
+from ._summary import summary
 
 
 def _parser() -> argparse.ArgumentParser:

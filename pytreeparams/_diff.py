@@ -9,8 +9,8 @@ import numpy as np
 
 from ._flatten import flatten
 from ._keys import describe
+from ._rows import is_key_array
 from ._stats import is_array
-from ._summary import is_key_array
 from ._typing import PyTree
 
 __all__ = ['DiffReport', 'diff']

@@ -1,0 +1,238 @@
+"""Summary rows: one leaf's (or group's) counts, bytes and statistics, and
+which leaves are parameters and which other state."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._keys import describe, dtype_name, is_key_dtype
+from ._stats import STAT_NAMES, is_array
+
+__all__ = ['Row', 'combine_rows', 'is_state_path', 'parameter_count']
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One leaf, or one group of leaves, of a :class:`Summary`.
+
+    Attributes:
+      path: The leaf path, the group prefix, or ``'total'``.
+      shape: The leaf shape (None for groups and non-array leaves).
+      dtype: The dtype name (``'mixed'`` for groups of several dtypes).
+      size: Number of elements, an exact Python int.
+      nbytes: Bytes, an exact Python int.
+      mean, std, min, max, l2: Statistics (None without statistics).
+      nonfinite: Number of NaN/Inf values (None without statistics).
+      zero_frac: Fraction of exact zeros (None without statistics).
+      leaves: Number of leaves the row covers.
+      sharding: A description of the sharding, when asked for.
+      note: Free text, e.g. ``'alias of ...'`` for tied leaves.
+      alias: Whether the leaf is an alias of ``ties`` (stored once: not in the totals).
+      extra: Further ``(column, value)`` pairs, e.g. gradient statistics.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> row = ptp.summary({'w': jnp.ones((2, 3))}).rows[0]
+      >>> row.type, row.size, row.nbytes, row.mean
+      ('float32[2,3]', 6, 24, 1.0)
+    """
+
+    path: str
+    shape: tuple[int, ...] | None
+    dtype: str
+    size: int
+    nbytes: int
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    l2: float | None = None
+    nonfinite: int | None = None
+    zero_frac: float | None = None
+    leaves: int = 1
+    sharding: str | None = None
+    note: str = ''
+    alias: bool = False
+    extra: tuple[tuple[str, float | None], ...] = ()
+
+    @property
+    def type(self) -> str:
+        """``'float32[4,8]'`` style description (dtype alone for groups)."""
+        if self.shape is None:
+            return self.dtype
+        return f'{self.dtype}[{",".join(str(d) for d in self.shape)}]'
+
+    def stats(self) -> dict[str, float | None]:
+        """The statistics as a dict in ``STAT_NAMES`` order."""
+        return {k: getattr(self, k) for k in STAT_NAMES}
+
+
+def sharding_str(x: Any) -> str | None:
+    s = getattr(x, 'sharding', None)
+    if s is None:
+        return None
+    spec = getattr(s, 'spec', None)
+    n = len(s.device_set)
+    return f'{spec} on {n} devices' if spec is not None else f'{type(s).__name__} ({n})'
+
+
+_DTYPE_NAMES: dict[Any, tuple[str, int]] = {}
+
+
+def dtype_info(dtype: Any) -> tuple[str, int]:
+    """(name, itemsize) of a dtype, cached (``np.dtype.name`` is slow)."""
+    info = _DTYPE_NAMES.get(dtype)
+    if info is None:
+        if is_key_dtype(dtype):  # PRNG keys: the bytes of their key data
+            info = (dtype_name(dtype), int(dtype.itemsize))
+        else:
+            d = np.dtype(dtype)
+            info = (d.name, d.itemsize)
+        _DTYPE_NAMES[dtype] = info
+    return info
+
+
+_FIELDS = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
+
+
+# Array types whose ``shape`` is a tuple of Python ints and ``dtype`` a NumPy dtype
+# (NumPy arrays and the concrete jax array class, added when first seen).
+_PLAIN_ARRAYS: set[type] = {np.ndarray}
+
+
+def is_plain(x: Any) -> bool:
+    t = type(x)
+    if t in _PLAIN_ARRAYS:
+        return True
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        _PLAIN_ARRAYS.add(t)
+        return True
+    return False
+
+
+def is_key_array(x: Any) -> bool:
+    """A PRNG key array (``jax.random.key``): shown, counted in bytes, no statistics."""
+    dtype = getattr(x, 'dtype', None)
+    return dtype is not None and hasattr(x, 'shape') and is_key_dtype(dtype)
+
+
+def leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:
+    if is_plain(x) and (st is not None or is_array(x)):  # the common case, quickly
+        shape = x.shape
+        name, itemsize = dtype_info(x.dtype)
+        size = math.prod(shape)
+        fields = {'path': path, 'shape': shape, 'dtype': name, 'size': size}
+        fields['nbytes'] = size * itemsize
+    elif is_array(x) or is_key_array(x):
+        shape = tuple(map(int, np.shape(x)))  # () for Python scalars
+        name, itemsize = dtype_info(getattr(x, 'dtype', None) or np.asarray(x).dtype)
+        size = math.prod(shape)
+        fields = dict(path=path, shape=shape, dtype=name, size=size, nbytes=size * itemsize)
+    else:
+        fields = dict(path=path, shape=None, dtype=describe(x), size=0, nbytes=0)
+    if st is not None:
+        fields.update(zip(_FIELDS, st.tolist()))
+        fields['nonfinite'] = int(fields['nonfinite'])
+    if sharding:
+        fields['sharding'] = sharding_str(x)
+    if note:
+        fields['note'] = note
+    return make_row(fields)
+
+
+def make_row(fields: dict[str, Any]) -> Row:
+    """``Row(**fields)`` without the frozen dataclass's per-field ``__setattr__``."""
+    row = object.__new__(Row)
+    row.__dict__.update(_ROW_DEFAULTS)
+    row.__dict__.update(fields)
+    return row
+
+
+def combine_rows(path: str, rows: Sequence[Row]) -> Row:
+    """One row for a group: sums, pooled mean/std, min/max, root-sum-square L2.
+
+    The pooled variance is ``sum(n_i * (var_i + (mean_i - mean)**2)) / N``
+    computed in float64, the exact variance of all the group's elements.
+    """
+    size = sum(r.size for r in rows)
+    dtypes = {r.dtype for r in rows if r.shape is not None}
+    row = Row(
+        path,
+        None,
+        dtypes.pop() if len(dtypes) == 1 else ('mixed' if dtypes else ''),
+        size,
+        sum(r.nbytes for r in rows),
+        leaves=sum(r.leaves for r in rows),
+    )
+    # one pass over the rows: (size, mean, std, min, max, l2, zero_frac, nonfinite)
+    cols = [
+        (r.size, r.mean, r.std, r.min, r.max, r.l2, r.zero_frac, r.nonfinite or 0)
+        for r in rows
+        if r.mean is not None and r.size > 0
+    ]
+    if not cols:
+        return row
+    n, means, stds, mins, maxs, l2s, zfs, _ = np.array(cols, np.float64).T
+    with np.errstate(all='ignore'):
+        total = n.sum()
+        mean = float(np.sum(n * means) / total)
+        var = float(np.sum(n * (stds**2 + (means - mean) ** 2)) / total)
+        l2 = float(np.sqrt(np.sum(l2s**2)))
+        zeros = float(np.sum(n * zfs) / total)
+    return dataclasses.replace(
+        row,
+        mean=mean,
+        std=math.sqrt(var) if var == var else float('nan'),
+        min=float(np.min(mins)),
+        max=float(np.max(maxs)),
+        l2=l2,
+        nonfinite=sum(c[7] for c in cols),
+        zero_frac=zeros,
+    )
+
+
+_ROW_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(Row) if f.default is not dataclasses.MISSING
+}
+
+
+# Trees hold other state beside parameters: Flax's non-parameter collections
+# and PyTorch's buffers (running statistics, counters).
+_STATE_COLLECTIONS = frozenset({'batch_stats', 'cache', 'intermediates', 'losses', 'rngs'})
+_TORCH_BUFFERS = frozenset({'running_mean', 'running_var', 'num_batches_tracked'})
+
+
+def is_state_path(path: str) -> bool:
+    """Whether a leaf path names other state than a parameter: a Flax collection
+    such as ``batch_stats`` or a PyTorch buffer (``running_mean``, ``running_var``,
+    ``num_batches_tracked``).
+
+    Example:
+      >>> from pytreeparams._rows import is_state_path
+      >>> is_state_path('batch_stats/bn/mean'), is_state_path('layer1.0.bn1.running_var')
+      (True, True)
+      >>> is_state_path('params/bn/scale')
+      False
+    """
+    keys = path.replace('.', '/').split('/')
+    return keys[0] in _STATE_COLLECTIONS or keys[-1] in _TORCH_BUFFERS
+
+
+def parameter_count(rows: Sequence[Row]) -> tuple[int, int]:
+    """``(parameters, other state)`` element counts of leaf rows (see :func:`is_state_path`).
+
+    Example:
+      >>> import numpy as np, pytreeparams as ptp
+      >>> from pytreeparams._rows import parameter_count
+      >>> s = ptp.summary({'params': {'w': np.ones(3)}, 'batch_stats': {'mean': np.ones(2)}})
+      >>> parameter_count(s.rows)
+      (3, 2)
+    """
+    state = sum(r.size for r in rows if is_state_path(r.path))
+    return sum(r.size for r in rows) - state, state
