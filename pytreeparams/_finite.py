@@ -13,6 +13,7 @@ import numpy as np
 from ._errors import NonFiniteError
 from ._flatten import flatten, flatten_with_paths
 from ._keys import unbox_all
+from ._messages import joined_list
 from ._stats import eager_leaf_stats, is_array, readable
 from ._typing import PyTree
 
@@ -70,10 +71,9 @@ def assert_finite(tree: PyTree) -> None:
     bad = _nonfinite_counts(tree)
     if bad:
         sizes = {p: math.prod(np.shape(x)) for p, x in flatten(tree).items()}
-        parts = [f'{p!r} ({n} of {sizes[p]} values)' for p, n in bad[:12]]
-        more = f', ... ({len(bad) - 12} more)' if len(bad) > 12 else ''
+        parts = [f'{p!r} ({n} of {sizes[p]} values)' for p, n in bad]
         noun = 'leaf holds' if len(bad) == 1 else 'leaves hold'
-        raise NonFiniteError(f'{len(bad)} {noun} NaN/Inf: ' + ', '.join(parts) + more)
+        raise NonFiniteError(f'{len(bad)} {noun} NaN/Inf: ' + joined_list(parts))
 
 
 def first_nonfinite_activation(

@@ -14,7 +14,7 @@ import numpy as np
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._keys import describe, rebox, same_dtype, unbox
-from ._messages import deprecated, quote_list
+from ._messages import deprecated, joined_list, quote_list
 from ._patterns import capture_pattern, compile_pattern
 from ._typing import Pattern, PyTree
 
@@ -69,7 +69,7 @@ class LoadReport:
         for name, d in (('shape', self.shape_mismatch), ('dtype', self.dtype_mismatch)):
             if d:
                 items = [f'{p!r} (target {a}, source {b})' for p, (a, b) in d.items()]
-                out.append(f'{name} mismatch ({len(d)}): ' + ', '.join(items[:12]))
+                out.append(f'{name} mismatch ({len(d)}): ' + joined_list(items))
         return out
 
     def __str__(self) -> str:

@@ -42,6 +42,17 @@ def did_you_mean(word: str, candidates: Sequence[str]) -> str:
     return f' Did you mean {close[0]!r}?' if close else ''
 
 
+def joined_list(items: Sequence[str], limit: int = MAX_KEYS_SHOWN) -> str:
+    """Items (already formatted) joined by commas, at most ``limit``, then ``... (N more)``.
+
+    Example:
+      >>> joined_list([str(i) for i in range(14)])
+      '0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... (2 more)'
+    """
+    shown = ', '.join(items[:limit])
+    return shown + (f', ... ({len(items) - limit} more)' if len(items) > limit else '')
+
+
 def quote_list(items: Iterable[str], limit: int = MAX_KEYS_SHOWN) -> str:
     items = list(items)
     shown = ', '.join(repr(i) for i in items[:limit])
@@ -112,7 +123,7 @@ def like_mismatch(
     file in PyTorch's layout (suggest ``from_torch_state_dict``).
     """
     parts = [
-        f'{what} {len(v)}: ' + ', '.join(v[:12])
+        f'{what} {len(v)}: ' + joined_list(v)
         for what, v in (
             ('missing', [repr(p) for p in missing]),
             ('unexpected', [repr(p) for p in unexpected]),

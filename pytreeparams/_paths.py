@@ -13,7 +13,7 @@ from flax.core import FrozenDict
 from ._errors import PathError, StructureError
 from ._flatten import children, flatten_with_paths
 from ._keys import describe, is_box, path_tuple, rebox, same_dtype, unbox
-from ._messages import MAX_KEYS_SHOWN, nearest, quote_list, structure_mismatch_message
+from ._messages import joined_list, nearest, quote_list, structure_mismatch_message
 from ._typing import Path, PathLike, PyTree
 
 # --------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def _check_replacement(old: Any, new: Any, where: str) -> None:
     if bad:
         raise StructureError(
             'the new value does not match the old one: '
-            + '; '.join(bad[:MAX_KEYS_SHOWN])
+            + joined_list(bad)
             + '; pass check=False to replace it anyway'
         )
 

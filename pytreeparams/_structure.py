@@ -16,6 +16,7 @@ from flax.core import FrozenDict
 from ._errors import FormatError
 from ._flatten import children, flatten
 from ._keys import describe, unbox
+from ._messages import quote_list
 from ._typing import PyTree
 
 META_KEY = 'pytreeparams'
@@ -108,6 +109,6 @@ def rebuild_structure(state: PyTree, spec: Any, path: str) -> PyTree:
     if flat:
         raise FormatError(
             f'{path!r}: its structure metadata does not name {len(flat)} stored entries '
-            f'({", ".join(repr(k) for k in list(flat)[:12])})'
+            f'({quote_list(list(flat))})'
         )
     return tree
