@@ -561,8 +561,9 @@ def test_jax_key_paths_are_paths_too():
         flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
         want = [jax.tree_util.keystr(kp, simple=True, separator='/') for kp, _ in flat]
         assert ptp.paths(tree) == want
-        for kp, leaf in flat:
-            got, leaf = ptp.get(tree, kp), getattr(leaf, 'value', leaf)
+        for kp, box in flat:
+            leaf = box.get_value() if isinstance(box, nnx.Variable) else box
+            got = ptp.get(tree, kp)
             assert got is leaf or np.array_equal(got, leaf)
         kps = ptp.map_with_path(tree, lambda kp, x: kp, key_paths=True)
         assert jax.tree.leaves(kps, is_leaf=is_kp) == [kp for kp, _ in flat]
