@@ -109,15 +109,20 @@ def _run_tour(steps: int, out: str, plain: bool) -> int:
     os.makedirs(out, exist_ok=True)
     settings = {'STEPS': steps, 'OUT': out}
     namespace: dict[str, Any] = {'__name__': '__tour__', **settings}
+    skipping = False  # the rest of a section whose optional package is missing
     with _quiet_plots():
         for kind, source in CELLS:
             if kind == 'markdown':
+                skipping = skipping and not source.startswith('## ')
                 _markdown(o, source)
+                continue
+            if skipping:
                 continue
             try:
                 _run_cell(o, source, namespace)
             except ImportError as e:  # an optional package (torch, matplotlib): say so, go on
                 o.text(f'(skipped: {e}; `pip install pytreeparams[all]` and torch run it)')
+                skipping = True
             namespace.update(settings)  # the demo's own settings win over the cell's
     o.text(f'Done in {time.perf_counter() - t0:.1f} s; files in {out}.')
     return 0

@@ -25,3 +25,24 @@ def test_demo_runs_the_tour(tmp_path):
     folder = re.search(r'files in (\S+)\.', out).group(1)
     assert 'now removed' in out and not os.path.exists(folder)
     assert not [p for p in os.listdir(tmp_path) if p.startswith('pytreeparams-demo-')]
+
+
+def test_demo_skips_a_section_whose_optional_package_is_missing(tmp_path, capsys, monkeypatch):
+    """Without torch (README command 1 installs no torch) the PyTorch section is
+    skipped, with a note, and the demo still ends well."""
+    import builtins
+
+    from pytreeparams import _demo
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == 'torch' or name.startswith('torch.'):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(_demo, 'CELLS', _demo.CELLS[-5:])  # the saving section only
+    monkeypatch.setattr(builtins, '__import__', no_torch)
+    assert _demo.run_demo(steps=1, out=str(tmp_path), plain=True) == 0
+    out = capsys.readouterr().out
+    assert "(skipped: No module named 'torch'" in out and 'Done in' in out
