@@ -100,6 +100,11 @@ def _validate_state(node: Any, path: str, depth: int) -> None:
                     f'{path!r} is not a valid msgpack checkpoint: a key is {type(k).__name__} '
                     f'{k!r}, not a string'
                 )
+            if not k or '/' in k:
+                raise FormatError(
+                    f'{path!r} is not a valid msgpack checkpoint: the key {k!r} is empty or '
+                    "contains '/', which no path can name"
+                )
             _validate_state(v, path, depth + 1)
     elif not (
         node is None or isinstance(node, (np.ndarray, np.generic, bool, int, float, str, bytes))

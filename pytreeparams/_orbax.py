@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._errors import FormatError
+from ._errors import FormatError, StructureError
 from ._flatten import flatten, unflatten
 from ._keys import describe
 from ._messages import like_mismatch
@@ -172,6 +172,11 @@ def load_orbax(path: str, like: PyTree, cast: bool = False, spec: Any = None) ->
                 tree = ckptr.restore(path, target)
     except Exception as e:
         raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+    if like is None:
+        try:
+            flatten(tree)  # names every leaf can be spelled by (a hostile folder's may not)
+        except StructureError as e:
+            raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
     if like is None and spec is not None:
         tree = rebuild_structure(tree, spec, path)
     return tree

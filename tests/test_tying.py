@@ -1,4 +1,4 @@
-"""Tests for Ties, tie/untie, tied_grads, find_ties and shared_modules."""
+"""Tests for _tying: Ties, tie/untie and tied_grads (under jit, with containers and boxes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 from flax import nnx
@@ -44,6 +43,43 @@ def loss_of(model, params, tokens):
     return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
 
 
+class TwoDense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(4, name='a')(x))
+        x = nn.relu(nn.Dense(4, name='b')(x))
+        return nn.Dense(1, name='out')(x)
+
+
+Pair2 = __import__('collections').namedtuple('Pair2', ['first', 'second'])
+
+
+class _Two(nnx.Module):
+    def __init__(self, n: int):
+        self.w = nnx.Param(jnp.arange(float(n)))
+        self.v = nnx.Param(jnp.arange(float(n)))
+
+
+@st.composite
+def tied_trees(draw):
+    """A tree holding a leaf ``x`` twice, in containers of every kind, and its Ties."""
+    n = draw(st.integers(1, 4))
+    x = jnp.arange(float(n)) * draw(st.sampled_from([1.0, -2.0]))
+    kind = draw(st.sampled_from(['int_keys', 'frozen', 'list', 'namedtuple', 'nnx', 'partitioned']))
+    if kind == 'int_keys':
+        return {0: x, 1: x, 2: {'k': x}}, ptp.Ties({'1': '0'})
+    if kind == 'frozen':
+        return FrozenDict({'a': {'w': x}, 'b': {'w': x}}), ptp.Ties({'b': 'a'})
+    if kind == 'list':
+        return {'l': [x, {'w': x}], 'src': {'w': x}}, ptp.Ties({'l/1': 'src'})
+    if kind == 'namedtuple':
+        return {'p': Pair2(x, x), 'q': x}, ptp.Ties({'q': 'p/first'})
+    if kind == 'nnx':
+        return nnx.state(_Two(n)), ptp.Ties({'v': 'w'})
+    box = nn.Partitioned(x, names=('model',))
+    return {'a': box, 'b': nn.Partitioned(x, names=('model',))}, ptp.Ties({'b': 'a'})
+
+
 def test_gpt_tied_head_matches_embed_attend(maybe_jit):
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, VOCAB)
     ref_model, model = TinyGPT(tied_by_attend=True), TinyGPT()
@@ -71,14 +107,6 @@ def test_gpt_tied_head_matches_embed_attend(maybe_jit):
         atol=1e-6,
     )
     chex.assert_trees_all_close(parts['sum'], g['params']['wte']['embedding'], atol=1e-6)
-
-
-class TwoDense(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(4, name='a')(x))
-        x = nn.relu(nn.Dense(4, name='b')(x))
-        return nn.Dense(1, name='out')(x)
 
 
 def test_two_separate_dense_layers_tied_against_untied_twin():
@@ -166,114 +194,6 @@ def test_tie_untie_round_trip(n, m, frozen):
     chex.assert_trees_all_equal(back, tree)
 
 
-def test_find_ties():
-    w = jnp.arange(12.0).reshape(3, 4)
-    tree = {'a': w, 'b': w + 0, 'c': w.T, 'd': w + 1, 'e': jnp.ones(3), 'f': jnp.ones(3), 'same': w}
-    groups = ptp.find_ties(tree, transposed=True, constants=True)
-    assert groups == [
-        ptp.TieGroup('a', ('b', 'same'), ('c',)),
-        ptp.TieGroup('e', ('f',), ()),
-    ]
-    assert ptp.find_ties(tree, transposed=True) == groups[:1]  # constant leaves: not ties
-    assert ptp.find_ties(tree)[0] == ptp.TieGroup('a', ('b', 'same'), ())
-    ties = groups[0].to_ties()
-    chex.assert_trees_all_equal(ptp.tie(ptp.untie(tree, ties), ties), tree)
-
-
-def test_find_ties_5000_leaves_is_bucketed():
-    rng = np.random.default_rng(0)
-    tree = {f'l{i}': rng.standard_normal(16).astype(np.float32) for i in range(5000)}
-    tree['dup'] = tree['l4321'].copy()
-    groups = ptp.find_ties(tree)
-    assert groups == [ptp.TieGroup('dup', ('l4321',), ())]  # flatten order: 'dup' < 'l4321'
-
-
-def test_shared_modules_linen_chapter_network():
-    shared = nn.Dense(8)
-    net = nn.Sequential([nn.Dense(8), nn.relu, shared, nn.relu, shared, nn.relu, nn.Dense(1)])
-    x = jnp.ones((2, 4))
-    params = net.init(jax.random.key(0), x)
-    assert len(params['params']) == 3
-    (m,) = ptp.shared_modules(net, x)
-    assert m.path == 'layers_2' and m.calls == 2
-    assert m.call_sites == ('<root> #2', '<root> #3')
-    assert m.param_paths == ('params/layers_2/bias', 'params/layers_2/kernel')
-
-
-def test_shared_modules_nnx():
-    """NNX: every path that reaches a shared layer, the path NNX stores its
-    parameters under, calls counted by an abstract forward pass (or paths
-    without inputs); parameterless modules (dropout) are not shared weights;
-    the model is left as it was."""
-
-    class Net(nnx.Module):
-        def __init__(self, rngs):
-            self.first = nnx.Linear(4, 4, rngs=rngs)
-            self.wte = nnx.Linear(4, 4, rngs=rngs)
-            self.head_embed = self.wte  # NNX stores it under 'head_embed' (sorted first)
-            self.layers = nnx.List([self.first, self.wte, self.wte])
-            self.drop = nnx.Dropout(0.5, rngs=rngs)
-            self.drop_again = self.drop
-
-        def __call__(self, x):
-            for _ in range(3):
-                x = self.wte(self.drop(x))
-            return self.head_embed(self.first(self.drop_again(x)))
-
-    net = Net(nnx.Rngs(0, dropout=1))
-    before = nnx.state(net)
-    linear_call, net_call = nnx.Linear.__call__, Net.__call__
-    stored = {p.rsplit('/', 1)[0] for p in ptp.paths(nnx.state(net, nnx.Param))}
-    found = {m.path: m for m in ptp.shared_modules(net)}
-    assert sorted(found) == ['first', 'head_embed'] and set(found) <= stored
-    assert found['head_embed'].call_sites == ('head_embed', 'layers/1', 'layers/2', 'wte')
-    assert found['head_embed'].calls == 4  # without inputs: the paths that reach it
-    assert found['head_embed'].param_paths == ('head_embed/bias', 'head_embed/kernel')
-    called = {m.path: m.calls for m in ptp.shared_modules(net, jnp.ones((2, 4)))}
-    assert called == {'first': 1, 'head_embed': 4}
-    chex.assert_trees_all_equal(nnx.state(net), before)
-    assert nnx.Linear.__call__ is linear_call and Net.__call__ is net_call  # unpatched
-
-
-def test_shared_modules_linen_leaves_out_parameterless_modules():
-    drop = nn.Dropout(0.5, deterministic=True)
-    dense = nn.Dense(3)
-    net = nn.Sequential([dense, drop, dense, drop])
-    assert [m.path for m in ptp.shared_modules(net, jnp.ones((1, 3)))] == ['layers_0']
-
-
-# --------------------------------------------------------------------------
-# Hardening (issue 13): containers, keys, jit, NaN.
-
-Pair2 = __import__('collections').namedtuple('Pair2', ['first', 'second'])
-
-
-class _Two(nnx.Module):
-    def __init__(self, n: int):
-        self.w = nnx.Param(jnp.arange(float(n)))
-        self.v = nnx.Param(jnp.arange(float(n)))
-
-
-@st.composite
-def tied_trees(draw):
-    """A tree holding a leaf ``x`` twice, in containers of every kind, and its Ties."""
-    n = draw(st.integers(1, 4))
-    x = jnp.arange(float(n)) * draw(st.sampled_from([1.0, -2.0]))
-    kind = draw(st.sampled_from(['int_keys', 'frozen', 'list', 'namedtuple', 'nnx', 'partitioned']))
-    if kind == 'int_keys':
-        return {0: x, 1: x, 2: {'k': x}}, ptp.Ties({'1': '0'})
-    if kind == 'frozen':
-        return FrozenDict({'a': {'w': x}, 'b': {'w': x}}), ptp.Ties({'b': 'a'})
-    if kind == 'list':
-        return {'l': [x, {'w': x}], 'src': {'w': x}}, ptp.Ties({'l/1': 'src'})
-    if kind == 'namedtuple':
-        return {'p': Pair2(x, x), 'q': x}, ptp.Ties({'q': 'p/first'})
-    if kind == 'nnx':
-        return nnx.state(_Two(n)), ptp.Ties({'v': 'w'})
-    box = nn.Partitioned(x, names=('model',))
-    return {'a': box, 'b': nn.Partitioned(x, names=('model',))}, ptp.Ties({'b': 'a'})
-
-
 @given(tied_trees())
 def test_tie_of_untie_keeps_structure_containers_boxes_and_values(case):
     tree, ties = case
@@ -314,19 +234,3 @@ def test_tie_untie_tied_grads_run_under_jit():
     chex.assert_trees_all_equal(jax.jit(lambda c: ptp.tie(c, ties))(compact), full)
     g = jax.jit(lambda f: ptp.tied_grads(f, ties))(full)
     chex.assert_trees_all_close(g['a']['sum'], full['a'] * 2)
-
-
-def test_nan_holding_aliases_are_ties():
-    x = jnp.array([1.0, jnp.nan])
-    tree = {'a': x, 'b': x, 'c': jnp.array([1.0, jnp.nan])}
-    (group,) = ptp.find_ties(tree)
-    assert group.source == 'a' and group.aliases == ('b', 'c')
-    assert ptp.untie(tree, ptp.Ties({'b': 'a'})).keys() == {'a', 'c'}
-
-
-def test_constant_leaves_are_not_ties_unless_asked():
-    zeros = jnp.zeros(4)
-    tree = {'a': {'bias': jnp.zeros(4)}, 'b': {'bias': jnp.zeros(4)}, 'c': zeros, 'd': zeros}
-    groups = ptp.find_ties(tree)
-    assert [(g.source, g.aliases) for g in groups] == [('c', ('d',))]  # the same object only
-    assert ptp.find_ties(tree, constants=True)[0].aliases == ('b/bias', 'c', 'd')

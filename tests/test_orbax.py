@@ -1,0 +1,261 @@
+"""Tests for _orbax: checkpoints, managers, sharded restores, failures midway, fuzzed folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import run_on_8_devices
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pytreeparams as ptp
+from pytreeparams import _orbax
+
+ALL_DTYPES = [
+    'float32',
+    'float16',
+    'bfloat16',
+    'float64',
+    'int8',
+    'int16',
+    'int32',
+    'int64',
+    'uint8',
+    'bool',
+]
+
+
+@st.composite
+def arrays(draw):
+    name = draw(st.sampled_from(ALL_DTYPES))
+    dtype = np.dtype(jnp.dtype(name))
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+    n = int(np.prod(shape))
+    raw = draw(st.binary(min_size=n * dtype.itemsize, max_size=n * dtype.itemsize))
+    if name == 'bool':
+        return np.frombuffer(bytes(b & 1 for b in raw), np.bool_).reshape(shape).copy()
+    return np.frombuffer(raw, dtype).reshape(shape).copy()  # any bit pattern, NaNs included
+
+
+KEYS = st.text('abcdxyz_', min_size=1, max_size=4)
+
+
+def bits_equal(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def assert_bit_exact(got, want):
+    fg, fw = ptp.flatten(got), ptp.flatten(want)
+    assert list(fg) == list(fw)
+    for k in fw:
+        assert bits_equal(fg[k], fw[k]), k
+
+
+FUZZ = settings(
+    max_examples=int(os.environ.get('PTP_FUZZ_EXAMPLES', '1000')),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+SHARDED = textwrap.dedent(
+    """
+    import os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import pytreeparams as ptp
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('d', 'm'))
+    sh = {'w': NamedSharding(mesh, P('d', 'm')), 'b': NamedSharding(mesh, P('m'))}
+    tree = {'w': jax.device_put(jnp.arange(128.0).reshape(16, 8), sh['w']),
+            'b': jax.device_put(jnp.arange(8, dtype=jnp.bfloat16), sh['b'])}
+    path = sys.argv[1]
+    ptp.save(path, tree)
+    like = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in tree.items()}
+    back = ptp.load(path, like=like)
+    for k in tree:
+        assert back[k].sharding == sh[k], back[k].sharding
+        np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(tree[k]))
+    print('OK')
+    """
+)
+
+
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+_ORBAX_FILES = ['pytreeparams.json', '_METADATA', '_CHECKPOINT_METADATA', '_sharding']
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(KEYS, arrays().filter(lambda a: a.size > 0), min_size=1, max_size=4))
+def test_orbax_round_trip_bit_exact(tmp_path, tree):
+    import uuid
+
+    path = tmp_path / f'ckpt-{uuid.uuid4().hex}'
+    ptp.save(path, tree)
+    assert_bit_exact(ptp.load(path, like=tree), tree)
+
+
+def test_orbax_rejects_empty_arrays_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="'e' is an empty array .* nothing was written"):
+        ptp.save(tmp_path / 'ckpt', {'w': np.ones(2), 'e': np.zeros((0, 3))})
+    assert os.listdir(tmp_path) == []
+
+
+def test_orbax_round_trip_every_dtype(tmp_path):
+    rng = np.random.default_rng(0)
+    tree = {name: (rng.standard_normal(5) * 100).astype(jnp.dtype(name)) for name in ALL_DTYPES}
+    tree['scalar'] = np.array(3.5, np.float32)
+    path = tmp_path / 'ckpt'
+    ptp.save(path, tree)
+    assert_bit_exact(ptp.load(path, like=tree), tree)
+    ptp.save(path, jax.tree_util.tree_map(lambda x: x * 0, tree))  # overwrite atomically
+    assert os.listdir(tmp_path) == ['ckpt']
+
+
+def test_orbax_sharded_restore_on_8_devices(tmp_path):
+    assert 'OK' in run_on_8_devices(SHARDED, str(tmp_path / 'ckpt'))
+
+
+def test_orbax_save_refuses_a_folder_or_file_that_is_no_checkpoint(tmp_path):
+    pytest.importorskip('orbax.checkpoint')
+    results = tmp_path / 'results'
+    results.mkdir()
+    (results / 'thesis.txt').write_text('x')
+    with pytest.raises(FileExistsError, match='not a checkpoint'):
+        ptp.save(str(results), {'w': jnp.ones(2)})
+    assert (results / 'thesis.txt').read_text() == 'x'
+    makefile = tmp_path / 'Makefile'
+    makefile.write_text('all:')
+    with pytest.raises(FileExistsError, match='is a file'):
+        ptp.save(str(makefile), {'w': jnp.ones(2)})
+    assert makefile.read_text() == 'all:'
+
+
+@pytest.mark.parametrize('fail', ['write', 'metadata', 'first_rename', 'second_rename'])
+def test_orbax_failure_midway_keeps_the_old_checkpoint_and_no_temporary(
+    tmp_path, monkeypatch, fail
+):
+    ocp = pytest.importorskip('orbax.checkpoint')
+
+    ck = str(tmp_path / 'ck')
+    ptp.save(ck, {'w': jnp.arange(3.0)})
+    real_replace = os.replace
+    calls = []
+
+    def replace(a, b):
+        calls.append((a, b))
+        if (fail == 'first_rename' and len(calls) == 1) or (
+            fail == 'second_rename' and len(calls) == 2
+        ):
+            raise OSError('injected')
+        return real_replace(a, b)
+
+    if fail == 'write':
+
+        def boom(self, *a, **k):
+            raise OSError('injected disk error')
+
+        monkeypatch.setattr(ocp.StandardCheckpointer, 'save', boom)
+    elif fail == 'metadata':  # after Orbax finalized the new folder, before it is moved in
+
+        def boom_meta(*a, **k):
+            raise OSError('injected: disk full writing pytreeparams.json')
+
+        monkeypatch.setattr(_orbax.json, 'dump', boom_meta)
+    else:
+        monkeypatch.setattr(_orbax.os, 'replace', replace)
+    with pytest.raises(OSError, match='injected'):
+        ptp.save(ck, {'w': jnp.arange(3.0) + 10})
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ['ck']
+    np.testing.assert_array_equal(ptp.load(ck)['w'], np.arange(3.0))
+
+
+def test_orbax_shape_or_structure_mismatch_names_the_path(tmp_path):
+    pytest.importorskip('orbax.checkpoint')
+    ck = str(tmp_path / 'ck')
+    ptp.save(ck, {'a': jnp.ones(3), 'b': jnp.ones(2)})
+    with pytest.raises(ptp.StructureError, match=r"'a' \(expected float32\[4\]"):
+        ptp.load(ck, like={'a': jnp.ones(4), 'b': jnp.ones(2)})
+    with pytest.raises(ptp.StructureError, match="missing 1: 'c'"):
+        ptp.load(ck, like={'a': jnp.ones(3), 'b': jnp.ones(2), 'c': jnp.ones(1)})
+
+
+@FUZZ
+@given(
+    target=st.sampled_from(_ORBAX_FILES),
+    record=JSONISH,
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+    flip=st.one_of(st.none(), st.tuples(st.integers(0, 400), st.integers(1, 255))),
+)
+def test_fuzz_structured_orbax_folders(tmp_path, target, record, cut, flip):
+    """An Orbax folder whose metadata files hold hostile JSON, or are truncated
+    or bit-flipped: every failure is a FormatError naming the folder."""
+    import json
+
+    pytest.importorskip('orbax.checkpoint')
+    ck = tmp_path / 'ck'
+    if not ck.exists():
+        ptp.save(str(ck), {'w': jnp.arange(3.0), 'b': {'c': jnp.zeros(2, jnp.bfloat16)}})
+    file = ck / target
+    original = file.read_bytes()
+    data = json.dumps(record).encode() if cut is None and flip is None else original
+    if cut is not None:
+        data = data[:cut]
+    if flip is not None and data:
+        i = flip[0] % len(data)
+        data = data[:i] + bytes([data[i] ^ flip[1]]) + data[i + 1 :]
+    file.write_bytes(data)
+    try:
+        out = ptp.load(str(ck))
+    except ptp.FormatError as e:
+        assert 'ck' in str(e)
+    else:
+        assert sorted(ptp.paths(out)) == ['b/c', 'w']
+    finally:
+        file.write_bytes(original)
+
+
+def test_orbax_checkpoint_manager_folders(tmp_path):
+    ocp = pytest.importorskip('orbax.checkpoint')
+    root = str(tmp_path / 'mgr')
+    mgr = ocp.CheckpointManager(root)
+    for step in (0, 5):
+        mgr.save(step, args=ocp.args.StandardSave({'w': jnp.ones(3) * step}))
+    mgr.wait_until_finished()
+    mgr.close()
+    assert ptp.load(root)['w'].tolist() == [5.0, 5.0, 5.0]  # the latest step
+    assert ptp.load(root, step=0)['w'].tolist() == [0.0, 0.0, 0.0]
+    assert ptp.load(os.path.join(root, '0'))['w'].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(FileNotFoundError, match=r'steps: \[0, 5\]'):
+        ptp.load(root, step=3)
+
+    r = subprocess.run(
+        [sys.executable, '-m', 'pytreeparams', 'summary', root, '--step', '0'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and '1 leaves, 3 parameters' in r.stdout, r.stderr

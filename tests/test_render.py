@@ -1,0 +1,81 @@
+"""Tests for _render: text, rich (at 60, 80 and 120 columns) and HTML tables."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+import pytreeparams as ptp
+
+
+def test_renderers_and_to_dict(mlp_params):
+    s = ptp.summary(mlp_params, depth=2)
+    text = str(s)
+    assert 'params/layers_0' in text and '4 leaves' in text and '196 B' in text
+    assert text.splitlines()[0].split()[:3] == ['path', 'type', 'leaves']
+    html = s._repr_html_()
+    assert html.startswith('<table') and '<th>mean</th>' in html and 'params/layers_2' in html
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(s)
+    out = console.export_text()
+    assert 'Parameters by module (depth 2)' in out and 'params/layers_2' in out
+    d = s.to_dict()
+    assert d['total/size'] == 49.0 and d['params/layers_0/size'] == 40.0
+    assert set(d) >= {'params/layers_2/l2', 'total/nonfinite'}
+    json.dumps(d)
+    leaf_d = ptp.summary(mlp_params).to_dict()
+    assert 'params/layers_0/kernel/std' in leaf_d
+    assert repr(s) == 'Summary(4 leaves, 49 parameters, 196 B)'
+
+
+def test_printing_stats_and_grad_stats_shows_a_table():
+    tree = {'a': {'w': jnp.arange(4.0)}, 'b': jnp.zeros(2)}
+    text = str(ptp.stats(tree))
+    assert text.splitlines()[0].split() == ['path', *ptp.STAT_NAMES]
+    assert text.splitlines()[2].split()[:2] == ['a/w', '1.5']
+    g = str(ptp.grad_stats(tree))
+    assert 'grad_norm' in g.splitlines()[0] and g.splitlines()[-1] == 'global_norm 3.742'
+
+
+@pytest.mark.parametrize('width', [80, 120, 60])
+def test_rich_table_reads_at_ordinary_widths(width):
+    """At 80 (and 60, 120) columns no numeric cell is cut: lines fit, no '…',
+    every shown number appears whole, paths fold, left-out columns are named."""
+    import io
+
+    from rich.console import Console
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i in range(3):
+                x = nn.Dense(64, name=f'a_rather_long_layer_name_{i}')(x)
+            return nn.LayerNorm()(x)
+
+    v = Net().init(jax.random.key(0), jnp.ones((1, 32)))
+    for s in (ptp.summary(v), ptp.summary(v, depth=2)):
+        console = Console(width=width, file=io.StringIO(), record=True)
+        console.print(s)
+        text = console.export_text()
+        assert '…' not in text
+        assert max(len(line) for line in text.splitlines()) <= width
+        header, cells, total = s._table()
+        shown = text.splitlines()[2].split()
+        assert 'path' in shown and 'type' in shown and 'size' in shown
+        assert width < 80 or ('mean' in shown and 'std' in shown)
+        for j, h in enumerate(header):
+            if h in shown and h not in ('path', 'type'):
+                for row in [*cells, total]:
+                    assert row[j] in text, (h, row[j])
+        hidden = [h for h in header if h not in shown]
+        if hidden:
+            caption = ' '.join(text.split()).split('not shown at this width: ')[1]
+            assert sorted(caption.split(', ')) == sorted(hidden)
+    if width >= 120:
+        assert 'min' in shown and 'max' in shown
