@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 
-def test_demo_runs_the_tour(tmp_path):
-    """One run (plain text, no --out): the tour's facts, the files it wrote, and no
-    folder left behind (the notebook test runs the same cells under Jupyter)."""
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    cmd = [sys.executable, '-m', 'pytreeparams', 'demo', '--steps', '3', '--plain']
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+def test_demo_runs_the_tour(tmp_path, capsys, monkeypatch):
+    """One run (plain text, no --out), in this process through the command line's
+    main(): the tour's facts, and no folder left behind (the notebook test runs the
+    same cells under Jupyter; test_cli runs the installed command)."""
+    import tempfile
+
+    from pytreeparams._cli import main
+
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    assert main(['demo', '--steps', '3', '--plain']) == 0
+    out = capsys.readouterr().out
     assert '== 1. Parameter access ==' in out  # plain headings, no rich
     assert re.search(r'total\s+4 leaves\s+49\s+196 B', out)  # the chapter's MLP: 49 parameters
     assert "['layers_0', 'layers_2', 'layers_6']" in out  # a shared layer is stored once
