@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os as _os
+import os
 
 # Test workers (pytest-xdist) share one accelerator: none takes 75% of its memory up front.
-if _os.environ.get('PYTEST_XDIST_WORKER'):
-    _os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 import collections
-import os
 
 import flax.linen as nn
 import jax
@@ -19,6 +18,8 @@ import pytest
 from flax.core import FrozenDict
 from hypothesis import settings
 from hypothesis import strategies as st
+
+import pytreeparams as ptp
 
 settings.register_profile('ci', max_examples=60, deadline=None)
 settings.register_profile('long', max_examples=2000, deadline=None)
@@ -133,3 +134,16 @@ def run_on_8_devices(code: str, *args: str) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+def det_mlp():
+    """A small MLP with deterministic (hand-set) weights."""
+    net = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2), nn.relu, nn.Dense(1)])
+    params = net.init(jax.random.key(0), jnp.ones((1, 4)))
+    params = ptp.map_with_path(
+        params,
+        lambda p, x: jnp.asarray(
+            np.linspace(-1, 1, x.size).reshape(x.shape) * (1 + len(p) % 3), jnp.float32
+        ),
+    )
+    return net, params

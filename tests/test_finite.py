@@ -5,23 +5,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from conftest import det_mlp
 
 import pytreeparams as ptp
-
-
-def det_mlp():
-    """A small MLP with deterministic (hand-set) weights."""
-    net = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2), nn.relu, nn.Dense(1)])
-    params = net.init(jax.random.key(0), jnp.ones((1, 4)))
-    params = ptp.map_with_path(
-        params,
-        lambda p, x: jnp.asarray(
-            np.linspace(-1, 1, x.size).reshape(x.shape) * (1 + len(p) % 3), jnp.float32
-        ),
-    )
-    return net, params
 
 
 def test_planted_nan_found_at_its_path_and_layer():
@@ -37,7 +24,6 @@ def test_planted_nan_found_at_its_path_and_layer():
 
 
 def test_first_nonfinite_activation_under_jit_is_a_clear_error():
-    import flax.linen as nn
 
     net = nn.Sequential([nn.Dense(2), nn.Dense(1)])
     v = net.init(jax.random.key(0), jnp.ones((1, 3)))

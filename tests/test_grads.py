@@ -5,29 +5,14 @@ from __future__ import annotations
 import textwrap
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import run_on_8_devices
+from conftest import det_mlp, run_on_8_devices
 
 import pytreeparams as ptp
-
-
-def det_mlp():
-    """A small MLP with deterministic (hand-set) weights."""
-    net = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2), nn.relu, nn.Dense(1)])
-    params = net.init(jax.random.key(0), jnp.ones((1, 4)))
-    params = ptp.map_with_path(
-        params,
-        lambda p, x: jnp.asarray(
-            np.linspace(-1, 1, x.size).reshape(x.shape) * (1 + len(p) % 3), jnp.float32
-        ),
-    )
-    return net, params
-
 
 SHARDED = textwrap.dedent(
     """

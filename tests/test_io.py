@@ -10,22 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import FrozenDict, freeze
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from io_helpers import FUZZ, assert_bit_exact
 
 import pytreeparams as ptp
-
-
-def bits_equal(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
-
-
-def assert_bit_exact(got, want):
-    fg, fw = ptp.flatten(got), ptp.flatten(want)
-    assert list(fg) == list(fw)
-    for k in fw:
-        assert bits_equal(fg[k], fw[k]), k
 
 
 def _valid_bytes(tmp_path, suffix):
@@ -37,13 +26,6 @@ def _valid_bytes(tmp_path, suffix):
     path = tmp_path / f'v.{suffix}'
     ptp.save(path, tree)
     return path.read_bytes()
-
-
-FUZZ = settings(
-    max_examples=int(os.environ.get('PTP_FUZZ_EXAMPLES', '1000')),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
 
 
 def test_load_like_mismatch_names_every_path(tmp_path):

@@ -14,57 +14,10 @@ import pytest
 from conftest import run_on_8_devices
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from io_helpers import ALL_DTYPES, FUZZ, JSONISH, KEYS, arrays, assert_bit_exact
 
 import pytreeparams as ptp
 from pytreeparams import _orbax
-
-ALL_DTYPES = [
-    'float32',
-    'float16',
-    'bfloat16',
-    'float64',
-    'int8',
-    'int16',
-    'int32',
-    'int64',
-    'uint8',
-    'bool',
-]
-
-
-@st.composite
-def arrays(draw):
-    name = draw(st.sampled_from(ALL_DTYPES))
-    dtype = np.dtype(jnp.dtype(name))
-    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
-    n = int(np.prod(shape))
-    raw = draw(st.binary(min_size=n * dtype.itemsize, max_size=n * dtype.itemsize))
-    if name == 'bool':
-        return np.frombuffer(bytes(b & 1 for b in raw), np.bool_).reshape(shape).copy()
-    return np.frombuffer(raw, dtype).reshape(shape).copy()  # any bit pattern, NaNs included
-
-
-KEYS = st.text('abcdxyz_', min_size=1, max_size=4)
-
-
-def bits_equal(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
-
-
-def assert_bit_exact(got, want):
-    fg, fw = ptp.flatten(got), ptp.flatten(want)
-    assert list(fg) == list(fw)
-    for k in fw:
-        assert bits_equal(fg[k], fw[k]), k
-
-
-FUZZ = settings(
-    max_examples=int(os.environ.get('PTP_FUZZ_EXAMPLES', '1000')),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-
 
 SHARDED = textwrap.dedent(
     """
@@ -86,19 +39,6 @@ SHARDED = textwrap.dedent(
         np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(tree[k]))
     print('OK')
     """
-)
-
-
-JSONISH = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=6),
-    lambda kids: (
-        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
-    ),
-    max_leaves=12,
 )
 
 
