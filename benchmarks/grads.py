@@ -1,6 +1,6 @@
 """Step-time cost of ptp.grad_stats inside a jitted SGD step, same run.
 
-Run: python benchmarks/grads.py [--rounds N] [--skip-gpt2] [--gpt2-big]
+Run: python benchmarks/grads.py [--rounds N] [--skip-gpt2] [--gpt2-big] [--compile]
 Ratio = (SGD step that also returns ptp.grad_stats(grads, params, updates)) / (plain step).
 ``--gpt2-big`` adds the realistic row, GPT-2 small at batch 32 x 256 (on by
 default on an accelerator; on a 2-core CPU one step takes about a minute).
@@ -9,6 +9,7 @@ default on an accelerator; on a 2-core CPU one step takes about a minute).
 from __future__ import annotations
 
 import argparse
+import time
 
 import jax
 import jax.numpy as jnp
@@ -131,13 +132,79 @@ def bench_watch(loss_fn, params, batch, rounds, number) -> None:
     )
 
 
+def compile_costs(name, loss_fn, params, batch, rounds) -> None:
+    """Compile seconds (best of ``rounds``, caches cleared) and temporary device
+    memory of the SGD step with ``grad_stats(grads, params, updates)`` against
+    the plain step: what the statistics add before the first step runs."""
+    tx = optax.sgd(1e-3)
+    state = tx.init(params)
+
+    def make(stats):
+        def step(params, batch):
+            grads = jax.grad(loss_fn)(params, batch)
+            updates, _ = tx.update(grads, state, params)
+            out = optax.apply_updates(params, updates)
+            return (out, ptp.grad_stats(grads, params, updates)) if stats else out
+
+        return step
+
+    row = []
+    for stats in (False, True):
+        best = float('inf')
+        for _ in range(rounds):
+            lowered = jax.jit(make(stats)).lower(params, batch)
+            jax.clear_caches()
+            t = time.perf_counter()
+            compiled = lowered.compile()
+            best = min(best, time.perf_counter() - t)
+        mem = compiled.memory_analysis()
+        row.append((best, mem.temp_size_in_bytes if mem is not None else float('nan')))
+    (c0, m0), (c1, m1) = row
+    print(
+        f'| {name} | {fmt_s(c0)} | {fmt_s(c1)} | {c1 / c0:.2f} | {m0 / 2**20:.1f} MiB | '
+        f'{m1 / 2**20:.1f} MiB | {(m1 - m0) / max(1, _nbytes(params)):.2f} |'
+    )
+
+
+def _nbytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=15)
     ap.add_argument('--skip-gpt2', action='store_true')
     ap.add_argument('--gpt2-big', action='store_true')
+    ap.add_argument('--compile', action='store_true', help='compile time and memory only')
     args = ap.parse_args()
     print(f'jax {jax.__version__}, backend {jax.default_backend()}')
+    if args.compile:
+        print(
+            '| model | compile plain step | compile step + grad_stats | ratio | '
+            'temp plain | temp + grad_stats | added temp / parameter bytes |'
+        )
+        print('|---|---|---|---|---|---|---|')
+        mlp = DeepMLP()
+        x = jax.random.normal(jax.random.key(0), (64, 1024))
+        y = jax.random.normal(jax.random.key(1), (64, 1))
+        p = mlp.init(jax.random.key(2), x)
+        loss = lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2)  # noqa: E731
+        compile_costs('MLP 24 x Dense(1024)', loss, p, (x, y), min(args.rounds, 3))
+        gpt = GPT2()
+        tokens = jax.random.randint(jax.random.key(3), (4, 64), 0, 50257)
+        gp = gpt.init(jax.random.key(4), tokens[:1])
+        gloss = lambda p, t: lm_loss(gpt.apply(p, t), t)  # noqa: E731
+        compile_costs('GPT-2 small', gloss, gp, tokens, min(args.rounds, 3))
+        times = []
+        for _ in range(2):  # outside jit: the first call compiles, the second reuses
+            t = time.perf_counter()
+            jax.block_until_ready(ptp.grad_stats(p, p, p).table)
+            times.append(time.perf_counter() - t)
+        print(
+            f'\ngrad_stats outside jit on the MLP: first call {fmt_s(times[0])}, '
+            f'second {fmt_s(times[1])}'
+        )
+        return
     print(
         '| model | plain step | step + grad_stats | ratio (all stats) | ratio (extras=False) '
         '| ratio optax.tree.norm (reference) | floor: read grads once | '

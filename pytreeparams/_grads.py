@@ -9,6 +9,7 @@ array, cheap to return and fetch.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -41,12 +42,6 @@ GRAD_STAT_NAMES = (
     'update_to_param',
 )
 _RAW = 10  # n, mean, ss, scale, max|g|, zeros, nonfinite, param ss, update ss (+ scales)
-
-
-def _norm_parts(x: Any) -> tuple[jax.Array, jax.Array]:
-    """(sum of squares in units of scale**2, scale) of a parameter or update leaf."""
-    p = jax_grad_partials(x, extras=False)
-    return p.ss, p.scale
 
 
 @struct.dataclass
@@ -138,6 +133,12 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
     return jnp.sqrt(total) * top
 
 
+def _norm_parts(x: Any) -> tuple[jax.Array, jax.Array]:
+    """(sum of squares in units of scale**2, scale) of a parameter or update leaf."""
+    p = jax_grad_partials(x, extras=False)
+    return p.ss, p.scale
+
+
 def _leaf_column(g: Any, p: Any, u: Any, extras: bool) -> jax.Array:
     """One leaf's raw column: n, mean, ss, scale, amax, zeros, nonfinite, and the
     parameter and update sums of squares with their scales (NaN when absent)."""
@@ -151,16 +152,22 @@ def _leaf_column(g: Any, p: Any, u: Any, extras: bool) -> jax.Array:
     return jnp.stack(parts).astype(jnp.float32)
 
 
-def _grouped(raw: jax.Array, names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], Any]:
-    """The raw columns pooled by the first ``depth`` keys: group names, and
-    (n, mean, grad norm, param norm, update norm, amax, zeros, nonfinite)."""
-    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
+def _groups(names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], list[int]]:
+    """The group of each leaf path by its first ``depth`` keys: group names, ids."""
     groups: dict[str, int] = {}
     seg = [groups.setdefault('/'.join(p.split('/')[:depth]), len(groups)) for p in names]
+    return tuple(groups), seg
+
+
+def _grouped(raw: jax.Array, names: tuple[str, ...], depth: int) -> tuple[Any, ...]:
+    """The raw columns pooled by the first ``depth`` keys:
+    (n, mean, grad norm, param norm, update norm, amax, zeros, nonfinite)."""
+    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
+    groups, seg = _groups(names, depth)
     ids = jnp.asarray(seg, jnp.int32)
     k = len(groups)
     total = jax.ops.segment_sum(n, ids, num_segments=k)
-    return tuple(groups), (
+    return (
         total,
         jax.ops.segment_sum(n * mean, ids, num_segments=k) / jnp.maximum(total, 1),
         _pooled_norm(ss, scale, ids, k),
@@ -215,21 +222,46 @@ def grad_stats(
     keep = [i for i, g in enumerate(g_leaves) if is_array(g)]
     p_leaves = _leaf_lists(params, 'params', paths_)[0] if params is not None else None
     u_leaves = _leaf_lists(updates, 'updates', paths_)[0] if updates is not None else None
+    names = tuple(paths_[i] for i in keep)
+    table, global_norm = _table(
+        [g_leaves[i] for i in keep],
+        [p_leaves[i] for i in keep] if p_leaves is not None else None,
+        [u_leaves[i] for i in keep] if u_leaves is not None else None,
+        names=names,
+        depth=depth,
+        extras=extras,
+    )
+    rows = _groups(names, depth)[0] if depth is not None else names
+    return GradStats(table=table, global_norm=global_norm, paths=rows)
+
+
+@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras'))
+def _table(
+    g_leaves: list[Any],
+    p_leaves: list[Any] | None,
+    u_leaves: list[Any] | None,
+    *,
+    names: tuple[str, ...],
+    depth: int | None,
+    extras: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """The statistics table of the array leaves, as one program: called outside
+    ``jit`` it is compiled once per structure (not dispatched op by op), and
+    inside a jitted step it is inlined."""
     cols = [
         _leaf_column(
-            g_leaves[i],
+            g,
             p_leaves[i] if p_leaves is not None else None,
             u_leaves[i] if u_leaves is not None else None,
             extras,
         )
-        for i in keep
+        for i, g in enumerate(g_leaves)
     ]
-    names = tuple(paths_[i] for i in keep)
     raw = jnp.stack(cols) if cols else jnp.zeros((0, 11), jnp.float32)
     n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
     global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
     if depth is not None:
-        names, (n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite) = _grouped(raw, names, depth)
+        n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = _grouped(raw, names, depth)
     else:
         gnorm, pnorm, unorm = jnp.sqrt(ss) * scale, jnp.sqrt(pss) * pscale, jnp.sqrt(uss) * uscale
     safe = jnp.maximum(n, 1)
@@ -248,4 +280,4 @@ def grad_stats(
         ],
         axis=1,
     )
-    return GradStats(table=table, global_norm=global_norm, paths=names)
+    return table, global_norm

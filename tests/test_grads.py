@@ -111,3 +111,23 @@ def test_logger_dict_groups_by_statistic_and_drops_what_was_not_computed(maybe_j
     chex.assert_trees_all_close(d['train/global_norm'], float(optax.tree.norm(g)), rtol=1e-6)
     plain = gs.to_dict()
     assert plain['out/grad_norm'] == 5.0 and plain['out/param_norm'] != plain['out/param_norm']
+
+
+def test_grad_stats_outside_jit_is_one_program_compiled_once():
+    """Called eagerly, grad_stats runs as one compiled program per tree structure
+    (op by op it re-traced every lax.cond and platform branch on every call);
+    a second call with new values compiles nothing, and the numbers equal the
+    jitted call's."""
+    from pytreeparams._engine import count_device_work
+
+    g = {'a': {'w': jnp.array([3.0, 0.0]), 'b': jnp.array([4.0])}, 'c': jnp.ones((2, 3))}
+    ptp.grad_stats(g, g, g, depth=1)
+    g2 = jax.tree_util.tree_map(lambda x: x * 2.0, g)
+    with count_device_work() as work:
+        eager = ptp.grad_stats(g2, g2, g2, depth=1)
+        jax.block_until_ready(eager.table)
+    assert work.compilations == 0
+    jitted = jax.jit(ptp.grad_stats, static_argnames='depth')(g2, g2, g2, depth=1)
+    chex.assert_trees_all_close(eager.table, jitted.table)
+    assert eager.paths == jitted.paths == ('a', 'c')
+    np.testing.assert_allclose(eager['grad_norm'], [10.0, 2 * np.sqrt(6.0)], rtol=1e-6)

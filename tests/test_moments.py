@@ -128,8 +128,16 @@ def data(draw):
     return arr
 
 
+_STATS_JIT = jax.jit(lambda x: ptp.stats({'x': x}))
+# one jitted function per pass, so that a shape seen before reuses its program
+_PASS_JIT = {
+    name: jax.jit(lambda v, n, fn=fn: fn(v, n, True), static_argnums=1)
+    for name, fn in (('cpu', _jax_moments._pass_cpu), ('default', _jax_moments._pass_default))
+}
+
+
 def _stats_jit(x):
-    return jax.jit(ptp.stats)({'x': x}).table[0]
+    return _STATS_JIT(x).table[0]
 
 
 def _summary_row(x):
@@ -142,7 +150,11 @@ def _gpu_counts(monkeypatch_target):
     return lambda x, xf, valid, mn, mx: _jax_moments._exact_counts(x, valid)
 
 
-PATHS = ['host', 'device', 'stats', 'stats_jit', 'leaf_stats', 'summary', 'gpu_branch']
+# traced only while ``_counts`` is swapped for the GPU/TPU counts (see below)
+_GPU_BRANCH_JIT = jax.jit(lambda v: _moments.finalize(_jax_moments.jax_partials(v), jnp))
+
+# ('leaf_stats' is not a path of its own: jitted ``ptp.stats`` runs it on the traced leaf)
+PATHS = ['host', 'device', 'stats', 'stats_jit', 'summary', 'gpu_branch']
 
 
 HALF = settings(max_examples=max(20, settings().max_examples // 2), deadline=None)
@@ -157,7 +169,6 @@ def test_every_path_matches_float64_reference(x):
         'host': leaf_rows([x])[0],
         'stats': ptp.stats({'x': xj}).table[0],
         'stats_jit': _stats_jit(xj),
-        'leaf_stats': jax.jit(ptp._stats.leaf_stats)(xj),
         'summary': _summary_row(xj),
     }
     with force_device_path():
@@ -165,9 +176,7 @@ def test_every_path_matches_float64_reference(x):
     original = _jax_moments._counts
     _jax_moments._counts = _gpu_counts(None)
     try:
-        got['gpu_branch'] = jax.jit(lambda v: _moments.finalize(_jax_moments.jax_partials(v), jnp))(
-            xj
-        )
+        got['gpu_branch'] = _GPU_BRANCH_JIT(xj)
     finally:
         _jax_moments._counts = original
     for path in PATHS:
@@ -184,13 +193,13 @@ def test_grad_stats_agree_with_the_moments(x):
     want = reference(x)
     with np.errstate(all='ignore'):
         amax = np.max(np.abs(np.asarray(x, np.float64))) if x.size else np.nan
-    for name, fn in (('cpu', _jax_moments._pass_cpu), ('default', _jax_moments._pass_default)):
+    for name, jitted in _PASS_JIT.items():
         if x.size == 0:
             continue
         n = x.size
         k = -(-n // min(n, _jax_moments.GRAD_BLOCK))
         x2 = jnp.pad(xj.reshape(-1), (0, k * min(n, _jax_moments.GRAD_BLOCK) - n)).reshape(k, -1)
-        ss, scale, mean, mx, zeros, nonfinite = jax.jit(lambda v, fn=fn, n=n: fn(v, n, True))(x2)
+        ss, scale, mean, mx, zeros, nonfinite = jitted(x2, n)
         norm = float(jnp.sqrt(ss) * scale)
         w = reference(x).astype(np.float32).astype(np.float64)
         if np.isfinite(w[4]) and np.isfinite(want[0]):
@@ -201,6 +210,63 @@ def test_grad_stats_agree_with_the_moments(x):
             assert float(mx) == np.float32(amax), (name, mx, amax)
         assert float(nonfinite) == want[5], name
         assert float(zeros) == np.count_nonzero(np.asarray(x, np.float64) == 0), name
+
+
+def _mixed_leaves() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    with np.errstate(over='ignore'):
+        return [
+            rng.standard_normal((64, 16)).astype(np.float32),  # plain
+            np.zeros(7, np.float32),
+            np.full(3000, 1e30, np.float32),  # squares overflow float32: rescued
+            (1e-30 * rng.standard_normal(3000)).astype(np.float32),  # squares underflow
+            np.array([np.nan, 1.0, 0.0], np.float32),
+            np.array([np.inf, 0.0, 0.0, 2.0], np.float32),
+            np.zeros(0, np.float32),
+            rng.standard_normal(70_001).astype(jnp.bfloat16),  # padded to whole blocks
+            np.arange(-2, 3, dtype=np.int32),
+            rng.standard_normal(1000).astype(np.float16),
+        ]
+
+
+@pytest.mark.parametrize('extras', [True, False])
+def test_grad_partials_of_mixed_leaves_match_numpy(extras):
+    """One jitted program over leaves of every kind (plain, rescued for range or
+    non-finite values, empty, padded, integer, half precision): each leaf's norm,
+    counts, mean and max |x| as float64 NumPy gives them; a leaf that needs the
+    exact rescue leaves the others' values bit for bit as they are without it."""
+    leaves = _mixed_leaves()
+
+    def many(xs):
+        parts = [_jax_moments.jax_grad_partials(x, extras) for x in xs]
+        return _jax_moments.GradPartial(*(jnp.stack(f) for f in zip(*parts)))
+
+    many = jax.jit(many)
+    got = many(leaves)
+    for i, x in enumerate(leaves):
+        a = np.asarray(x, np.float64).ravel()
+        want = reference(x)
+        norm = float(np.sqrt(got.ss[i]) * got.scale[i])
+        assert float(got.nonfinite[i]) == want[5], i
+        if not a.size:  # an empty leaf adds nothing to a norm
+            assert norm == 0.0
+        elif np.isfinite(want[4]):
+            assert abs(norm - want[4]) <= 1e-5 * want[4], (i, norm, want[4])
+        else:
+            assert np.isnan(norm) or norm == np.inf, (i, norm)
+        if extras and a.size:
+            assert float(got.zeros[i]) == np.count_nonzero(a == 0), i
+            with np.errstate(invalid='ignore'):
+                amax = np.nan if np.isnan(a).any() else np.abs(a).max()
+            chex.assert_trees_all_equal(np.float32(got.amax[i]), np.float32(amax))
+            if np.isfinite(want[0]):
+                assert abs(float(got.mean[i]) - want[0]) <= 1e-6 * (abs(want[0]) + want[1]) + 1e-30
+    # the plain leaves alone, without the ones that need the rescue: the same bits
+    plain = [0, 1, 7, 8, 9]
+    alone = many([leaves[i] for i in plain])
+    for j, i in enumerate(plain):
+        for field in got._fields:
+            chex.assert_trees_all_equal(getattr(alone, field)[j], getattr(got, field)[i])
 
 
 @pytest.mark.parametrize(

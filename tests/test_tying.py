@@ -83,19 +83,22 @@ def tied_trees(draw):
 def test_gpt_tied_head_matches_embed_attend(maybe_jit):
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, VOCAB)
     ref_model, model = TinyGPT(tied_by_attend=True), TinyGPT()
-    ref_params = ref_model.init(jax.random.key(0), tokens)
+    ref_params = jax.jit(ref_model.init)(jax.random.key(0), tokens)
     compact = ref_params  # Embed.attend's params have no lm_head: already compact
+    # the models are jitted in both variants: tie (and its gradient) is what runs
+    # with and without jit
+    full_loss = jax.jit(lambda p: loss_of(model, p, tokens))
     full = maybe_jit(lambda c: ptp.tie(c, TIES))(compact)
     assert ptp.paths(full) == sorted(ptp.paths(compact) + ['params/lm_head/kernel'])
     chex.assert_trees_all_close(
-        model.apply(full, tokens), ref_model.apply(ref_params, tokens), atol=1e-6
+        jax.jit(model.apply)(full, tokens), jax.jit(ref_model.apply)(ref_params, tokens), atol=1e-6
     )
 
-    g_ref = jax.grad(lambda p: loss_of(ref_model, p, tokens))(ref_params)
-    g = maybe_jit(jax.grad(lambda c: loss_of(model, ptp.tie(c, TIES), tokens)))(compact)
+    g_ref = jax.jit(jax.grad(lambda p: loss_of(ref_model, p, tokens)))(ref_params)
+    g = maybe_jit(jax.grad(lambda c: full_loss(ptp.tie(c, TIES))))(compact)
     chex.assert_trees_all_close(g, g_ref, atol=1e-6, rtol=1e-5)
 
-    full_grads = jax.grad(lambda p: loss_of(model, p, tokens))(full)
+    full_grads = jax.jit(jax.grad(full_loss))(full)
     parts = ptp.tied_grads(full_grads, TIES)['params/wte/embedding']
     assert set(parts) == {'params/wte/embedding', 'params/lm_head/kernel', 'sum'}
     chex.assert_trees_all_close(
