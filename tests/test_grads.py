@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import chex
@@ -131,3 +132,59 @@ def test_grad_stats_outside_jit_is_one_program_compiled_once():
     chex.assert_trees_all_close(eager.table, jitted.table)
     assert eager.paths == jitted.paths == ('a', 'c')
     np.testing.assert_allclose(eager['grad_norm'], [10.0, 2 * np.sqrt(6.0)], rtol=1e-6)
+
+
+def _read_scalars(folder) -> dict[str, tuple[int, float]]:
+    """The scalars of the TensorBoard event files in ``folder``: tag -> (step, value)."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for name in glob.glob(os.path.join(str(folder), '**', 'events.out.tfevents.*'), recursive=True):
+        data, i = open(name, 'rb').read(), 0
+        while i < len(data):  # TFRecord: length, its CRC, the record, its CRC
+            (n,) = struct.unpack('<Q', data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                if v.WhichOneof('value') == 'simple_value':  # tensorboardX
+                    out[v.tag] = (event.step, v.simple_value)
+                elif v.WhichOneof('value') == 'tensor':  # TensorFlow's writer (clu)
+                    t = v.tensor
+                    value = t.float_val[0] if t.float_val else np.frombuffer(t.tensor_content)[0]
+                    out[v.tag] = (event.step, float(value))
+    return out
+
+
+def _logged_stats():
+    g = {'h_0': {'fc': jnp.array([3.0, 4.0])}, 'out': {'w': jnp.array([0.0, 1.0])}}
+    return ptp.grad_stats(g).to_dict('train/', stat_first=True, drop_nan=True)
+
+
+def test_logger_dict_goes_to_tensorboardx_as_it_is(tmp_path):
+    """The dict is what a TensorBoard writer takes (one scalar per key, grouped by
+    statistic); read back from the event file, every value and step is there."""
+    tbx = pytest.importorskip('tensorboardX')
+    d = _logged_stats()
+    with tbx.SummaryWriter(str(tmp_path)) as writer:
+        for key, value in d.items():
+            writer.add_scalar(key, value, global_step=7)
+    back = _read_scalars(tmp_path)
+    assert set(back) == set(d) and 'train/grad_norm/h_0/fc' in back
+    assert all(back[k] == (7, np.float32(v)) for k, v in d.items())
+    assert back['train/grad_norm/h_0/fc'][1] == 5.0
+
+
+def test_logger_dict_goes_through_clu_metric_writers(tmp_path):
+    """clu's metric writers take the dict as it is (``write_scalars(step, d)``).
+    clu 0.0.12 imports TensorFlow with ``clu.metric_writers``: skipped without it."""
+    metric_writers = pytest.importorskip('clu.metric_writers')
+    d = _logged_stats()
+    writer = metric_writers.create_default_writer(str(tmp_path), just_logging=False)
+    writer.write_scalars(7, d)
+    writer.flush()
+    pytest.importorskip('tensorboardX')
+    back = _read_scalars(tmp_path)
+    assert {k: v for k, (_, v) in back.items()} == pytest.approx(d)
