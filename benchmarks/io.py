@@ -35,6 +35,13 @@ open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the c
 if sys.argv[2] == 'select':
     out = ptp.load(sys.argv[1], select='t_042')
     assert float(out['t_042'].sum()) != 0
+elif sys.argv[2] == 'load_into':
+    import jax
+    import numpy as np
+
+    like = {'t_042': jax.ShapeDtypeStruct((2048, 2560), np.float32)}
+    out, report = ptp.load_into(sys.argv[1], like=like, strict=False)
+    assert float(out['t_042'].sum()) != 0 and len(report.unexpected) == 99
 else:
     out = ptp.load(sys.argv[1])
     total = sum(float(v.sum()) for v in out.values())  # every byte read once
@@ -59,13 +66,14 @@ def lazy() -> None:
     print(f'file: {size / 2**30:.2f} GiB, 100 tensors of {2048 * 2560 * 4 / 2**20:.0f} MiB')
     print('| read | peak RSS growth | / file size |')
     print('|---|---|---|')
-    for what in ('select', 'all'):
+    for what in ('select', 'load_into', 'all'):
         out = subprocess.run(
             [sys.executable, '-c', _CHILD, path, what], capture_output=True, text=True, check=True
         ).stdout.split()
         grown = (int(out[1]) - int(out[0])) * 1024
         label = {
             'select': "load(path, select='t_042') (1 tensor)",
+            'load_into': 'load_into(path, like={1 tensor}, strict=False)',
             'all': 'load(path), every tensor summed',
         }
         print(f'| {label[what]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
+from ._io import load
 from ._keys import describe, rebox, same_dtype, unbox
 from ._messages import deprecated, joined_list, quote_list
 from ._patterns import capture_pattern, compile_pattern
@@ -148,7 +150,9 @@ def load_into(
     """Copies ``source`` leaves into a tree shaped ``like``, by path, reporting what differs.
 
     Args:
-      source: A loaded checkpoint tree.
+      source: A loaded checkpoint tree, or the path of a checkpoint file or
+        folder (any format :func:`ptp.load` reads). A safetensors file is
+        memory-mapped: only the tensors copied into ``like`` are read from disk.
       *old: The old spelling ``load_into(target, source)`` (deprecated: it
         warns and still works for one release).
       like: The target: a freshly initialized (or abstract) tree; its
@@ -171,6 +175,7 @@ def load_into(
       StructureError: With ``strict``, naming every problem; always when two
         source paths map to one target path.
       TypeError: Without ``like``.
+      FileNotFoundError, FormatError: For a ``source`` path, as :func:`ptp.load`.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -188,6 +193,8 @@ def load_into(
         source, like = old[0], source
     if like is None:
         raise TypeError('load_into(source, like=target): like= (the tree to fill) is missing')
+    if isinstance(source, (str, os.PathLike)):
+        source = load(source)  # lazy for safetensors: a tensor is read when copied
     t_leaves, t_def, t_paths = flatten_with_paths(like)
     s_leaves, _, s_paths = flatten_with_paths(source)
     provided, origin, renamed, dropped = _renamed_source(s_paths, s_leaves, list(rename))

@@ -176,3 +176,23 @@ def test_one_pattern_dialect_for_renames_and_rules():
         ptp.load_into(source, like=target, rename=[(r'layer_(\d+)/weight', r'blocks/\1/w')])
     with pytest.raises(ValueError, match='a glob everywhere'):
         ptp.to_torch_state_dict({'params': {'d': {'kernel': jnp.ones((2, 2))}}}, [(r'.*', 'x')])
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.msgpack', ''])
+def test_load_into_from_a_path_equals_loading_first(tmp_path, suffix):
+    """``load_into(path, like=...)`` for every format (an Orbax folder without a
+    suffix): the same tree and report as loading the file first, and a missing
+    file is a FileNotFoundError naming it."""
+    pretrained = TinyViT(classes=1000).init(jax.random.key(0), jnp.ones((1, 4)))
+    target = TinyViT(classes=10).init(jax.random.key(1), jnp.ones((1, 4)))
+    path = str(tmp_path / f'pretrained{suffix}')
+    ptp.save(path, pretrained)
+    got, report = ptp.load_into(path, like=target, skip='params/head/**')
+    want, want_report = ptp.load_into(ptp.load(path), like=target, skip='params/head/**')
+    chex.assert_trees_all_equal(got, want)
+    assert report == want_report and report.ok
+    assert report.skipped == ('params/head/bias', 'params/head/kernel')
+    chex.assert_trees_all_equal(got['params']['embedding'], pretrained['params']['embedding'])
+    assert type(got) is type(target)
+    with pytest.raises(FileNotFoundError, match='missing'):
+        ptp.load_into(str(tmp_path / f'missing{suffix}'), like=target)
