@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -44,13 +44,41 @@ PATHS_CACHE = LRU()
 _GetAttrKey = jax.tree_util.GetAttrKey
 
 
-def flatten_with_paths(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
+def _check_paths(key_strs: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The path strings of the leaves' key strings; refuses keys that make them ambiguous."""
+    for keys in key_strs:
+        bad = next((k for k in keys if not k or '/' in k), None)
+        if bad is not None:
+            raise StructureError(unspellable_key_message(bad, keys))
+    paths_ = tuple('/'.join(keys) for keys in key_strs)
+    if len(builtins.set(paths_)) != len(paths_):
+        seen: builtins.set[str] = builtins.set()
+        dup = next(p for p in paths_ if p in seen or seen.add(p))
+        raise StructureError(
+            f'two leaves have the same path {dup!r}: a key contains "/" '
+            'or two keys have the same string form; rename the keys'
+        )
+    return paths_
+
+
+def flatten_with_paths(
+    tree: PyTree, is_leaf: Callable[[Any], bool] | None = None
+) -> tuple[list[Any], Any, tuple[str, ...]]:
     """Leaves (boxes kept), treedef and path strings, in flatten order.
 
     The fast C++ flatten runs first; the structure's path strings, and whether
     it holds metadata boxes (which need a slower flatten with ``is_leaf``), are
-    cached per treedef.
+    cached per treedef. With ``is_leaf`` (as ``jax.tree_util`` takes it: a
+    node for which it is true is a leaf), boxes are still leaves, and nothing
+    is cached.
     """
+    if is_leaf is not None:
+        user_is_leaf = is_leaf
+        with_path, treedef = jax.tree_util.tree_flatten_with_path(
+            tree, is_leaf=lambda x: is_box(x) or user_is_leaf(x)
+        )
+        paths_ = _check_paths([tuple(key_str(k) for k in kp) for kp, _ in with_path])
+        return [x for _, x in with_path], treedef, paths_
     try:
         leaves, treedef = jax.tree_util.tree_flatten(tree)
     except ValueError as e:
@@ -75,19 +103,7 @@ def flatten_with_paths(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
             with_path, boxed_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
         has_boxes = boxed_def != treedef
         boxed_leaves = [x for _, x in with_path]
-        key_strs = [tuple(key_str(k) for k in kp) for kp, _ in with_path]
-        for keys in key_strs:
-            bad = next((k for k in keys if not k or '/' in k), None)
-            if bad is not None:
-                raise StructureError(unspellable_key_message(bad, keys))
-        paths_ = tuple('/'.join(keys) for keys in key_strs)
-        if len(builtins.set(paths_)) != len(paths_):
-            seen: builtins.set[str] = builtins.set()
-            dup = next(p for p in paths_ if p in seen or seen.add(p))
-            raise StructureError(
-                f'two leaves have the same path {dup!r}: a key contains "/" '
-                'or two keys have the same string form; rename the keys'
-            )
+        paths_ = _check_paths([tuple(key_str(k) for k in kp) for kp, _ in with_path])
         info = (has_boxes, paths_)
         if cacheable:
             PATHS_CACHE.put(treedef, info)
@@ -99,11 +115,12 @@ def flatten_with_paths(tree: PyTree) -> tuple[list[Any], Any, tuple[str, ...]]:
     return leaves, treedef, paths_
 
 
-def paths(tree: PyTree) -> list[str]:
+def paths(tree: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> list[str]:
     """The paths of all leaves of ``tree``, in JAX's flatten order.
 
     Args:
       tree: Any pytree; ``None`` nodes are empty subtrees, boxes are transparent.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves.
 
     Returns:
       A list of ``/``-joined path strings.
@@ -118,16 +135,18 @@ def paths(tree: PyTree) -> list[str]:
       >>> ptp.paths({'params': {'dense': {'kernel': 1.0, 'bias': 0.0}}})
       ['params/dense/bias', 'params/dense/kernel']
     """
-    return list(flatten_with_paths(tree)[2])
+    return list(flatten_with_paths(tree, is_leaf)[2])
 
 
-def flatten(tree: PyTree) -> dict[str, Leaf]:
+def flatten(tree: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> dict[str, Leaf]:
     """Flattens ``tree`` to a dict from path string to leaf.
 
     Boxed leaves (``nn.Partitioned``, NNX ``Variable``) are given unboxed.
 
     Args:
       tree: Any pytree.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
+        (``ptp.flatten(t, is_leaf=lambda x: isinstance(x, tuple))``).
 
     Returns:
       ``{path: leaf}`` in flatten order.
@@ -142,17 +161,23 @@ def flatten(tree: PyTree) -> dict[str, Leaf]:
       >>> ptp.flatten({'b': [1, 2], 'a': 3})
       {'a': 3, 'b/0': 1, 'b/1': 2}
     """
-    leaves, _, paths_ = flatten_with_paths(tree)
+    leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     return {p: unbox(x) for p, x in zip(paths_, leaves, strict=False)}
 
 
-def unflatten(flat: Mapping[PathLike, Leaf], like: PyTree = None) -> PyTree:
+def unflatten(
+    flat: Mapping[PathLike, Leaf],
+    like: PyTree = None,
+    *,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> PyTree:
     """Builds a tree from a ``{path: leaf}`` mapping.
 
     Args:
       flat: A mapping from paths (strings or tuples) to leaves.
       like: Optional tree to copy the structure and container types from
         (FrozenDict stays FrozenDict, boxes are re-applied around the leaves).
+      is_leaf: With ``like``: its leaves, as in ``jax.tree_util``.
 
     Returns:
       Nested dicts (without ``like``), or a tree with exactly ``like``'s
@@ -169,7 +194,7 @@ def unflatten(flat: Mapping[PathLike, Leaf], like: PyTree = None) -> PyTree:
       {'a': {'b': 1, 'c': 2}}
     """
     if like is not None:
-        leaves, treedef, paths_ = flatten_with_paths(like)
+        leaves, treedef, paths_ = flatten_with_paths(like, is_leaf)
         by_str = {path_str(k): v for k, v in flat.items()}
         if len(by_str) != len(paths_) or any(p not in by_str for p in paths_):
             known = builtins.set(paths_)

@@ -157,15 +157,21 @@ def match_flags(tree_paths: tuple[str, ...], pattern: Pattern) -> tuple[bool, ..
     return flags
 
 
-def _matches(tree: PyTree, pattern: Pattern, missing_ok: bool):
-    leaves, treedef, paths_ = flatten_with_paths(tree)
+def _matches(tree: PyTree, pattern: Pattern, missing_ok: bool, is_leaf: Any = None):
+    leaves, treedef, paths_ = flatten_with_paths(tree, is_leaf)
     flags = match_flags(paths_, pattern)
     if not missing_ok and not any(flags):
         raise PathError(no_match_message(pattern_texts(pattern), paths_, missing_ok_hint=True))
     return leaves, treedef, paths_, flags
 
 
-def select(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> dict[str, Leaf]:
+def select(
+    tree: PyTree,
+    pattern: Pattern,
+    *,
+    missing_ok: bool = False,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> dict[str, Leaf]:
     """The leaves whose paths match ``pattern``, in flatten order.
 
     Args:
@@ -173,6 +179,8 @@ def select(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> dict[
       pattern: A glob (``'**/kernel'``), a compiled regex (matched with
         ``fullmatch``) or a list of them.
       missing_ok: If False, a pattern that matches nothing is an error.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
+        (their path is the node's path).
 
     Returns:
       ``{path: leaf}`` for the matching leaves (unboxed).
@@ -187,11 +195,17 @@ def select(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> dict[
       >>> ptp.select(params, '*/kernel')
       {'l0/kernel': 1, 'l1/kernel': 3}
     """
-    leaves, _, paths_, flags = _matches(tree, pattern, missing_ok)
+    leaves, _, paths_, flags = _matches(tree, pattern, missing_ok, is_leaf)
     return {p: unbox(x) for p, x, f in zip(paths_, leaves, flags, strict=False) if f}
 
 
-def mask(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> PyTree:
+def mask(
+    tree: PyTree,
+    pattern: Pattern,
+    *,
+    missing_ok: bool = False,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> PyTree:
     """A tree of bools, True where the leaf path matches ``pattern``.
 
     The mask has ``tree``'s own container types (a FrozenDict stays a
@@ -202,6 +216,8 @@ def mask(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> PyTree:
       tree: Any pytree, e.g. Flax params.
       pattern: Which leaves are True (see the module docstring).
       missing_ok: If False, a pattern that matches nothing is an error.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
+        (their path is the node's path).
 
     Returns:
       A tree of Python bools with ``tree``'s structure.
@@ -214,12 +230,17 @@ def mask(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> PyTree:
       >>> ptp.mask({'dense': {'kernel': 1.0, 'bias': 0.0}}, '**/kernel')
       {'dense': {'bias': False, 'kernel': True}}
     """
-    _, treedef, _, flags = _matches(tree, pattern, missing_ok)
+    _, treedef, _, flags = _matches(tree, pattern, missing_ok, is_leaf)
     return jax.tree_util.tree_unflatten(treedef, list(flags))
 
 
 def update(
-    tree: PyTree, pattern: Pattern, fn: Callable[[Leaf], Leaf], *, missing_ok: bool = False
+    tree: PyTree,
+    pattern: Pattern,
+    fn: Callable[[Leaf], Leaf],
+    *,
+    missing_ok: bool = False,
+    is_leaf: Callable[[Any], bool] | None = None,
 ) -> PyTree:
     """Returns a new tree with ``fn(leaf)`` at every leaf matching ``pattern``.
 
@@ -228,6 +249,8 @@ def update(
       pattern: Which leaves to change.
       fn: Called on each matching (unboxed) leaf; the result is reboxed.
       missing_ok: If False, a pattern that matches nothing is an error.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
+        (their path is the node's path).
 
     Returns:
       The new tree with ``tree``'s container types; ``tree`` is unchanged.
@@ -240,13 +263,17 @@ def update(
       >>> ptp.update({'w': 1.0, 'b': 2.0}, 'w', lambda x: x + 1)
       {'b': 2.0, 'w': 2.0}
     """
-    leaves, treedef, _, flags = _matches(tree, pattern, missing_ok)
+    leaves, treedef, _, flags = _matches(tree, pattern, missing_ok, is_leaf)
     new = [rebox(x, fn(unbox(x))) if f else x for x, f in zip(leaves, flags, strict=False)]
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
 def map_with_path(
-    tree: PyTree, fn: Callable[[Any, Leaf], Leaf], *, key_paths: bool = False
+    tree: PyTree,
+    fn: Callable[[Any, Leaf], Leaf],
+    *,
+    key_paths: bool = False,
+    is_leaf: Callable[[Any], bool] | None = None,
 ) -> PyTree:
     """Maps ``fn(path, leaf)`` over every leaf, keeping containers and boxes.
 
@@ -256,6 +283,8 @@ def map_with_path(
       fn: Called with the path string and the (unboxed) leaf.
       key_paths: Hand ``fn`` the jax key path (as ``jax.tree_util.
         tree_map_with_path`` does) instead of the path string.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
+        (their path is the node's path).
 
     Returns:
       A tree of ``fn``'s results with ``tree``'s structure.
@@ -271,9 +300,10 @@ def map_with_path(
     if callable(tree) and not callable(fn):
         deprecated('ptp.map_with_path(fn, tree)', 'ptp.map_with_path(tree, fn)')
         tree, fn = fn, tree
-    leaves, treedef, paths_ = flatten_with_paths(tree)
+    leaves, treedef, paths_ = flatten_with_paths(tree, is_leaf)
     if key_paths:
-        paths_ = [kp for kp, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)[0]]
+        leaf = is_box if is_leaf is None else (lambda x: is_box(x) or is_leaf(x))
+        paths_ = [kp for kp, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=leaf)[0]]
     new = [rebox(x, fn(p, unbox(x))) for p, x in zip(paths_, leaves, strict=False)]
     return jax.tree_util.tree_unflatten(treedef, new)
 
@@ -314,7 +344,13 @@ def first_match(paths_: Sequence[str], rules: Any, what: str) -> list[Any]:
     return out
 
 
-def labels(tree: PyTree, rules: Any, default: str | None = None) -> PyTree:
+def labels(
+    tree: PyTree,
+    rules: Any,
+    default: str | None = None,
+    *,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> PyTree:
     """A tree of label strings for ``optax.multi_transform``.
 
     Args:
@@ -322,6 +358,8 @@ def labels(tree: PyTree, rules: Any, default: str | None = None) -> PyTree:
       rules: An ordered mapping or list of ``(pattern, label)``; for each leaf
         the first matching rule gives its label.
       default: The label of leaves no rule matches.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
+        (their path is the node's path).
 
     Returns:
       A tree of strings with ``tree``'s containers.
@@ -335,7 +373,7 @@ def labels(tree: PyTree, rules: Any, default: str | None = None) -> PyTree:
       >>> ptp.labels({'w': 1.0, 'b': 0.0}, {'w': 'adam'}, default='sgd')
       {'b': 'sgd', 'w': 'adam'}
     """
-    leaves, treedef, paths_ = flatten_with_paths(tree)
+    leaves, treedef, paths_ = flatten_with_paths(tree, is_leaf)
     out = first_match(paths_, rules, 'labels')
     unlabeled = [p for p, lab in zip(paths_, out, strict=False) if lab is None]
     if unlabeled:
@@ -348,7 +386,13 @@ def labels(tree: PyTree, rules: Any, default: str | None = None) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def partition(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> tuple[PyTree, PyTree]:
+def partition(
+    tree: PyTree,
+    pattern: Pattern,
+    *,
+    missing_ok: bool = False,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> tuple[PyTree, PyTree]:
     """Splits ``tree`` into the leaves matching ``pattern`` and the rest.
 
     Both parts keep ``tree``'s structure with ``None`` in the holes, so
@@ -360,6 +404,8 @@ def partition(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> tu
       tree: Any pytree.
       pattern: Which leaves go to ``matched``.
       missing_ok: If False, a pattern that matches nothing is an error.
+      is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
+        (their path is the node's path).
 
     Returns:
       ``(matched, rest)``.
@@ -372,7 +418,7 @@ def partition(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> tu
       >>> ptp.partition({'w': 1.0, 'b': 0.0}, 'w')
       ({'b': None, 'w': 1.0}, {'b': 0.0, 'w': None})
     """
-    leaves, treedef, _, flags = _matches(tree, pattern, missing_ok)
+    leaves, treedef, _, flags = _matches(tree, pattern, missing_ok, is_leaf)
     matched = [x if f else None for x, f in zip(leaves, flags, strict=False)]
     rest = [None if f else x for x, f in zip(leaves, flags, strict=False)]
     return (
@@ -381,12 +427,13 @@ def partition(tree: PyTree, pattern: Pattern, *, missing_ok: bool = False) -> tu
     )
 
 
-def combine(*trees: PyTree) -> PyTree:
+def combine(*trees: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> PyTree:
     """Merges trees with ``None`` holes, the inverse of :func:`partition`.
 
     Args:
       *trees: Trees of one structure; at each leaf position at most one of
         them is not ``None``.
+      is_leaf: As in ``jax.tree_util`` (the one given to ``partition``).
 
     Returns:
       The tree with each position taken from the tree that fills it.
@@ -413,7 +460,9 @@ def combine(*trees: PyTree) -> PyTree:
         return filled[0] if filled else None
 
     try:
-        return jax.tree_util.tree_map(pick, *trees, is_leaf=lambda x: x is None or is_box(x))
+        user = is_leaf or (lambda x: False)
+        leaf = lambda x: x is None or is_box(x) or user(x)  # noqa: E731
+        return jax.tree_util.tree_map(pick, *trees, is_leaf=leaf)
     except ValueError as e:
         if isinstance(e, StructureError):
             raise

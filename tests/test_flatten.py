@@ -188,3 +188,33 @@ def test_path_caches_are_thread_safe():
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(8)))
     assert len(_flatten.PATHS_CACHE) <= _flatten.CACHE_SIZE
+
+
+def _adam_state():
+    params = {'dense': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)}}
+    return params, optax.adam(1e-3).init(params)
+
+
+def test_is_leaf_as_jax_tree_util_takes_it_on_optax_and_nnx_trees():
+    """With ``is_leaf`` the paths are jax's (keystr, simple, '/') for the same
+    is_leaf; flatten gives the chosen nodes whole, and unflatten(like=) puts
+    them back."""
+    from flax import nnx
+
+    _, state = _adam_state()
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    flat_kp = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_adam)[0]
+    want = [jax.tree_util.keystr(kp, simple=True, separator='/') for kp, _ in flat_kp]
+    assert ptp.paths(state, is_leaf=is_adam) == want == ['0']
+    flat = ptp.flatten(state, is_leaf=is_adam)
+    assert isinstance(flat['0'], optax.ScaleByAdamState)
+    back = ptp.unflatten(flat, like=state, is_leaf=is_adam)
+    chex.assert_trees_all_equal(back, state)
+    assert type(back) is type(state)
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    st_ = nnx.state(model)
+    whole = lambda x: isinstance(x, nnx.State) and 'kernel' in x  # noqa: E731
+    assert ptp.paths(st_) == ['bias', 'kernel']
+    assert ptp.paths(st_, is_leaf=whole) == ['']  # the root itself is the one leaf
+    assert ptp.paths(st_, is_leaf=lambda x: False) == ptp.paths(st_)  # boxes stay leaves

@@ -156,3 +156,33 @@ def test_partition_combine_round_trip(tree, pattern):
     m = ptp.mask(tree, pattern, missing_ok=True)
     assert ptp.paths(m) == ptp.paths(tree)
     assert [k for k, v in ptp.flatten(m).items() if v] == ptp.paths(matched)
+
+
+def test_is_leaf_in_every_pattern_function():
+    """``is_leaf`` stops the walk where jax.tree_util's would: a pattern then
+    names the node, and the results have the walk's (prefix) structure, which
+    optax takes as a mask."""
+    params = {'emb': (jnp.ones(3), jnp.zeros(3)), 'head': {'w': jnp.ones(2), 'b': jnp.zeros(2)}}
+    pair = lambda x: isinstance(x, tuple)  # noqa: E731
+    assert list(ptp.select(params, 'emb', is_leaf=pair)) == ['emb']
+    with pytest.raises(ptp.PathError):
+        ptp.select(params, 'emb/0', is_leaf=pair)  # inside a leaf now
+    assert ptp.select(params, 'emb/0') != {}  # without is_leaf the walk goes in
+    m = ptp.mask(params, 'head/**', is_leaf=pair)
+    assert m == {'emb': False, 'head': {'b': True, 'w': True}}
+    tx = optax.masked(optax.sgd(1.0), m)  # a mask with is_leaf's structure: a prefix
+    updates, _ = tx.update(params, tx.init(params), params)
+    chex.assert_trees_all_close(updates['head']['w'], -jnp.ones(2))
+    chex.assert_trees_all_equal(updates['emb'], params['emb'])
+    assert ptp.labels(params, {'emb': 'frozen'}, default='adam', is_leaf=pair) == {
+        'emb': 'frozen',
+        'head': {'b': 'adam', 'w': 'adam'},
+    }
+    swapped = ptp.update(params, 'emb', lambda t: (t[1], t[0]), is_leaf=pair)
+    chex.assert_trees_all_equal(swapped['emb'], (params['emb'][1], params['emb'][0]))
+    matched, rest = ptp.partition(params, 'emb', is_leaf=pair)
+    assert rest['emb'] is None
+    assert ptp.combine(matched, rest, is_leaf=pair)['emb'] is params['emb']
+    kp = ptp.map_with_path(params, lambda p, x: p, key_paths=True, is_leaf=pair)
+    assert kp['emb'] == (jax.tree_util.DictKey('emb'),)
+    assert ptp.map_with_path(params, lambda p, x: p, is_leaf=pair)['emb'] == 'emb'
