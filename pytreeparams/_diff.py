@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
 
 from ._flatten import flatten
 from ._keys import describe
+from ._render import html_table, treescope_repr
 from ._rows import is_key_array
 from ._stats import is_array
 from ._typing import PyTree
@@ -52,6 +54,19 @@ class DiffReport:
     def moved(self, tol: float = 0.0) -> list[str]:
         """Paths whose relative change exceeds ``tol``."""
         return [p for p, v in self.rel_change.items() if not v <= tol]
+
+    def _repr_html_(self) -> str:
+        cells = [[p, 'only in a', ''] for p in self.only_a]
+        cells += [[p, 'only in b', ''] for p in self.only_b]
+        cells += [[p, 'changed type', f'{ta} -> {tb}'] for p, (ta, tb) in self.changed.items()]
+        cells += [[p, 'changed value', f'{v:.3e}'] for p, v in self.rel_change.items() if v != 0]
+        return html_table(
+            ['path', 'difference', 'detail'], cells, [str(self).splitlines()[-1], '', '']
+        )
+
+    def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
+        attributes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return treescope_repr(self, attributes, path, subtree_renderer)
 
     def __str__(self) -> str:
         lines = []

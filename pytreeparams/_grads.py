@@ -23,7 +23,7 @@ from ._flatten import flatten_with_paths
 from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._messages import quote_list
-from ._render import stats_text
+from ._render import fmt_float, html_table, stats_text, treescope_repr
 from ._stats import is_array, readable
 from ._typing import PyTree
 
@@ -74,6 +74,18 @@ class GradStats:
         if isinstance(self.global_norm, jax.core.Tracer):
             return text
         return f'{text}\nglobal_norm {float(jax.device_get(self.global_norm)):.4g}'
+
+    def _repr_html_(self) -> str:
+        if isinstance(self.table, jax.core.Tracer):
+            return html_table(['path'], [[str(self)]], [''])
+        table, gn = jax.device_get((self.table, self.global_norm))
+        cells = [[p, *(fmt_float(float(v)) for v in row)] for p, row in zip(self.paths, table)]
+        total = ['global_norm', fmt_float(float(gn))] + [''] * (len(GRAD_STAT_NAMES) - 1)
+        return html_table(['path', *GRAD_STAT_NAMES], cells, total)
+
+    def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
+        attributes = {'paths': self.paths, 'global_norm': self.global_norm, 'table': self.table}
+        return treescope_repr(self, attributes, path, subtree_renderer)
 
     def to_dict(
         self, prefix: str = '', *, stat_first: bool = False, drop_nan: bool = False

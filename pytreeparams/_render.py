@@ -166,3 +166,21 @@ def html_table(header: Sequence[str], cells: Sequence[Sequence[str]], total: Seq
         '<table class="pytreeparams-summary"><thead><tr>'
         f'{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>'
     )
+
+
+def treescope_repr(obj: Any, attributes: dict[str, Any], path: Any, subtree_renderer: Any) -> Any:
+    """``obj`` for treescope (``__treescope_repr__``): the constructor form of
+    ``attributes`` (real attributes of ``obj``, foldable, arrays visualized by
+    treescope), to which treescope's default renderer appends ``obj``'s
+    ``_repr_html_`` table, as flax NNX modules show in treescope.
+
+    Example:
+      >>> import treescope, jax.numpy as jnp, pytreeparams as ptp
+      >>> 'Summary(' in treescope.render_to_text(ptp.summary({'w': jnp.ones(2)}))
+      True
+    """
+    from treescope import repr_lib
+
+    return repr_lib.render_object_constructor(
+        object_type=type(obj), attributes=attributes, path=path, subtree_renderer=subtree_renderer
+    )

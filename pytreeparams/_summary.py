@@ -19,7 +19,15 @@ from ._flatten import flatten_with_paths
 from ._keys import unbox, unbox_all
 from ._messages import no_match_message
 from ._patterns import compile_pattern, map_with_path, pattern_texts
-from ._render import fmt_bytes, fmt_float, fmt_int, html_table, rich_table, text_table
+from ._render import (
+    fmt_bytes,
+    fmt_float,
+    fmt_int,
+    html_table,
+    rich_table,
+    text_table,
+    treescope_repr,
+)
 from ._rows import (
     Row,
     combine_rows,
@@ -124,6 +132,10 @@ class Summary:
 
     def _repr_html_(self) -> str:
         return html_table(*self._table())
+
+    def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
+        attributes = {'totals': self.totals, 'groups': self.groups, 'rows': self.rows}
+        return treescope_repr(self, attributes, path, subtree_renderer)
 
     def __repr__(self) -> str:
         return (

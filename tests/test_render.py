@@ -79,3 +79,30 @@ def test_rich_table_reads_at_ordinary_widths(width):
             assert sorted(caption.split(', ')) == sorted(hidden)
     if width >= 120:
         assert 'min' in shown and 'max' in shown
+
+
+def test_treescope_renders_summary_grad_stats_and_diff():
+    """In treescope (flax NNX's display): the constructor form of each object's
+    fields, foldable, with its statistics table appended (the same cells as its
+    notebook HTML)."""
+    import html
+
+    import treescope
+
+    tree = {'a': {'w': jnp.array([3.0, 4.0])}, 'b': jnp.zeros(2)}
+    objects = {
+        'Summary': ptp.summary(tree),
+        'GradStats': ptp.grad_stats(tree),
+        'DiffReport': ptp.diff(tree, {'a': {'w': jnp.array([3.0, 5.0])}, 'c': jnp.ones(1)}),
+    }
+    for name, obj in objects.items():
+        text = treescope.render_to_text(obj)
+        assert text.startswith(f'{name}('), text[:80]
+        page = html.unescape(treescope.render_to_html(obj, compressed=False))
+        assert obj._repr_html_() in page, name
+    gs_html = objects['GradStats']._repr_html_()
+    assert '<th>grad_norm</th>' in gs_html and '<td>a/w</td>' in gs_html
+    assert '<td>5</td>' in gs_html  # the norm of [3, 4]
+    diff_html = objects['DiffReport']._repr_html_()
+    assert '<td>c</td><td>only in b</td>' in diff_html
+    assert '<td>b</td><td>only in a</td>' in diff_html
