@@ -11,13 +11,12 @@ need no standard deviation): every statistic of a leaf from one reduction,
 a variadic ``lax.reduce`` on GPU/TPU (branch-free: counts from selects that
 fuse into it; sums of squares without overflow by Blue's three accumulators,
 as BLAS ``nrm2``), separate reductions on XLA:CPU (which fuses no sibling
-reductions and runs select-carrying ones 8-20x slower) with a host rescue
-for the rare cases, chosen at lowering time by ``lax.platform_dependent``.
+reductions and runs select-carrying ones 8-20x slower), chosen at lowering
+time by ``lax.platform_dependent``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -239,17 +238,14 @@ def _pass_cpu(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
     """XLA:CPU: separate reductions (it fuses no siblings, and a variadic or
     select-carrying reduction runs 8-20x slower there), and one ``lax.cond``
     per leaf (cheap on CPU) that redoes the rare cases exactly: a sum of
-    squares out of float32's safe range, or non-finite values. That rescue
-    runs on the host (``host_rescue``, float64 NumPy, through
-    ``jax.pure_callback``): compiled in XLA it held six more reductions per
-    leaf, and made the statistics cost 10-20x the plain step's compile time
-    and up to 1.7x the parameter bytes of temporary memory; a callback is
-    one instruction, and it is called only when the rare case occurs.
+    squares out of float32's safe range (Blue's accumulators) or non-finite
+    values (counts from the bits).
 
     Zeros are ``n - sum(|sign(x)|)``: exact for every value XLA computes
     (XLA:CPU flushes subnormal results to zero, so a gradient holds none).
     """
     xf = widen(x)
+    padding = x.size - n
     dtype = xf.dtype
     nan = jnp.asarray(jnp.nan, dtype)
     zero = jnp.zeros((), dtype)
@@ -266,51 +262,25 @@ def _pass_cpu(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
     fast = (ss < 2.0**100) & tiny_ok  # also False for NaN / Inf
 
     def exact():
-        shapes = (jax.ShapeDtypeStruct((), dtype),) * 4 + (jax.ShapeDtypeStruct((), jnp.int32),)
-        ss2, scale2, z, nf, nn = jax.pure_callback(
-            functools.partial(host_rescue, n=n), shapes, xf, vmap_method='sequential'
-        )
+        ss2, scale2 = _blue_exact(xf)
+        z, nf, nn = (_sum2(c, jnp.int32).astype(dtype) for c in _exact_indicators(x))
         if not extras:
             return ss2, scale2, zeros, nf, amax
-        return ss2, scale2, z, nf, jnp.where(nn > 0, jnp.nan, amax)
+        return ss2, scale2, z - padding, nf, jnp.where(nn > 0, jnp.nan, amax)
 
     one = jnp.ones((), dtype)
     ss, scale, zeros, nonfinite, amax = lax.cond(fast, lambda: (ss, one, zeros, zero, amax), exact)
     return ss, scale, mean, amax, zeros, nonfinite
 
 
-def host_rescue(x: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """The exact pass over one leaf, on the host in float64 NumPy: the sum of
-    squares in units of the power of two above max |x| (it neither overflows
-    nor loses the small values that matter), and the zero, non-finite and NaN
-    counts of the first ``n`` values (the rest is zero padding).
-
-    Example:
-      >>> import numpy as np
-      >>> ss, scale, zeros, nonfinite, nans = host_rescue(np.float32([3e30, 4e30, 0]), n=2)
-      >>> round(float(np.sqrt(ss)) * float(scale) / 1e30, 5), int(zeros), int(nonfinite)
-      (5.0, 0, 0)
-    """
-    x = np.asarray(x)
-    a = x.astype(np.float64).ravel()
-    finite = np.isfinite(a)
-    nans = int(np.count_nonzero(np.isnan(a)))
-    nonfinite = a.size - int(np.count_nonzero(finite))
-    zeros = int(np.count_nonzero(a == 0)) - (a.size - n)
-    lo, hi = (-1020, 1020) if x.dtype == np.float64 else (-125, 125)
-    if nonfinite:
-        ss, scale = (np.nan if nans else np.inf), 1.0
-    else:
-        scale = float(scale_of(np.abs(a).max(initial=0.0), np, lo, hi))
-        ss = float(np.sum(np.square(a / scale)))
-    dt = x.dtype
-    return (
-        np.asarray(ss, dt),
-        np.asarray(scale, dt),
-        np.asarray(zeros, dt),
-        np.asarray(nonfinite, dt),
-        np.asarray(nans, np.int32),
-    )
+def _blue_exact(xf: jax.Array) -> tuple[jax.Array, jax.Array]:
+    a = jnp.abs(xf)
+    zero = jnp.zeros((), xf.dtype)
+    small, large = a < _TSML, a > _TBIG
+    asml = _sum2(jnp.where(small, _scaled_square(xf, _SSML), zero))
+    amed = _sum2(jnp.where(small | large, zero, xf * xf))
+    abig = _sum2(jnp.where(large, _scaled_square(xf, _SBIG), zero))
+    return _blue(asml, amed, abig)
 
 
 def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
