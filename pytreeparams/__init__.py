@@ -51,6 +51,8 @@ from ._summary import count as count
 from ._summary import nbytes as nbytes
 from ._summary import shapes as shapes
 from ._summary import summary as summary
+from ._torch import TorchLayout as TorchLayout
+from ._torch import attention_rules as attention_rules
 from ._torch import from_torch_state_dict as from_torch_state_dict
 from ._torch import to_torch_state_dict as to_torch_state_dict
 from ._tying import Ties as Ties
@@ -85,8 +87,10 @@ __all__ = [
     'Summary',
     'TieGroup',
     'Ties',
+    'TorchLayout',
     'WatchState',
     'assert_finite',
+    'attention_rules',
     'combine',
     'count',
     'dead_units',

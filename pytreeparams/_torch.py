@@ -35,6 +35,8 @@ Two things no name can say, given as arguments to both functions:
 from __future__ import annotations
 
 import builtins
+import dataclasses
+import math
 import os
 import re
 from collections import OrderedDict
@@ -49,14 +51,113 @@ from ._flatten import flatten_with_paths, unflatten
 from ._io import read_state_dict
 from ._keys import describe, unbox
 from ._load import LoadReport
-from ._messages import nearest
+from ._messages import nearest, quote_list
 from ._patterns import capture_pattern
 from ._stats import from_torch
 from ._typing import PyTree
 
-__all__ = ['from_torch_state_dict', 'to_torch_state_dict']
+__all__ = ['TorchLayout', 'attention_rules', 'from_torch_state_dict', 'to_torch_state_dict']
 
-Rule = tuple[str, str] | tuple[str, str, Sequence[int] | None]
+
+@dataclasses.dataclass(frozen=True)
+class TorchLayout:
+    """How a Flax leaf lies in a PyTorch tensor: a rule's third element, as data.
+
+    The Flax array is viewed as a matrix (``view``), transposed (``perm``), and
+    may be one of ``n`` stacked parts of the tensor (``part``), as PyTorch's
+    ``MultiheadAttention`` stacks the query, key and value projections.
+
+    Attributes:
+      view: ``k``: the Flax array reshaped to ``(prod(shape[:k]), prod(shape[k:]))``;
+        ``0``: to one axis; None: as it is.
+      perm: A permutation of that view's axes (``(1, 0)`` for a Linear weight).
+      part: ``(i, n)``: the tensor is ``n`` such arrays concatenated along axis
+        0, and this leaf is the ``i``-th.
+
+    Example:
+      >>> import numpy as np
+      >>> from pytreeparams import TorchLayout
+      >>> query = TorchLayout(view=1, perm=(1, 0), part=(0, 3))  # (E, H, D) kernel
+      >>> query.to_torch(np.zeros((8, 2, 4))).shape  # its rows of in_proj_weight
+      (8, 8)
+      >>> query.to_flax(np.zeros((24, 8)), (8, 2, 4)).shape
+      (8, 2, 4)
+    """
+
+    view: int | None = None
+    perm: tuple[int, ...] | None = None
+    part: tuple[int, int] | None = None
+
+    def to_torch(self, arr: np.ndarray) -> np.ndarray:
+        """The Flax array ``arr`` as its part of the PyTorch tensor."""
+        if self.view is not None:
+            shape = arr.shape
+            if self.view == 0:
+                arr = arr.reshape(-1)
+            else:
+                arr = arr.reshape(math.prod(shape[: self.view]), math.prod(shape[self.view :]))
+        if self.perm is not None:
+            arr = np.transpose(arr, self.perm)
+        return np.ascontiguousarray(arr)
+
+    def to_flax(self, arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """This leaf's part of the PyTorch array ``arr``, in the Flax ``shape``
+        (returned unshaped when the sizes do not fit: reported as a mismatch)."""
+        if self.part is not None:
+            i, n = self.part
+            if arr.ndim == 0 or arr.shape[0] % n:
+                return arr
+            k = arr.shape[0] // n
+            arr = arr[i * k : (i + 1) * k]
+        if self.perm is not None and arr.ndim == len(self.perm):
+            arr = np.transpose(arr, np.argsort(self.perm))
+        if self.view is not None and arr.size == math.prod(shape):
+            arr = arr.reshape(tuple(shape))
+        return arr
+
+
+Rule = tuple[str, str] | tuple[str, str, Sequence[int] | TorchLayout | None]
+
+
+def attention_rules(flax_module: str, torch_module: str) -> list[Rule]:
+    """Rules between Flax ``nn.MultiHeadDotProductAttention`` and PyTorch
+    ``nn.MultiheadAttention``: the query, key and value kernels ``(E, H, D)``
+    and biases ``(H, D)`` are the three stacked parts of ``in_proj_weight``
+    ``(3 E, E)`` and ``in_proj_bias``; the ``out`` kernel ``(H, D, E)`` is
+    ``out_proj.weight`` ``(E, E)``. For the same embedding size in and out
+    (PyTorch's packed projections), and heads of ``E / H`` features.
+
+    Args:
+      flax_module: The attention module's Flax path (a glob; its wildcards are
+        groups for ``torch_module``), e.g. ``'params/layers_*/attn'``.
+      torch_module: Its PyTorch name, e.g. ``r'layers.\1.self_attn'``.
+
+    Returns:
+      Rules for ``to_torch_state_dict`` and ``from_torch_state_dict``.
+
+    Raises:
+      ValueError: If a name is empty.
+
+    Example:
+      >>> import pytreeparams as ptp
+      >>> [r[1] for r in ptp.attention_rules('params/attn', 'self_attn')][:2]
+      ['self_attn.in_proj_weight', 'self_attn.in_proj_weight']
+    """
+    f, t = flax_module.rstrip('/'), torch_module.rstrip('.')
+    if not f or not t:
+        raise ValueError(
+            f'attention_rules: name the module on both sides, got {flax_module!r} and '
+            f'{torch_module!r}'
+        )
+    rules: list[Rule] = []
+    for i, proj in enumerate(('query', 'key', 'value')):
+        rules.append((f'{f}/{proj}/kernel', f'{t}.in_proj_weight', TorchLayout(1, (1, 0), (i, 3))))
+    for i, proj in enumerate(('query', 'key', 'value')):
+        rules.append((f'{f}/{proj}/bias', f'{t}.in_proj_bias', TorchLayout(0, None, (i, 3))))
+    rules.append((f'{f}/out/kernel', f'{t}.out_proj.weight', TorchLayout(2, (1, 0))))
+    rules.append((f'{f}/out/bias', f'{t}.out_proj.bias', None))
+    return rules
+
 
 _LEAF_NAMES = {
     'kernel': 'weight',
@@ -87,9 +188,7 @@ def _default_name(path: str) -> str:
     return '.'.join(keys)
 
 
-def _mapping(
-    like: PyTree, rules: Sequence[Rule]
-) -> list[tuple[str, str, tuple[int, ...] | None, Any]]:
+def _mapping(like: PyTree, rules: Sequence[Rule]) -> list[tuple[str, str, Any, Any]]:
     """``(flax path, torch key, permutation, leaf)`` for every leaf of ``like``."""
     leaves, _, paths_ = flatten_with_paths(like)
     compiled = [
@@ -109,7 +208,9 @@ def _mapping(
             name = _default_name(path)
         if perm == 'default':
             perm = _default_perm(path.split('/'), ndim)
-        out.append((path, name, tuple(perm) if perm is not None else None, leaf))
+        if perm is not None and not isinstance(perm, TorchLayout):
+            perm = tuple(perm)
+        out.append((path, name, perm, leaf))
     return out
 
 
@@ -180,7 +281,9 @@ def to_torch_state_dict(
       rules: Extra ``(pattern, torch_name)`` or ``(pattern, torch_name, perm)``
         rules, tried first: a glob on the Flax path whose wildcards are groups
         (``('params/blocks_*/kernel', r'blocks.\\1.weight')``) or a compiled
-        ``re.Pattern``; ``perm`` transposes the array (None: no transpose).
+        ``re.Pattern``; ``perm`` transposes the array (None: no transpose), or
+        is a :class:`TorchLayout` (a reshape, transpose and stacked part, as
+        :func:`attention_rules` gives for attention layers).
       tensors: Return ``torch.Tensor`` values (imports torch) instead of NumPy.
       after_flatten: ``{dense module path: (H, W, C)}`` for each Dense that
         follows a flatten of a feature map of that shape (Flax's NHWC order):
@@ -208,17 +311,39 @@ def to_torch_state_dict(
     out: OrderedDict[str, Any] = OrderedDict()
     mapping = _mapping(params, rules)
     flat_rows = _flatten_shapes(after_flatten or {}, [m[0] for m in mapping])
+    parts: dict[str, dict[int, tuple[str, np.ndarray, int]]] = {}
     for path, name, perm, leaf in mapping:
         arr = np.asarray(jax.device_get(leaf))
         if path in flat_rows:
             arr = _flax_rows_to_torch(arr, flat_rows[path], path)
-        if perm is not None:
+        if isinstance(perm, TorchLayout):
+            arr = perm.to_torch(arr)
+            if perm.part is not None:  # one of the stacked parts of a tensor
+                i, n = perm.part
+                have = parts.setdefault(name, {})
+                if i in have:
+                    raise StructureError(
+                        f'to_torch_state_dict: {path!r} and {have[i][0]!r} are both part {i} '
+                        f'of {name!r}'
+                    )
+                have[i] = (path, arr, n)
+                if len(have) < n:
+                    continue
+                arr = np.concatenate([have[j][1] for j in range(n)], axis=0)
+        elif perm is not None:
             arr = np.ascontiguousarray(np.transpose(arr, perm))
         if name in out:
             raise StructureError(
                 f'to_torch_state_dict: two paths map to {name!r} (one is {path!r})'
             )
         out[name] = arr
+    for name, have in parts.items():
+        if name not in out:
+            n = next(iter(have.values()))[2]
+            raise StructureError(
+                f'to_torch_state_dict: {name!r} is {n} stacked parts; only '
+                f'{quote_list([have[i][0] for i in sorted(have)])} map to it'
+            )
     for name in list(out):  # each BatchNorm's counter, under the name its statistics got
         if name.endswith('running_mean'):
             out[name[: -len('running_mean')] + 'num_batches_tracked'] = np.array(0, np.int64)
@@ -296,9 +421,12 @@ def _drop_ties(sd: dict[str, Any], ties: Mapping[str, str]) -> list[str]:
 def _to_flax_layout(
     arr: np.ndarray, perm: Any, hwc: tuple[int, ...] | None, leaf: Any, path: str
 ) -> np.ndarray:
-    """A PyTorch tensor's array in the Flax layout: transposed back, rows of a
-    Dense after a flatten put back in (h, w, c) order."""
-    if perm is not None and arr.ndim == len(perm):
+    """A PyTorch tensor's array in the Flax layout: transposed back (or its
+    part taken and reshaped, for a :class:`TorchLayout`), rows of a Dense after a
+    flatten put back in (h, w, c) order."""
+    if isinstance(perm, TorchLayout):
+        arr = perm.to_flax(arr, np.shape(leaf))
+    elif perm is not None and arr.ndim == len(perm):
         arr = np.transpose(arr, np.argsort(perm))
     if hwc is not None and tuple(arr.shape) == tuple(np.shape(leaf)):
         arr = _torch_rows_to_flax(arr, hwc, path)
