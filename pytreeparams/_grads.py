@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -24,6 +25,7 @@ from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._messages import quote_list
 from ._render import fmt_float, html_table, stats_text, treescope_repr
+from ._stacked import layer_paths, stacked_axes
 from ._stats import is_array, readable
 from ._typing import PyTree
 
@@ -198,6 +200,7 @@ def grad_stats(
     *,
     depth: int | None = None,
     extras: bool = True,
+    stacked: Mapping[str, int] | None = None,
 ) -> GradStats:
     """Per-leaf (or per-module) gradient statistics. Jittable.
 
@@ -215,12 +218,19 @@ def grad_stats(
       extras: Also compute max |g|, mean and the zero fraction (three more
         passes over the gradients); False keeps the norms, RMS, ratios and
         non-finite counts only, for the cheapest per-step monitoring.
+      stacked: ``{subtree glob: layer axis}`` for layers stacked on an axis
+        (``nn.scan``, ``nnx.scan``): each leaf under such a subtree gives one
+        row per layer, named with the index after the subtree
+        (``{'params/layers': 0}`` gives ``'params/layers/3/mlp/kernel'``);
+        computed in one vectorized pass per leaf.
 
     Returns:
       A :class:`GradStats` (one stacked array and the global norm).
 
     Raises:
-      StructureError: If ``params`` or ``updates`` differ in structure.
+      StructureError: If ``params`` or ``updates`` differ in structure, or a
+        ``stacked`` leaf lacks its layer axis.
+      PathError: If a ``stacked`` pattern matches no subtree.
 
     Example:
       >>> import jax, jax.numpy as jnp, pytreeparams as ptp
@@ -235,6 +245,14 @@ def grad_stats(
     p_leaves = _leaf_lists(params, 'params', paths_)[0] if params is not None else None
     u_leaves = _leaf_lists(updates, 'updates', paths_)[0] if updates is not None else None
     names = tuple(paths_[i] for i in keep)
+    splits = stacked_axes(names, [tuple(np.shape(g_leaves[i])) for i in keep], stacked)
+    axes = tuple(sp[1] if sp is not None else None for sp in splits)
+    if stacked:
+        rows_of = [
+            layer_paths(p, sp[0], int(np.shape(g_leaves[i])[sp[1]])) if sp is not None else [p]
+            for p, sp, i in zip(names, splits, keep)
+        ]
+        names = tuple(r for rows in rows_of for r in rows)
     table, global_norm = _table(
         [g_leaves[i] for i in keep],
         [p_leaves[i] for i in keep] if p_leaves is not None else None,
@@ -242,12 +260,13 @@ def grad_stats(
         names=names,
         depth=depth,
         extras=extras,
+        axes=axes,
     )
     rows = _groups(names, depth)[0] if depth is not None else names
     return GradStats(table=table, global_norm=global_norm, paths=rows)
 
 
-@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras'))
+@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras', 'axes'))
 def _table(
     g_leaves: list[Any],
     p_leaves: list[Any] | None,
@@ -256,20 +275,26 @@ def _table(
     names: tuple[str, ...],
     depth: int | None,
     extras: bool,
+    axes: tuple[int | None, ...] = (),
 ) -> tuple[jax.Array, jax.Array]:
     """The statistics table of the array leaves, as one program: called outside
     ``jit`` it is compiled once per structure (not dispatched op by op), and
     inside a jitted step it is inlined."""
-    cols = [
-        _leaf_column(
-            g,
-            p_leaves[i] if p_leaves is not None else None,
-            u_leaves[i] if u_leaves is not None else None,
-            extras,
-        )
-        for i, g in enumerate(g_leaves)
-    ]
-    raw = jnp.stack(cols) if cols else jnp.zeros((0, 11), jnp.float32)
+    cols = []
+    for i, g in enumerate(g_leaves):
+        p = p_leaves[i] if p_leaves is not None else None
+        u = u_leaves[i] if u_leaves is not None else None
+        axis = axes[i] if axes else None
+        if axis is None:
+            cols.append(_leaf_column(g, p, u, extras)[None])
+        else:  # one column per layer, vectorized over the layer axis
+            cols.append(
+                jax.vmap(
+                    lambda g, p, u: _leaf_column(g, p, u, extras),
+                    in_axes=(axis, None if p is None else axis, None if u is None else axis),
+                )(g, p, u)
+            )
+    raw = jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32)
     n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
     global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
     if depth is not None:

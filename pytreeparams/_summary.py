@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._errors import PathError
@@ -35,6 +37,7 @@ from ._rows import (
     is_key_array,
     leaf_row,
 )
+from ._stacked import layer_paths, stacked_axes
 from ._stats import eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
@@ -169,6 +172,29 @@ class Summary:
         return out
 
 
+def _split_layers(
+    leaves: list[Any], paths_: tuple[str, ...], stacked: Mapping[str, int]
+) -> tuple[list[Any], tuple[str, ...]]:
+    """Each stacked leaf as one leaf per layer (a view of a host array, a slice
+    of a device array), named with the layer index after its subtree."""
+    splits = stacked_axes(paths_, [tuple(np.shape(x)) for x in leaves], stacked)
+    out, names = [], []
+    for x, p, sp in zip(leaves, paths_, splits):
+        if sp is None:
+            out.append(x)
+            names.append(p)
+            continue
+        n = int(np.shape(x)[sp[1]])
+        if isinstance(x, jax.ShapeDtypeStruct):
+            shape = tuple(d for i, d in enumerate(x.shape) if i != sp[1])
+            out.extend(jax.ShapeDtypeStruct(shape, x.dtype) for _ in range(n))
+        else:
+            xp = np if isinstance(x, np.ndarray) else jnp
+            out.extend(xp.take(x, i, axis=sp[1]) for i in range(n))
+        names.extend(layer_paths(p, sp[0], n))
+    return out, tuple(names)
+
+
 def summary(
     tree: PyTree,
     *,
@@ -178,6 +204,7 @@ def summary(
     sharding: bool = False,
     notes: dict[str, str] | None = None,
     ties: Any = None,
+    stacked: Mapping[str, int] | None = None,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
 
@@ -199,12 +226,16 @@ def summary(
       notes: Optional ``{path: text}`` shown in a ``note`` column.
       ties: Optional ``ptp.Ties``: aliases are marked ``alias of ...`` and
         counted once in the totals.
+      stacked: ``{subtree glob: layer axis}`` for layers stacked on an axis
+        (``nn.scan``): one row per layer, named with the index after the
+        subtree, as in :func:`grad_stats` (``select`` sees those names).
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
 
     Raises:
-      PathError: If ``select`` matches no leaf.
+      PathError: If ``select`` (or a ``stacked`` pattern) matches nothing.
+      StructureError: If a ``stacked`` leaf lacks its layer axis.
       ValueError: If ``depth`` is not a positive integer.
 
     Example:
@@ -220,6 +251,8 @@ def summary(
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
     leaves, _, paths_ = flatten_with_paths(tree)
     leaves = readable(unbox_all(leaves))
+    if stacked:
+        leaves, paths_ = _split_layers(leaves, paths_, stacked)
     if select is not None:
         pred = compile_pattern(select)
         keep = [i for i, p in enumerate(paths_) if pred(p)]

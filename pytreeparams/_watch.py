@@ -3,6 +3,7 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -42,6 +43,7 @@ def watch(
     depth: int | None = None,
     extras: bool = True,
     every: int = 1,
+    stacked: Mapping[str, int] | None = None,
 ) -> optax.GradientTransformation:
     """Wraps ``tx`` so that its state keeps per-layer statistics of every update.
 
@@ -62,6 +64,8 @@ def watch(
       every: Compute the statistics on every ``every``-th update only (the
         first, then each ``every``); the other updates keep the last ones and
         pay for one ``lax.cond``.
+      stacked: ``{subtree glob: layer axis}``: one row per stacked (scanned)
+        layer, as in :func:`grad_stats`.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`WatchState`.
@@ -85,7 +89,7 @@ def watch(
         raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
 
     def stats_of(grads: PyTree, params: PyTree, updates: PyTree) -> GradStats:
-        return grad_stats(grads, params, updates, depth=depth, extras=extras)
+        return grad_stats(grads, params, updates, depth=depth, extras=extras, stacked=stacked)
 
     def init(params: PyTree) -> WatchState:
         shapes = jax.eval_shape(stats_of, params, params, params)

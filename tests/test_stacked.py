@@ -1,0 +1,97 @@
+"""Stacked (scanned) layers give one row per layer (_stacked)."""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import pytreeparams as ptp
+
+
+class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return nn.tanh(nn.Dense(4, name='mlp')(x)), None
+
+
+class Scanned(nn.Module):
+    """Three Dense layers stacked on axis 0 by nn.scan, then a head."""
+
+    @nn.compact
+    def __call__(self, x):
+        layers = nn.scan(Block, variable_axes={'params': 0}, split_rngs={'params': True}, length=3)(
+            name='layers'
+        )
+        x, _ = layers(x, None)
+        return nn.Dense(1, name='head')(x)
+
+
+def _scanned():
+    net = Scanned()
+    x = jax.random.normal(jax.random.key(1), (5, 4))
+    params = jax.jit(net.init)(jax.random.key(0), x)
+    loss = lambda p: jnp.mean(net.apply(p, x) ** 2)  # noqa: E731
+    return params, jax.jit(jax.grad(loss))(params)
+
+
+@pytest.mark.parametrize('jit', [False, True])
+def test_grad_stats_of_scanned_layers_one_row_per_layer(jit):
+    params, grads = _scanned()
+    assert ptp.get(params, 'params/layers/mlp/kernel').shape == (3, 4, 4)
+
+    def stats(g, p):
+        return ptp.grad_stats(g, p, depth=None, stacked={'params/layers': 0})
+
+    gs = (jax.jit(stats) if jit else stats)(grads, params)
+    want_paths = [f'params/layers/{i}/mlp/{leaf}' for leaf in ('bias', 'kernel') for i in range(3)]
+    assert list(gs.paths) == ['params/head/bias', 'params/head/kernel', *want_paths]
+    for row, path in enumerate(gs.paths):
+        keys = path.split('/')
+        if keys[1] == 'layers':
+            i = int(keys[2])
+            g = np.asarray(grads['params']['layers']['mlp'][keys[4]][i], np.float64)
+            p = np.asarray(params['params']['layers']['mlp'][keys[4]][i], np.float64)
+        else:
+            g = np.asarray(ptp.get(grads, path), np.float64)
+            p = np.asarray(ptp.get(params, path), np.float64)
+        np.testing.assert_allclose(gs['grad_norm'][row], np.linalg.norm(g), rtol=1e-5)
+        np.testing.assert_allclose(gs['grad_max'][row], np.abs(g).max(), rtol=1e-6)
+        np.testing.assert_allclose(gs['param_norm'][row], np.linalg.norm(p), rtol=1e-5)
+    # the split changes rows, not the global norm
+    chex.assert_trees_all_close(gs.global_norm, optax.tree.norm(grads), rtol=1e-6)
+    by_layer = ptp.grad_stats(grads, depth=3, stacked={'params/layers': 0})
+    layers = ('params/layers/0', 'params/layers/1', 'params/layers/2')
+    assert by_layer.paths == ('params/head/bias', 'params/head/kernel', *layers)
+
+
+def test_summary_and_watch_split_stacked_layers():
+    params, grads = _scanned()
+    s = ptp.summary(params, stacked={'params/layers': 0})
+    rows = {r.path: r for r in s.rows}
+    k1 = np.asarray(params['params']['layers']['mlp']['kernel'][1], np.float64)
+    assert rows['params/layers/1/mlp/kernel'].size == 16
+    np.testing.assert_allclose(rows['params/layers/1/mlp/kernel'].l2, np.linalg.norm(k1), rtol=1e-6)
+    assert s.totals.size == ptp.count(params)  # the same parameters, counted once
+    abstract = ptp.summary(jax.eval_shape(lambda: params), stacked={'params/layers': 0})
+    assert [r.path for r in abstract.rows] == [r.path for r in s.rows]
+
+    tx = ptp.watch(optax.sgd(0.1), stacked={'params/layers': 0}, depth=3)
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(grads, state, params)
+    layers = ('params/layers/0', 'params/layers/1', 'params/layers/2')
+    assert ptp.watched(state).paths[2:] == layers
+
+
+def test_stacked_errors_name_what_exists():
+    params, grads = _scanned()
+    with pytest.raises(ptp.PathError, match='params/layers'):
+        ptp.grad_stats(grads, stacked={'params/layyers': 0})
+    with pytest.raises(ptp.StructureError, match='no layer axis 3'):
+        ptp.grad_stats(grads, stacked={'params/layers': 3})
+    with pytest.raises(ptp.StructureError, match='one number of layers'):
+        ptp.summary({'s': {'a': np.zeros((3, 2)), 'b': np.zeros((2, 3))}}, stacked={'s': 0})
