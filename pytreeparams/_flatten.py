@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,7 +17,7 @@ import jax
 from ._errors import StructureError
 from ._keys import is_box, key_str, path_str, path_tuple, rebox, unbox
 from ._messages import structure_mismatch_message, unspellable_key_message
-from ._typing import Leaf, PathLike, PyTree
+from ._typing import FlatTree, Leaf, PyTree
 
 CACHE_SIZE = 256  # tree structures (and pattern matches) remembered
 
@@ -166,7 +166,7 @@ def flatten(tree: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> di
 
 
 def unflatten(
-    flat: Mapping[PathLike, Leaf],
+    flat: FlatTree,
     like: PyTree = None,
     *,
     is_leaf: Callable[[Any], bool] | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias, Union
 
 PyTree: TypeAlias = Any
@@ -17,6 +17,11 @@ Path: TypeAlias = tuple[str, ...]
 
 PathLike: TypeAlias = str | Sequence[Any]
 """``'params/layers_2/bias'`` or ``('params', 'layers_2', 'bias')``."""
+
+FlatTree: TypeAlias = Mapping[str, Any] | Mapping[tuple[Any, ...], Any] | Mapping[PathLike, Any]
+"""``{path: leaf}`` keyed by path strings, key tuples, or both: ``Mapping`` is
+invariant in its key type, so a ``dict[str, jax.Array]`` type-checks only
+against a mapping keyed by ``str``."""
 
 Pattern: TypeAlias = Union[str, 're.Pattern[str]', Sequence[Union[str, 're.Pattern[str]']]]
 """A glob string, a compiled regex, or a list of them (matches any)."""
