@@ -170,6 +170,15 @@ def _nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
+def _mlp():
+    """The MLP benchmark: (loss, params, batch) of 24 x Dense(1024) at batch 64."""
+    mlp = DeepMLP()
+    x = jax.random.normal(jax.random.key(0), (64, 1024))
+    y = jax.random.normal(jax.random.key(1), (64, 1))
+    params = mlp.init(jax.random.key(2), x)
+    return lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2), params, (x, y)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=15)
@@ -184,12 +193,8 @@ def main() -> None:
             'temp plain | temp + grad_stats | added temp / parameter bytes |'
         )
         print('|---|---|---|---|---|---|---|')
-        mlp = DeepMLP()
-        x = jax.random.normal(jax.random.key(0), (64, 1024))
-        y = jax.random.normal(jax.random.key(1), (64, 1))
-        p = mlp.init(jax.random.key(2), x)
-        loss = lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2)  # noqa: E731
-        compile_costs('MLP 24 x Dense(1024)', loss, p, (x, y), min(args.rounds, 3))
+        loss, p, batch = _mlp()
+        compile_costs('MLP 24 x Dense(1024)', loss, p, batch, min(args.rounds, 3))
         gpt = GPT2()
         tokens = jax.random.randint(jax.random.key(3), (4, 64), 0, 50257)
         gp = gpt.init(jax.random.key(4), tokens[:1])
@@ -211,23 +216,13 @@ def main() -> None:
         'floor: read grads, params, updates once |'
     )
     print('|---|---|---|---|---|---|---|---|')
-    mlp = DeepMLP()
-    x = jax.random.normal(jax.random.key(0), (64, 1024))
-    y = jax.random.normal(jax.random.key(1), (64, 1))
-    p = mlp.init(jax.random.key(2), x)
+    loss, p, batch = _mlp()
     print('\nptp.watch(adam) on the MLP (the every=10 step computes statistics in 1 of 10):')
     print('| step | plain | watch / plain | watch(every=10) / plain |')
     print('|---|---|---|---|')
-    bench_watch(lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2), p, (x, y), args.rounds, 10)
+    bench_watch(loss, p, batch, args.rounds, 10)
     print()
-    bench(
-        'MLP 24 x Dense(1024), batch 64',
-        lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2),
-        p,
-        (x, y),
-        args.rounds,
-        5,
-    )
+    bench('MLP 24 x Dense(1024), batch 64', loss, p, batch, args.rounds, 5)
     gpt2_batches = [] if args.skip_gpt2 else [(4, 64)]
     if not args.skip_gpt2 and (args.gpt2_big or jax.default_backend() != 'cpu'):
         gpt2_batches.append((32, 256))

@@ -44,6 +44,14 @@ PATHS_CACHE = LRU()
 _GetAttrKey = jax.tree_util.GetAttrKey
 
 
+def box_or(is_leaf: Callable[[Any], bool] | None) -> Callable[[Any], bool]:
+    """The ``is_leaf`` for ``jax.tree_util`` that keeps boxes whole, and the
+    nodes the caller's ``is_leaf`` chooses."""
+    if is_leaf is None:
+        return is_box
+    return lambda x: is_box(x) or is_leaf(x)
+
+
 def _check_paths(key_strs: list[tuple[str, ...]]) -> tuple[str, ...]:
     """The path strings of the leaves' key strings; refuses keys that make them ambiguous."""
     for keys in key_strs:
@@ -73,10 +81,7 @@ def flatten_with_paths(
     is cached.
     """
     if is_leaf is not None:
-        user_is_leaf = is_leaf
-        with_path, treedef = jax.tree_util.tree_flatten_with_path(
-            tree, is_leaf=lambda x: is_box(x) or user_is_leaf(x)
-        )
+        with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=box_or(is_leaf))
         paths_ = _check_paths([tuple(key_str(k) for k in kp) for kp, _ in with_path])
         return [x for _, x in with_path], treedef, paths_
     try:

@@ -19,8 +19,8 @@ from typing import Any
 import jax
 
 from ._errors import PathError, StructureError
-from ._flatten import LRU, flatten_with_paths
-from ._keys import is_box, rebox, unbox
+from ._flatten import LRU, box_or, flatten_with_paths
+from ._keys import rebox, unbox
 from ._messages import deprecated, no_match_message, plural, quote_list
 from ._typing import Leaf, Pattern, PyTree
 
@@ -302,8 +302,8 @@ def map_with_path(
         tree, fn = fn, tree
     leaves, treedef, paths_ = flatten_with_paths(tree, is_leaf)
     if key_paths:
-        leaf = is_box if is_leaf is None else (lambda x: is_box(x) or is_leaf(x))
-        paths_ = [kp for kp, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=leaf)[0]]
+        flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=box_or(is_leaf))[0]
+        paths_ = [kp for kp, _ in flat]
     new = [rebox(x, fn(p, unbox(x))) for p, x in zip(paths_, leaves, strict=False)]
     return jax.tree_util.tree_unflatten(treedef, new)
 
@@ -460,9 +460,8 @@ def combine(*trees: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> PyT
         return filled[0] if filled else None
 
     try:
-        user = is_leaf or (lambda x: False)
-        leaf = lambda x: x is None or is_box(x) or user(x)  # noqa: E731
-        return jax.tree_util.tree_map(pick, *trees, is_leaf=leaf)
+        leaf = box_or(is_leaf)
+        return jax.tree_util.tree_map(pick, *trees, is_leaf=lambda x: x is None or leaf(x))
     except ValueError as e:
         if isinstance(e, StructureError):
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import textwrap
 
 import chex
@@ -143,7 +144,7 @@ def _read_scalars(folder) -> dict[str, tuple[int, float]]:
 
     out = {}
     for name in glob.glob(os.path.join(str(folder), '**', 'events.out.tfevents.*'), recursive=True):
-        data, i = open(name, 'rb').read(), 0
+        data, i = pathlib.Path(name).read_bytes(), 0
         while i < len(data):  # TFRecord: length, its CRC, the record, its CRC
             (n,) = struct.unpack('<Q', data[i : i + 8])
             event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
