@@ -77,7 +77,8 @@ class DeviceWork:
 
     Attributes:
       compilations: XLA compilations in the calling threads (of any program, by
-        any caller).
+        any caller); a program read from JAX's persistent compilation cache
+        counts too (JAX times both as one event).
       background_compilations: The engine's compilations on its background
         thread (programs for the next call) that ran inside the block.
       dispatches: Executable launches by the engine (pack and kernel calls).

@@ -25,6 +25,48 @@ settings.register_profile('ci', max_examples=60, deadline=None)
 settings.register_profile('long', max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
+
+_CACHE: list[str] = []
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache per test run, made by the main process
+    before the workers start (they, and the subprocesses of the CLI, notebook and
+    8-device tests, inherit it through the environment): a program that several
+    tests compile is compiled once. Every check still runs, and the compilation
+    counts of ``count_device_work`` include programs read from the cache. A cache
+    the caller set with ``JAX_COMPILATION_CACHE_DIR`` is used and kept."""
+    if os.environ.get('PYTEST_XDIST_WORKER') or 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+        return
+    import tempfile
+
+    _CACHE.append(tempfile.mkdtemp(prefix='pytreeparams-test-jax-cache-'))
+    env = {
+        'JAX_COMPILATION_CACHE_DIR': _CACHE[0],
+        'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.05',
+        'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+    }
+    os.environ.update(env)
+    jax.config.update('jax_compilation_cache_dir', _CACHE[0])  # this process imported jax
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.05)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``heavy`` run first (a stable sort): the workers then end on
+    short tests and finish together, instead of one waiting while the other runs a
+    long test that came last."""
+    items.sort(key=lambda item: item.get_closest_marker('heavy') is None)
+
+
+def pytest_unconfigure(config):
+    """The main process removes the run's compilation cache."""
+    if _CACHE:
+        import shutil
+
+        shutil.rmtree(_CACHE.pop(), ignore_errors=True)
+
+
 Pair = collections.namedtuple('Pair', ['first', 'second'])
 
 DTYPES = ['float32', 'bfloat16', 'float16', 'int8', 'bool']

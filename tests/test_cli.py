@@ -60,6 +60,7 @@ def test_diff_command(files):
     assert 'params/layers_0/kernel  relative change 1.000e+00' in r.stdout
 
 
+@pytest.mark.heavy
 def test_bad_and_missing_files(tmp_path):
     bad = tmp_path / 'bad.safetensors'
     bad.write_bytes(b'\x05\x00\x00\x00\x00\x00\x00\x00{oops')

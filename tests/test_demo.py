@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
 
+
+@pytest.mark.heavy
 def test_demo_runs_the_tour(tmp_path, capsys, monkeypatch):
     """One run (plain text, no --out), in this process through the command line's
     main(): the tour's facts, and no folder left behind (the notebook test runs the

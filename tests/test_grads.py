@@ -39,6 +39,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.heavy
 def test_grad_stats_match_numpy(maybe_jit):
     net, params = det_mlp()
     x = jnp.linspace(-1, 1, 8).reshape(2, 4)

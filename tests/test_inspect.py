@@ -25,6 +25,7 @@ class FixedHiddenMLP(nn.Module):
         return x.sum()
 
 
+@pytest.mark.heavy
 def test_inspect_jitted_and_fallback():
     net, params = det_mlp()
     x = jnp.ones((2, 4))

@@ -66,6 +66,7 @@ def test_bad_files_give_format_error(tmp_path, suffix):
         ptp.load(tmp_path / f'missing.{suffix}')
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('suffix', ['safetensors', 'msgpack'])
 @FUZZ
 @given(data=st.data())

@@ -160,6 +160,7 @@ PATHS = ['host', 'device', 'stats', 'stats_jit', 'summary', 'gpu_branch']
 HALF = settings(max_examples=max(20, settings().max_examples // 2), deadline=None)
 
 
+@pytest.mark.heavy
 @HALF
 @given(data())
 def test_every_path_matches_float64_reference(x):
@@ -184,6 +185,7 @@ def test_every_path_matches_float64_reference(x):
         assert_close(got[path], want, path, float32=path not in ('host', 'summary', 'device'))
 
 
+@pytest.mark.heavy
 @HALF
 @given(data())
 def test_grad_stats_agree_with_the_moments(x):
@@ -229,6 +231,7 @@ def _mixed_leaves() -> list[np.ndarray]:
         ]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('extras', [True, False])
 def test_grad_partials_of_mixed_leaves_match_numpy(extras):
     """One jitted program over leaves of every kind (plain, rescued for range or

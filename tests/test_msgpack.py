@@ -42,6 +42,7 @@ def test_msgpack_takes_every_tree_kind_and_refuses_what_it_cannot_hold(tmp_path)
     assert not (tmp_path / 'b.msgpack').exists()
 
 
+@pytest.mark.heavy
 @FUZZ
 @given(record=JSONISH)
 def test_fuzz_structured_msgpack_and_orbax_records(tmp_path, record):

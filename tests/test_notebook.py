@@ -9,6 +9,7 @@ import pytest
 NOTEBOOK = pathlib.Path(__file__).parent.parent / 'notebooks' / 'parameter_management.ipynb'
 
 
+@pytest.mark.heavy
 def test_notebook_executes():
     pytest.importorskip('torch', reason='the notebook runs the MLP in PyTorch')
     nbformat = pytest.importorskip('nbformat')

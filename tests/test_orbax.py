@@ -143,6 +143,7 @@ def test_orbax_shape_or_structure_mismatch_names_the_path(tmp_path):
         ptp.load(ck, like={'a': jnp.ones(3), 'b': jnp.ones(2), 'c': jnp.ones(1)})
 
 
+@pytest.mark.heavy
 @FUZZ
 @given(
     target=st.sampled_from(_ORBAX_FILES),

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).parent.parent / 'README.md'
 
 
+@pytest.mark.heavy
 def test_readme_python_blocks_run():
     blocks = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
     assert blocks

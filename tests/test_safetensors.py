@@ -87,6 +87,7 @@ def test_foreign_names_that_collide_are_format_errors(tmp_path):
             ptp.load(path)
 
 
+@pytest.mark.heavy
 @FUZZ
 @given(data=st.data())
 def test_fuzz_structured_safetensors_headers(tmp_path, data):

@@ -39,6 +39,7 @@ def _scanned():
     return params, jax.jit(jax.grad(loss))(params)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('jit', [False, True])
 def test_grad_stats_of_scanned_layers_one_row_per_layer(jit):
     params, grads = _scanned()

@@ -92,6 +92,7 @@ def test_mlp_rows_and_totals_exact(mlp_params):
         np.testing.assert_allclose(getattr(row, name), ref[name], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.heavy
 def test_resnet_like_subtotals_match_recomputation():
     variables = ResNetLike().init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
     rng = np.random.default_rng(1)  # NumPy noise: no compilation per leaf shape

@@ -81,6 +81,7 @@ def _randomize_bn(tm):
         bn.bias.uniform_(-0.5, 0.5)
 
 
+@pytest.mark.heavy
 def test_cnn_with_batchnorm_both_ways():
     rng = np.random.default_rng(1)
     x_nhwc = rng.standard_normal((2, 5, 5, 2)).astype(np.float32)

@@ -80,6 +80,7 @@ def tied_trees(draw):
     return {'a': box, 'b': nn.Partitioned(x, names=('model',))}, ptp.Ties({'b': 'a'})
 
 
+@pytest.mark.heavy
 def test_gpt_tied_head_matches_embed_attend(maybe_jit):
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, VOCAB)
     ref_model, model = TinyGPT(tied_by_attend=True), TinyGPT()
