@@ -10,6 +10,7 @@ array, cheap to return and fetch.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from flax import struct
 
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
-from ._grad_pass import grad_pass, layer_view
+from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._messages import quote_list
 from ._render import fmt_float, html_table, stats_text, treescope_repr
@@ -146,6 +147,25 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
     return jnp.sqrt(total) * top
 
 
+def _norm_parts(x: Any) -> tuple[jax.Array, jax.Array]:
+    """(sum of squares in units of scale**2, scale) of a parameter or update leaf."""
+    p = jax_grad_partials(x, extras=False)
+    return p.ss, p.scale
+
+
+def _leaf_column(g: Any, p: Any, u: Any, extras: bool) -> jax.Array:
+    """One leaf's raw column: n, mean, ss, scale, amax, zeros, nonfinite, and the
+    parameter and update sums of squares with their scales (NaN when absent)."""
+    nan = jnp.array(jnp.nan, jnp.float32)
+    one = jnp.ones((), jnp.float32)
+    gp = jax_grad_partials(g, extras)
+    n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
+    pss, pscale = _norm_parts(p) if p is not None else (nan, one)
+    uss, uscale = _norm_parts(u) if u is not None else (nan, one)
+    parts = [n, gp[2], gp.ss, gp.scale, gp.amax, gp.zeros, gp.nonfinite, pss, pscale, uss, uscale]
+    return jnp.stack(parts).astype(jnp.float32)
+
+
 def _groups(names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], list[int]]:
     """The group of each leaf path by its first ``depth`` keys: group names, ids."""
     groups: dict[str, int] = {}
@@ -260,18 +280,21 @@ def _table(
     """The statistics table of the array leaves, as one program: called outside
     ``jit`` it is compiled once per structure (not dispatched op by op), and
     inside a jitted step it is inlined."""
-    axes = axes or (None,) * len(g_leaves)
-    trees = [g_leaves, *(t for t in (p_leaves, u_leaves) if t is not None)]
-    views = [[layer_view(x, a) for x, a in zip(t, axes)] for t in trees]
-    parts = grad_pass(views, [extras] + [False] * (len(trees) - 1))
-    gp = parts.pop(0)
-    sizes = [float(v.shape[1]) for v in views[0] for _ in range(v.shape[0])]
-    nan, one = jnp.full_like(gp.ss, jnp.nan), jnp.ones_like(gp.ss)
-    pss, pscale = parts.pop(0)[:2] if p_leaves is not None else (nan, one)
-    uss, uscale = parts.pop(0)[:2] if u_leaves is not None else (nan, one)
-    n = jnp.asarray(sizes, jnp.float32).reshape(-1)
-    cols = [n, gp.mean, gp.ss, gp.scale, gp.amax, gp.zeros, gp.nonfinite, pss, pscale, uss, uscale]
-    raw = jnp.stack(cols, axis=1)
+    cols = []
+    for i, g in enumerate(g_leaves):
+        p = p_leaves[i] if p_leaves is not None else None
+        u = u_leaves[i] if u_leaves is not None else None
+        axis = axes[i] if axes else None
+        if axis is None:
+            cols.append(_leaf_column(g, p, u, extras)[None])
+        else:  # one column per layer, vectorized over the layer axis
+            cols.append(
+                jax.vmap(
+                    lambda g, p, u: _leaf_column(g, p, u, extras),
+                    in_axes=(axis, None if p is None else axis, None if u is None else axis),
+                )(g, p, u)
+            )
+    raw = jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32)
     n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
     global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
     if depth is not None:

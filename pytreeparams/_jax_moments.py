@@ -7,12 +7,12 @@ the shared merge. It runs inside ``jit`` (``ptp.stats``), as the size-class
 kernel of the device route (``_engine``), and on sharded arrays.
 
 ``jax_grad_partials`` is the one-pass form for gradient statistics (which
-need no standard deviation): every statistic of a leaf from one variadic
-``lax.reduce`` (branch-free: counts from selects that fuse into it; sums of
-squares without overflow by Blue's three accumulators, as BLAS ``nrm2``).
-``grad_stats`` runs it per leaf on GPU/TPU; XLA:CPU, which fuses no sibling
-reductions and runs select-carrying ones 8-20x slower, gets the whole-tree
-pass of ``_grad_pass`` instead.
+need no standard deviation): every statistic of a leaf from one reduction,
+a variadic ``lax.reduce`` on GPU/TPU (branch-free: counts from selects that
+fuse into it; sums of squares without overflow by Blue's three accumulators,
+as BLAS ``nrm2``), separate reductions on XLA:CPU (which fuses no sibling
+reductions and runs select-carrying ones 8-20x slower), chosen at lowering
+time by ``lax.platform_dependent``.
 """
 
 from __future__ import annotations
@@ -27,15 +27,7 @@ from jax import lax
 
 from ._moments import Partial, merge, scale_of
 
-__all__ = [
-    'GRAD_BLOCK',
-    'JAX_BLOCK',
-    'GradPartial',
-    'exact_indicators',
-    'jax_grad_partials',
-    'jax_partials',
-    'widen',
-]
+__all__ = ['GRAD_BLOCK', 'JAX_BLOCK', 'GradPartial', 'jax_grad_partials', 'jax_partials', 'widen']
 
 JAX_BLOCK = 128  # elements per block in the traceable path (float32 accumulators)
 
@@ -56,7 +48,7 @@ def widen(x: jax.Array) -> jax.Array:
 _UINT_OF_SIZE = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 
 
-def exact_indicators(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _exact_indicators(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per element: is zero, is non-finite, is NaN. For floats from the bits:
     exact where the hardware flushes subnormals to zero (XLA:CPU and XLA:GPU do)."""
     if jnp.issubdtype(x.dtype, jnp.floating):
@@ -73,7 +65,7 @@ def exact_indicators(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def _exact_counts(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, ...]:
     """(zeros, non-finite, NaN) counts of ``x`` (of its ``valid`` elements)."""
-    indicators = exact_indicators(x)
+    indicators = _exact_indicators(x)
     if valid is not None:
         indicators = tuple(c & valid for c in indicators)
     return tuple(jnp.sum(c, dtype=jnp.int32) for c in indicators)
@@ -211,7 +203,7 @@ def _pass_default(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
         jnp.where(small | large, zero, xf * xf),
         jnp.where(large, _scaled_square(xf, _SBIG), zero),
     ]
-    zeros, nonfinite, nans = (c.astype(jnp.int32) for c in exact_indicators(x))
+    zeros, nonfinite, nans = (c.astype(jnp.int32) for c in _exact_indicators(x))
     izero = jnp.zeros((), jnp.int32)
     ops.append(nonfinite)
     inits = [zero, zero, zero, izero]
@@ -237,10 +229,64 @@ def _pass_default(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
     return ss, scale, mean, amax, (out[6] - padding).astype(xf.dtype), nonfinite
 
 
+def _sum2(v: jax.Array, dtype: Any = None) -> jax.Array:
+    """Sum of a ``(k, B)`` array, rows first (blocked: accurate on XLA:CPU)."""
+    return jnp.sum(jnp.sum(v, axis=1, dtype=dtype))
+
+
+def _pass_cpu(x: jax.Array, n: int, extras: bool) -> tuple[Any, ...]:
+    """XLA:CPU: separate reductions (it fuses no siblings, and a variadic or
+    select-carrying reduction runs 8-20x slower there), and one ``lax.cond``
+    per leaf (cheap on CPU) that redoes the rare cases exactly: a sum of
+    squares out of float32's safe range (Blue's accumulators) or non-finite
+    values (counts from the bits).
+
+    Zeros are ``n - sum(|sign(x)|)``: exact for every value XLA computes
+    (XLA:CPU flushes subnormal results to zero, so a gradient holds none).
+    """
+    xf = widen(x)
+    padding = x.size - n
+    dtype = xf.dtype
+    nan = jnp.asarray(jnp.nan, dtype)
+    zero = jnp.zeros((), dtype)
+    ss = _sum2(xf * xf)
+    if extras:
+        amax = jnp.max(jnp.abs(xf))
+        shift = 2.0 ** -max(0, (n - 1).bit_length())
+        mean = _sum2(xf * shift) / shift / n
+        zeros = n - _sum2(jnp.abs(jnp.sign(xf)))
+        tiny_ok = (ss > 2.0**-100) | (amax == 0)  # an all-zero leaf needs no rescue
+    else:
+        amax = mean = zeros = nan
+        tiny_ok = ss > 2.0**-100
+    fast = (ss < 2.0**100) & tiny_ok  # also False for NaN / Inf
+
+    def exact():
+        ss2, scale2 = _blue_exact(xf)
+        z, nf, nn = (_sum2(c, jnp.int32).astype(dtype) for c in _exact_indicators(x))
+        if not extras:
+            return ss2, scale2, zeros, nf, amax
+        return ss2, scale2, z - padding, nf, jnp.where(nn > 0, jnp.nan, amax)
+
+    one = jnp.ones((), dtype)
+    ss, scale, zeros, nonfinite, amax = lax.cond(fast, lambda: (ss, one, zeros, zero, amax), exact)
+    return ss, scale, mean, amax, zeros, nonfinite
+
+
+def _blue_exact(xf: jax.Array) -> tuple[jax.Array, jax.Array]:
+    a = jnp.abs(xf)
+    zero = jnp.zeros((), xf.dtype)
+    small, large = a < _TSML, a > _TBIG
+    asml = _sum2(jnp.where(small, _scaled_square(xf, _SSML), zero))
+    amed = _sum2(jnp.where(small | large, zero, xf * xf))
+    abig = _sum2(jnp.where(large, _scaled_square(xf, _SBIG), zero))
+    return _blue(asml, amed, abig)
+
+
 def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
     """One pass over ``x``: scaled sum of squares, mean, max |x|, zeros and
-    non-finite counts. Traceable and branch-free (one variadic reduction: the
-    GPU/TPU form; XLA:CPU runs it too, slower). An empty leaf gives zeros.
+    non-finite counts. Traceable, branch-free on GPU/TPU (one variadic
+    reduction); on CPU separate reductions. An empty leaf gives zeros.
 
     Args:
       x: An array.
@@ -259,4 +305,9 @@ def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
     if k * block != n:  # zeros add nothing to the sums; the zero count is corrected
         x = jnp.pad(x, (0, k * block - n))
     x = x.reshape(k, block)
-    return GradPartial(*_pass_default(x, n, extras))
+    out = lax.platform_dependent(
+        x,
+        cpu=lambda x: _pass_cpu(x, n, extras),
+        default=lambda x: _pass_default(x, n, extras),
+    )
+    return GradPartial(*out)
