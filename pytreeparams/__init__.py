@@ -20,6 +20,7 @@ from ._flatten import unflatten as unflatten
 from ._grads import GRAD_STAT_NAMES as GRAD_STAT_NAMES
 from ._grads import GradStats as GradStats
 from ._grads import grad_stats as grad_stats
+from ._histogram import log_bins as log_bins
 from ._history import History as History
 from ._init import path_key as path_key
 from ._init import reinit as reinit
@@ -107,6 +108,7 @@ __all__ = [
     'labels',
     'load',
     'load_into',
+    'log_bins',
     'map_with_path',
     'mask',
     'nbytes',

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -21,6 +21,7 @@ from flax import struct
 
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
+from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._messages import quote_list
@@ -55,6 +56,9 @@ class GradStats:
         update columns are NaN when those trees were not given.
       global_norm: The L2 norm of all gradients (as ``optax.global_norm``).
       paths: Leaf paths, or group prefixes with ``depth`` (static).
+      histogram: With ``grad_stats(..., histogram=edges)``: int32 counts of the
+        gradient values per row, ``(len(paths), len(bin_edges) + 1)``; else None.
+      bin_edges: The histogram's bin edges (static; empty without one).
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -66,6 +70,8 @@ class GradStats:
     table: jax.Array
     global_norm: jax.Array
     paths: tuple[str, ...] = struct.field(pytree_node=False)
+    histogram: jax.Array | None = None
+    bin_edges: tuple[float, ...] = struct.field(pytree_node=False, default=())
 
     def __getitem__(self, name: str) -> jax.Array:
         """The column ``name`` (one of ``GRAD_STAT_NAMES``) over layers."""
@@ -121,6 +127,34 @@ class GradStats:
                     continue
                 out[prefix + (f'{s}/{p}' if stat_first else f'{p}/{s}')] = v
         out[prefix + 'global_norm'] = float(gn)
+        return out
+
+    def histograms(self, prefix: str = 'grad_hist/') -> dict[str, dict[str, Any]]:
+        """Per row, the keyword arguments of tensorboardX's ``add_histogram_raw``.
+
+        Args:
+          prefix: Put before every row's path (the tag).
+
+        Returns:
+          ``{prefix + path: {'min', 'max', 'num', 'sum', 'sum_squares',
+          'bucket_limits', 'bucket_counts'}}``, fetched in one transfer; empty
+          without ``grad_stats(..., histogram=edges)``.
+
+        Example:
+          >>> import jax.numpy as jnp, pytreeparams as ptp
+          >>> gs = ptp.grad_stats({'w': jnp.array([-2.0, 0.5, 3.0])}, histogram=(-1.0, 0.0, 1.0))
+          >>> gs.histograms()['grad_hist/w']['bucket_counts']
+          [1.0, 0.0, 1.0, 1.0]
+        """
+        if self.histogram is None:
+            return {}
+        table, hist = jax.device_get((self.table, self.histogram))
+        cols = {s: GRAD_STAT_NAMES.index(s) for s in ('grad_norm', 'grad_mean', 'grad_max')}
+        out = {}
+        for i, p in enumerate(self.paths):
+            num = float(np.sum(hist[i]))
+            norm, mean, amax = (float(table[i, cols[s]]) for s in cols)
+            out[prefix + p] = tensorboard_histogram(self.bin_edges, hist[i], num, mean, norm, amax)
         return out
 
 
@@ -201,6 +235,7 @@ def grad_stats(
     depth: int | None = None,
     extras: bool = True,
     stacked: Mapping[str, int] | None = None,
+    histogram: Sequence[float] | None = None,
 ) -> GradStats:
     """Per-leaf (or per-module) gradient statistics. Jittable.
 
@@ -223,6 +258,10 @@ def grad_stats(
         row per layer, named with the index after the subtree
         (``{'params/layers': 0}`` gives ``'params/layers/3/mlp/kernel'``);
         computed in one vectorized pass per leaf.
+      histogram: Bin edges (e.g. ``ptp.log_bins()``): also count the gradient
+        values of each row in fixed bins (one more pass per leaf: a bucketize
+        and a scatter-add), for TensorBoard-style histograms
+        (:meth:`GradStats.histograms`). Static under ``jit`` (a tuple).
 
     Returns:
       A :class:`GradStats` (one stacked array and the global norm).
@@ -231,6 +270,7 @@ def grad_stats(
       StructureError: If ``params`` or ``updates`` differ in structure, or a
         ``stacked`` leaf lacks its layer axis.
       PathError: If a ``stacked`` pattern matches no subtree.
+      ValueError: If ``histogram`` edges are not finite and increasing.
 
     Example:
       >>> import jax, jax.numpy as jnp, pytreeparams as ptp
@@ -253,7 +293,8 @@ def grad_stats(
             for p, sp, i in zip(names, splits, keep)
         ]
         names = tuple(r for rows in rows_of for r in rows)
-    table, global_norm = _table(
+    edges = check_edges(histogram) if histogram is not None else None
+    table, global_norm, hist = _table(
         [g_leaves[i] for i in keep],
         [p_leaves[i] for i in keep] if p_leaves is not None else None,
         [u_leaves[i] for i in keep] if u_leaves is not None else None,
@@ -261,12 +302,15 @@ def grad_stats(
         depth=depth,
         extras=extras,
         axes=axes,
+        edges=edges,
     )
     rows = _groups(names, depth)[0] if depth is not None else names
-    return GradStats(table=table, global_norm=global_norm, paths=rows)
+    return GradStats(
+        table=table, global_norm=global_norm, paths=rows, histogram=hist, bin_edges=edges or ()
+    )
 
 
-@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras', 'axes'))
+@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras', 'axes', 'edges'))
 def _table(
     g_leaves: list[Any],
     p_leaves: list[Any] | None,
@@ -276,7 +320,8 @@ def _table(
     depth: int | None,
     extras: bool,
     axes: tuple[int | None, ...] = (),
-) -> tuple[jax.Array, jax.Array]:
+    edges: tuple[float, ...] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """The statistics table of the array leaves, as one program: called outside
     ``jit`` it is compiled once per structure (not dispatched op by op), and
     inside a jitted step it is inlined."""
@@ -317,4 +362,28 @@ def _table(
         ],
         axis=1,
     )
-    return table, global_norm
+    return table, global_norm, _histograms(g_leaves, axes, names, depth, edges)
+
+
+def _histograms(
+    g_leaves: list[Any],
+    axes: tuple[int | None, ...],
+    names: tuple[str, ...],
+    depth: int | None,
+    edges: tuple[float, ...] | None,
+) -> jax.Array | None:
+    """The histogram rows: per leaf (per layer of a stacked leaf), summed per group."""
+    if edges is None:
+        return None
+    rows = []
+    for i, g in enumerate(g_leaves):
+        axis = axes[i] if axes else None
+        if axis is None:
+            rows.append(histogram_counts(g, edges)[None])
+        else:
+            rows.append(jax.vmap(lambda x: histogram_counts(x, edges), in_axes=axis)(g))
+    hist = jnp.concatenate(rows) if rows else jnp.zeros((0, len(edges) + 1), jnp.int32)
+    if depth is not None:
+        groups, seg = _groups(names, depth)
+        hist = jax.ops.segment_sum(hist, jnp.asarray(seg, jnp.int32), num_segments=len(groups))
+    return hist

@@ -3,7 +3,7 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from ._grads import GradStats, grad_stats
+from ._histogram import check_edges
 from ._keys import unbox
 from ._typing import PyTree
 
@@ -44,6 +45,7 @@ def watch(
     extras: bool = True,
     every: int = 1,
     stacked: Mapping[str, int] | None = None,
+    histogram: Sequence[float] | None = None,
 ) -> optax.GradientTransformation:
     """Wraps ``tx`` so that its state keeps per-layer statistics of every update.
 
@@ -66,6 +68,8 @@ def watch(
         pay for one ``lax.cond``.
       stacked: ``{subtree glob: layer axis}``: one row per stacked (scanned)
         layer, as in :func:`grad_stats`.
+      histogram: Bin edges (``ptp.log_bins()``): also per-row histograms of
+        the gradients, as in :func:`grad_stats`, computed on the same steps.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`WatchState`.
@@ -73,7 +77,8 @@ def watch(
     Raises:
       StructureError: At ``update``, if the gradients' paths differ from the
         parameters'.
-      ValueError: If ``every`` is not a positive int.
+      ValueError: If ``every`` is not a positive int, or the histogram edges
+        are not finite and increasing.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, pytreeparams as ptp
@@ -87,9 +92,18 @@ def watch(
     inner_tx = tx if tx is not None else optax.identity()
     if not isinstance(every, int) or every < 1:
         raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
+    edges = check_edges(histogram) if histogram is not None else None
 
     def stats_of(grads: PyTree, params: PyTree, updates: PyTree) -> GradStats:
-        return grad_stats(grads, params, updates, depth=depth, extras=extras, stacked=stacked)
+        return grad_stats(
+            grads,
+            params,
+            updates,
+            depth=depth,
+            extras=extras,
+            stacked=stacked,
+            histogram=edges,
+        )
 
     def init(params: PyTree) -> WatchState:
         shapes = jax.eval_shape(stats_of, params, params, params)
@@ -142,6 +156,11 @@ def watched(opt_state: Any) -> GradStats | None:
     if not found:
         return None
     stats = found[0].stats
+    hist = unbox(stats.histogram) if stats.histogram is not None else None
     return GradStats(
-        table=unbox(stats.table), global_norm=unbox(stats.global_norm), paths=stats.paths
+        table=unbox(stats.table),
+        global_norm=unbox(stats.global_norm),
+        paths=stats.paths,
+        histogram=hist,
+        bin_edges=stats.bin_edges,
     )

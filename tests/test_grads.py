@@ -190,3 +190,64 @@ def test_logger_dict_goes_through_clu_metric_writers(tmp_path):
     pytest.importorskip('tensorboardX')
     back = _read_scalars(tmp_path)
     assert {k: v for k, (_, v) in back.items()} == pytest.approx(d)
+
+
+def _hist_reference(x, edges) -> np.ndarray:
+    """Counts of ``x`` (as float32) in the bins of ``edges``, NaN in none (NumPy)."""
+    a = np.asarray(x, np.float32).ravel()
+    a = a[~np.isnan(a)]
+    idx = np.searchsorted(np.asarray(edges, np.float32), a, side='right')
+    return np.bincount(idx, minlength=len(edges) + 1)
+
+
+def test_histograms_count_every_value_in_its_fixed_bin(maybe_jit):
+    """Per leaf the counts NumPy gives (values on an edge go to the bin above it,
+    -Inf to the first, +Inf to the last, NaN to none); per module the sum of its
+    leaves'; the same edges on every call (static)."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 16)) * 10.0 ** rng.integers(-9, 3, (8, 16))).astype(np.float32)
+    b = np.array([0.0, 1e-8, -1.0, np.inf, -np.inf, np.nan, 1e3], np.float32)
+    g = {'m': {'w': jnp.asarray(w), 'b': jnp.asarray(b)}, 'o': jnp.asarray(w[:2])}
+    edges = ptp.log_bins()
+    assert edges[0] == -100.0 and edges[-1] == 100.0 and 0.0 in edges and len(edges) == 43
+    stats = maybe_jit(lambda g: ptp.grad_stats(g, histogram=edges))(g)
+    assert stats.bin_edges == edges and stats.histogram.shape == (3, 44)
+    want = [_hist_reference(x, edges) for x in (b, w, w[:2])]
+    chex.assert_trees_all_equal(np.asarray(stats.histogram), np.stack(want).astype(np.int32))
+    grouped = maybe_jit(lambda g: ptp.grad_stats(g, histogram=edges, depth=1))(g)
+    chex.assert_trees_all_equal(
+        np.asarray(grouped.histogram), np.stack([want[0] + want[1], want[2]]).astype(np.int32)
+    )
+    with pytest.raises(ValueError, match='strictly increasing'):
+        ptp.grad_stats(g, histogram=(1.0, 0.0))
+
+
+def test_histograms_go_to_tensorboardx_as_they_are(tmp_path):
+    """GradStats.histograms() gives add_histogram_raw's arguments per row; the event
+    file holds the bucket counts and limits."""
+    tbx = pytest.importorskip('tensorboardX')
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    g = {'h_0': {'fc': jnp.array([-2.0, 0.5, 3.0, 0.0])}}
+    hists = ptp.grad_stats(g, histogram=(-1.0, 0.0, 1.0)).histograms('train/grad_hist/')
+    assert list(hists) == ['train/grad_hist/h_0/fc']
+    h = hists['train/grad_hist/h_0/fc']
+    assert h['bucket_counts'] == [1.0, 0.0, 2.0, 1.0] and h['num'] == 4.0
+    assert (h['min'], h['max'], h['sum']) == (-3.0, 3.0, 1.5)
+    assert h['sum_squares'] == pytest.approx(4 + 0.25 + 9)
+    with tbx.SummaryWriter(str(tmp_path)) as writer:
+        for tag, kwargs in hists.items():
+            writer.add_histogram_raw(tag, global_step=3, **kwargs)
+    (name,) = pathlib.Path(tmp_path).glob('events.out.tfevents.*')
+    data, i, found = name.read_bytes(), 0, {}
+    while i < len(data):
+        (n,) = struct.unpack('<Q', data[i : i + 8])
+        event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+        i += 12 + n + 4
+        for v in event.summary.value:
+            if v.WhichOneof('value') == 'histo':
+                found[v.tag] = (event.step, list(v.histo.bucket), list(v.histo.bucket_limit))
+    step, buckets, limits = found['train/grad_hist/h_0/fc']
+    assert step == 3 and buckets == [1.0, 0.0, 2.0, 1.0] and limits[:3] == [-1.0, 0.0, 1.0]

@@ -65,9 +65,16 @@ def test_grad_stats_of_scanned_layers_one_row_per_layer(jit):
         np.testing.assert_allclose(gs['param_norm'][row], np.linalg.norm(p), rtol=1e-5)
     # the split changes rows, not the global norm
     chex.assert_trees_all_close(gs.global_norm, optax.tree.norm(grads), rtol=1e-6)
-    by_layer = ptp.grad_stats(grads, depth=3, stacked={'params/layers': 0})
+    edges = ptp.log_bins(1e-4, 1.0, per_decade=1)
+    by_layer = ptp.grad_stats(grads, depth=3, stacked={'params/layers': 0}, histogram=edges)
     layers = ('params/layers/0', 'params/layers/1', 'params/layers/2')
     assert by_layer.paths == ('params/head/bias', 'params/head/kernel', *layers)
+    for row, i in zip(by_layer.histogram[2:], range(3)):  # one histogram per layer
+        values = np.concatenate(
+            [np.ravel(grads['params']['layers']['mlp'][k][i]) for k in ('bias', 'kernel')]
+        )
+        idx = np.searchsorted(np.asarray(edges, np.float32), values, side='right')
+        np.testing.assert_array_equal(row, np.bincount(idx, minlength=len(edges) + 1))
 
 
 def test_summary_and_watch_split_stacked_layers():

@@ -116,3 +116,20 @@ def test_watch_every_n_updates_keeps_the_last_statistics_between():
     assert int(state.count) == 5
     with pytest.raises(ValueError, match='positive'):
         ptp.watch(every=0)
+
+
+def test_watch_keeps_histograms_of_the_gradients():
+    """watch(histogram=edges): the histogram of the incoming gradients is kept in
+    the state, under jit, equal to grad_stats' on the same gradients."""
+    edges = ptp.log_bins(1e-3, 10.0, per_decade=1)
+    tx = ptp.watch(optax.sgd(0.1), histogram=edges)
+    state = tx.init(PARAMS)
+    assert ptp.watched(state).histogram.tolist() == [[0] * (len(edges) + 1)] * 2
+    _, state = jax.jit(tx.update)(GRADS, state, PARAMS)
+    got = ptp.watched(state)
+    want = ptp.grad_stats(GRADS, histogram=edges)
+    assert got.bin_edges == edges
+    chex.assert_trees_all_equal(got.histogram, want.histogram)
+    assert list(got.histograms()) == ['grad_hist/b', 'grad_hist/enc/w']
+    with pytest.raises(ValueError, match='strictly increasing'):
+        ptp.watch(histogram=[0.0, float('nan')])

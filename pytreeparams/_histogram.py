@@ -1,0 +1,114 @@
+"""Fixed-bin histograms of gradient values, per layer, for TensorBoard-style loggers.
+
+The bins are fixed (the same on every step, so that a logger can draw them over
+time, and static under ``jit``): ``edges`` ``e_0 < e_1 < ... < e_{K-1}`` give
+``K + 1`` bins ``(-inf, e_0), [e_0, e_1), ..., [e_{K-1}, +inf)``. NaN values are
+in no bin (``grad_nonfinite`` counts them); -Inf is in the first and +Inf in the
+last. :func:`log_bins` gives symmetric, logarithmically spaced edges (gradient
+values span many orders of magnitude), as TensorBoard's default buckets are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ['histogram_counts', 'log_bins', 'tensorboard_histogram']
+
+
+def log_bins(lo: float = 1e-8, hi: float = 1e2, per_decade: int = 2) -> tuple[float, ...]:
+    """Symmetric edges: ``-hi ... -lo, 0, lo ... hi``, ``per_decade`` per factor 10.
+
+    Args:
+      lo: The smallest magnitude with bins of its own (smaller ones share the
+        bins around 0).
+      hi: The largest edge (larger values are in the outer bins).
+      per_decade: Edges per factor of 10.
+
+    Returns:
+      The sorted edges, as a tuple (hashable: a static argument under ``jit``).
+
+    Raises:
+      ValueError: If not ``0 < lo < hi`` or ``per_decade < 1``.
+
+    Example:
+      >>> log_bins(1e-2, 1.0, per_decade=1)
+      (-1.0, -0.1, -0.01, 0.0, 0.01, 0.1, 1.0)
+    """
+    if not (0 < lo < hi) or int(per_decade) < 1:
+        raise ValueError(
+            f'log_bins: need 0 < lo < hi and per_decade >= 1, got lo={lo!r}, hi={hi!r}, '
+            f'per_decade={per_decade!r}'
+        )
+    k = round(math.log10(hi / lo) * per_decade)
+    pos = [float(f'{lo * 10 ** (i / per_decade):.6g}') for i in range(k + 1)]
+    return (*(-p for p in reversed(pos)), 0.0, *pos)
+
+
+def check_edges(edges: Sequence[float]) -> tuple[float, ...]:
+    """``edges`` as a tuple of floats, checked to be finite and increasing.
+
+    Raises:
+      ValueError: If they are empty, not finite or not strictly increasing.
+    """
+    out = tuple(float(e) for e in edges)
+    if (
+        not out
+        or not all(math.isfinite(e) for e in out)
+        or any(b <= a for a, b in zip(out, out[1:]))
+    ):
+        raise ValueError(
+            f'histogram edges must be finite and strictly increasing, got {list(out)[:8]}'
+            f'{" ..." if len(out) > 8 else ""}; ptp.log_bins() gives a default'
+        )
+    return out
+
+
+def histogram_counts(x: Any, edges: tuple[float, ...]) -> jax.Array:
+    """Counts of the values of ``x`` in the ``len(edges) + 1`` bins. Traceable.
+
+    Args:
+      x: An array (widened to float32; complex values by magnitude).
+      edges: Increasing bin edges.
+
+    Returns:
+      An int32 array of ``len(edges) + 1`` exact counts.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> histogram_counts(jnp.array([-2.0, 0.0, 0.5, 3.0, jnp.nan]), (-1.0, 0.0, 1.0)).tolist()
+      [1, 0, 2, 1]
+    """
+    x = jnp.asarray(x)
+    if jnp.iscomplexobj(x):
+        x = jnp.abs(x)
+    flat = x.reshape(-1).astype(jnp.float32)
+    e = jnp.asarray(edges, jnp.float32)
+    idx = jnp.searchsorted(e, flat, side='right')
+    weight = jnp.where(jnp.isnan(flat), 0, 1).astype(jnp.int32)
+    return jax.ops.segment_sum(weight, idx, num_segments=len(edges) + 1)
+
+
+def tensorboard_histogram(
+    edges: Sequence[float], counts: Any, n: float, mean: float, norm: float, amax: float
+) -> dict[str, Any]:
+    """The keyword arguments of tensorboardX's ``add_histogram_raw`` for one row.
+
+    ``bucket_limits`` are the bins' right edges (the last is the largest
+    float64); ``min``/``max`` are ``-max|g|``/``max|g|`` (the table keeps max |g|).
+    """
+    limits = [*map(float, edges), float(np.finfo(np.float64).max)]
+    return {
+        'min': -float(amax),
+        'max': float(amax),
+        'num': float(n),
+        'sum': float(mean) * float(n),
+        'sum_squares': float(norm) ** 2,
+        'bucket_limits': limits,
+        'bucket_counts': [float(c) for c in counts],
+    }
