@@ -78,6 +78,7 @@ def _run_cell(o: _Out, source: str, namespace: dict[str, Any]) -> None:
     """Runs a code cell; shows the value of its last expression, as a notebook does."""
     tree = ast.parse(source)
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    assert last is None or isinstance(last, ast.Expr)
     exec(compile(tree, '<tour>', 'exec'), namespace)
     if last is not None:
         value = eval(compile(ast.Expression(last.value), '<tour>', 'eval'), namespace)

@@ -103,7 +103,7 @@ _COMPILER_NAME = 'pytreeparams-compile'
 _LISTENING: list[bool] = []
 
 
-def _on_compile(event: str, duration: float, **_: Any) -> None:
+def _on_compile(event: str, duration_secs: float, **_: str | int) -> None:
     if event == _COMPILE_EVENT:
         what = (
             'background_compilations'
@@ -171,7 +171,7 @@ def _where(x: Any) -> str:
         if len(devices) > 1:
             kind = 'sharded' if x.is_fully_addressable else 'global'
         else:
-            kind = 'host' if all(d.platform == 'cpu' for d in devices) else 'device'
+            kind = 'host' if all(getattr(d, 'platform', '') == 'cpu' for d in devices) else 'device'
         _KIND[sharding] = kind
     return 'device' if (kind == 'host' and _FORCE) else kind
 
@@ -223,7 +223,7 @@ _global = jax.jit(_global_impl)
 
 
 def _table_dtype() -> Any:
-    return np.float64 if jax.config.jax_enable_x64 else np.float32
+    return np.float64 if jax.config.read('jax_enable_x64') else np.float32
 
 
 def _compile(key: tuple) -> Any:
@@ -312,7 +312,9 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
             large.setdefault(next(iter(x.devices())), []).append(j)
     table_dtype = _table_dtype()
     budget = HOST_FIRST_BYTES if host_first else 0
-    tables, order, later = [], [], []
+    tables: list[Any] = []
+    order: list[Any] = []
+    later: list[Any] = []
     for device, idx in large.items():
         rows = 1 << max(3, (len(idx) - 1).bit_length())
         kernelled = []

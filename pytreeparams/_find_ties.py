@@ -92,7 +92,11 @@ def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False
         dtype = np.dtype(leaves[i].dtype).name
         prints = np.round(fp[[0, 1, 2, 3]], 6) if fp is not None else None
         # NaN != NaN: fingerprints of NaN-holding leaves compare by their text
-        key = (key_shape, dtype, None if prints is None else tuple(repr(v) for v in prints))
+        key: tuple[Any, ...] = (
+            key_shape,
+            dtype,
+            None if prints is None else tuple(repr(v) for v in prints),
+        )
         if not constants and fp is not None and fp[2] == fp[3] and np.size(leaves[i]) > 1:
             key = (*key, id(leaves[i]))  # a constant leaf ties only with itself
         buckets.setdefault(key, []).append(i)

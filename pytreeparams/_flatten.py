@@ -8,6 +8,7 @@ than ``jax.tree_util.tree_flatten``.
 from __future__ import annotations
 
 import builtins
+import collections
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -60,8 +61,8 @@ def _check_paths(key_strs: list[tuple[str, ...]]) -> tuple[str, ...]:
             raise StructureError(unspellable_key_message(bad, keys))
     paths_ = tuple('/'.join(keys) for keys in key_strs)
     if len(builtins.set(paths_)) != len(paths_):
-        seen: builtins.set[str] = builtins.set()
-        dup = next(p for p in paths_ if p in seen or seen.add(p))
+        counts = collections.Counter(paths_)
+        dup = next(p for p in paths_ if counts[p] > 1)
         raise StructureError(
             f'two leaves have the same path {dup!r}: a key contains "/" '
             'or two keys have the same string form; rename the keys'
@@ -106,7 +107,7 @@ def flatten_with_paths(
             kp and type(kp[-1]) is _GetAttrKey and kp[-1].name == 'value' for kp, _ in with_path
         ):
             with_path, boxed_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)
-        has_boxes = boxed_def != treedef
+        has_boxes = bool(boxed_def != treedef)  # type: ignore[operator]  # PyTreeDef has __ne__
         boxed_leaves = [x for _, x in with_path]
         paths_ = _check_paths([tuple(key_str(k) for k in kp) for kp, _ in with_path])
         info = (has_boxes, paths_)

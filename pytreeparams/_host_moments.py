@@ -120,7 +120,7 @@ def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list
         )
     m = c.size
     mn, mx = c.min(), c.max()
-    zeros = 0 if (mn > 0 or mx < 0) else np.count_nonzero(c == 0)
+    zeros = 0 if (mn > 0 or mx < 0) else int(np.count_nonzero(c == 0))
     work = c if inv == 1.0 else c * inv  # an exact power-of-two scaling (float64 data only)
     flt = work.dtype.kind == 'f'
     nonfinite = nans = 0
@@ -129,7 +129,7 @@ def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list
         nans = int(np.count_nonzero(np.isnan(c)))
     amax = max(abs(float(mn)), abs(float(mx)))
     if work.dtype == np.float32 and m % _ROW == 0 and 1e-10 < amax < 1e18:  # squares fit
-        shift = np.float32(np.dot(work, _means_of(m, np.dtype(np.float32))))
+        shift: Any = np.float32(np.dot(work, _means_of(m, np.dtype(np.float32))))
         if not math.isfinite(shift):
             shift = work[0] if math.isfinite(work[0]) else np.float32(0)
         d = np.subtract(work, shift, out=wide[:m])

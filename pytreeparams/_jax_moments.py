@@ -40,7 +40,7 @@ def widen(x: jax.Array) -> jax.Array:
     if x.dtype == jnp.bfloat16:
         bits = lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32) << 16
         return lax.bitcast_convert_type(bits, jnp.float32)
-    if x.dtype in (jnp.float64, jnp.int64, jnp.uint64) and jax.config.jax_enable_x64:
+    if x.dtype in (jnp.float64, jnp.int64, jnp.uint64) and jax.config.read('jax_enable_x64'):
         return x.astype(jnp.float64)
     return x.astype(jnp.float32)
 
@@ -65,7 +65,7 @@ def _exact_indicators(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def _exact_counts(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, ...]:
     """(zeros, non-finite, NaN) counts of ``x`` (of its ``valid`` elements)."""
-    indicators = _exact_indicators(x)
+    indicators: tuple[jax.Array, ...] = _exact_indicators(x)
     if valid is not None:
         indicators = tuple(c & valid for c in indicators)
     return tuple(jnp.sum(c, dtype=jnp.int32) for c in indicators)

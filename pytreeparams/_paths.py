@@ -99,7 +99,7 @@ def get(tree: PyTree, path: PathLike) -> PyTree:
     for depth, key in enumerate(keys):
         kids = children(node)
         i = -1 if kids is None else _find(kids, key)
-        if i < 0:
+        if kids is None or i < 0:
             raise _resolve_error(tree, keys, depth, node, kids)
         node = _as_child(node, kids[1][i])
     return unbox(node)
@@ -108,7 +108,7 @@ def get(tree: PyTree, path: PathLike) -> PyTree:
 def _check_replacement(old: Any, new: Any, where: str) -> None:
     old_leaves, old_def = jax.tree_util.tree_flatten(old, is_leaf=is_box)
     new_leaves, new_def = jax.tree_util.tree_flatten(new, is_leaf=is_box)
-    if old_def != new_def:
+    if old_def != new_def:  # type: ignore[operator]  # PyTreeDef has __ne__
         old_paths = flatten_with_paths(old)[2]
         new_paths = flatten_with_paths(new)[2]
         new_set, old_set = builtins.set(new_paths), builtins.set(old_paths)
@@ -188,7 +188,7 @@ def set(tree: PyTree, path: PathLike, value: Any, *, check: bool = True) -> PyTr
             return rebox(node, new)
         kids = children(node)
         i = -1 if kids is None else _find(kids, keys[depth])
-        if i < 0:
+        if kids is None or i < 0:
             raise _resolve_error(tree, keys, depth, node, kids)
         items = list(kids[1])
         items[i] = rec(items[i], depth + 1)

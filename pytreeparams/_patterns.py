@@ -301,10 +301,11 @@ def map_with_path(
         deprecated('ptp.map_with_path(fn, tree)', 'ptp.map_with_path(tree, fn)')
         tree, fn = fn, tree
     leaves, treedef, paths_ = flatten_with_paths(tree, is_leaf)
+    names: Sequence[Any] = paths_
     if key_paths:
         flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=box_or(is_leaf))[0]
-        paths_ = [kp for kp, _ in flat]
-    new = [rebox(x, fn(p, unbox(x))) for p, x in zip(paths_, leaves, strict=False)]
+        names = [kp for kp, _ in flat]
+    new = [rebox(x, fn(p, unbox(x))) for p, x in zip(names, leaves, strict=False)]
     return jax.tree_util.tree_unflatten(treedef, new)
 
 

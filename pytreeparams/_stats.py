@@ -195,14 +195,14 @@ def stats(tree: PyTree) -> Stats:
         if is_array(x) and not isinstance(x, jax.ShapeDtypeStruct):
             names.append(p)
             xs.append(x)
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    dtype = jnp.float64 if jax.config.read('jax_enable_x64') else jnp.float32
     if not xs:
         return Stats(table=jnp.zeros((0, len(STAT_NAMES)), dtype), paths=())
     # concrete leaves (also NumPy constants under jit) are computed where they
     # live, in float64 on the host; traced ones in the traced program
     host = leaf_rows([None if isinstance(x, jax.core.Tracer) else x for x in xs])
     if all(h is not None for h in host):
-        table = jnp.asarray(np.stack(host), dtype)
+        table = jnp.asarray(np.stack([h for h in host if h is not None]), dtype)
     else:
         rows = [
             jnp.asarray(h, dtype) if h is not None else leaf_stats(x).astype(dtype)

@@ -165,7 +165,7 @@ class Summary:
             out[f'{r.path}/nbytes'] = float(r.nbytes)
             if self.has_stats and r.mean is not None:
                 for k, v in r.stats().items():
-                    out[f'{r.path}/{k}'] = float(v)
+                    out[f'{r.path}/{k}'] = float('nan') if v is None else float(v)
             for k, v in r.extra:
                 if v is not None:
                     out[f'{r.path}/{k}'] = float(v)

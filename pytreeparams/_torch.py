@@ -198,7 +198,8 @@ def _mapping(like: PyTree, rules: Sequence[Rule]) -> list[tuple[str, str, Any, A
     for path, leaf in zip(paths_, leaves):
         leaf = unbox(leaf)
         ndim = len(np.shape(leaf))
-        name, perm = None, 'default'
+        name: str | None = None
+        perm: Any = 'default'
         for rx, repl, p in compiled:
             m = rx.fullmatch(path)
             if m:

@@ -10,6 +10,8 @@ gives each source the sum of the gradients of all its uses.
 from __future__ import annotations
 
 import builtins
+import functools
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,7 +24,7 @@ from ._errors import StructureError
 from ._flatten import children, flatten_with_paths
 from ._keys import is_box, path_str, path_tuple, rebox, unbox
 from ._paths import get, set
-from ._typing import PathLike, PyTree
+from ._typing import FlatTree, PyTree
 
 __all__ = ['Ties', 'tie', 'tied_grads', 'transpose', 'untie']
 
@@ -71,7 +73,7 @@ class Ties:
       ('params/lm_head/kernel',)
     """
 
-    def __init__(self, mapping: Mapping[PathLike, Any]):
+    def __init__(self, mapping: FlatTree):
         entries: dict[str, tuple[str, Callable[[Any], Any] | None]] = {}
         for alias, spec in mapping.items():
             source, fn = (
@@ -131,7 +133,7 @@ class Ties:
         Raises:
           ValueError: For a custom transform, which cannot be recorded.
         """
-        out = {}
+        out: dict[str, Any] = {}
         for a, s, fn in self.items():
             if fn is None:
                 out[a] = s
@@ -191,7 +193,7 @@ def _check_shapes(alias: str, source: str, fn: Any, src_node: Any, alias_node: A
     want = _abstract(alias_node)
     g_leaves, g_def = jax.tree_util.tree_flatten(got)
     w_leaves, w_def = jax.tree_util.tree_flatten(want)
-    if g_def != w_def:
+    if g_def != w_def:  # type: ignore[operator]  # PyTreeDef has __ne__
         g_paths, w_paths = flatten_with_paths(got)[2], flatten_with_paths(want)[2]
         raise StructureError(
             f'Ties: {alias!r} cannot be rebuilt from {source!r}: they hold different keys: only '
@@ -212,6 +214,7 @@ def _without(parent: Any, key: str) -> Any:
     if isinstance(parent, dict):
         return {k: v for k, v in parent.items() if str(k) != key}
     kids = children(parent)
+    assert kids is not None  # the parent of a leaf has children
     items = list(kids[1])
     items[kids[0].index(key)] = None
     return jax.tree_util.tree_unflatten(kids[2], items)
@@ -250,8 +253,9 @@ def _insert(node: Any, keys: tuple[str, ...], value: Any) -> Any:
 
 def _same_mapping(node: Mapping, new: dict) -> Any:
     """``new`` in ``node``'s mapping type (e.g. NNX ``State``), else a dict."""
+    kind: Any = type(node)
     try:
-        return type(node)(new)
+        return kind(new)
     except TypeError:
         return new
 
@@ -409,7 +413,7 @@ def tied_grads(full_grads: PyTree, ties: Ties) -> dict[str, dict[str, jax.Array]
             entry = out.setdefault(sp, {sp: g_src})
             entry[ap] = back
     for entry in out.values():
-        entry['sum'] = sum(v for k, v in entry.items())
+        entry['sum'] = functools.reduce(operator.add, entry.values())
     return out
 
 

@@ -35,7 +35,7 @@ class WatchState(NamedTuple):
 
     inner: optax.OptState
     stats: GradStats
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field, as optax states name it (tuple.count)
 
 
 def watch(

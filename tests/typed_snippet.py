@@ -1,0 +1,21 @@
+"""A typed user snippet: ``mypy`` (in ``.ci/run``) checks that the public API
+type-checks as users call it. Not a test module (no ``test_`` prefix)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import pytreeparams as ptp
+
+flat: dict[str, jax.Array] = {'params/w': jnp.ones(3), 'params/b': jnp.zeros(2)}
+tree = ptp.unflatten(flat)
+back: dict[str, jax.Array] = ptp.flatten(tree)
+kernel: jax.Array = ptp.get(tree, 'params/w')
+tree2 = ptp.set(tree, 'params/b', jnp.ones(2))
+mask = ptp.mask(tree2, '**/w')
+labels = ptp.labels(tree2, {'**/w': 'decay'}, default='no_decay')
+stats: ptp.GradStats = ptp.grad_stats(tree2, tree2, depth=1, histogram=ptp.log_bins())
+logged: dict[str, float] = stats.to_dict('train/', stat_first=True, drop_nan=True)
+summary: ptp.Summary = ptp.summary(tree2)
+n: int = ptp.count(tree2)
