@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -158,8 +158,13 @@ class GradStats:
         return out
 
 
-def _leaf_lists(tree: PyTree, what: str, paths_ref: tuple[str, ...] | None = None):
-    leaves, _, paths_ = flatten_with_paths(tree)
+def _leaf_lists(
+    tree: PyTree,
+    what: str,
+    paths_ref: tuple[str, ...] | None = None,
+    is_leaf: Callable[[Any], bool] | None = None,
+):
+    leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     if paths_ref is not None and paths_ != paths_ref:
         have, want = set(paths_), set(paths_ref)
         missing = [p for p in paths_ref if p not in have]
@@ -236,6 +241,7 @@ def grad_stats(
     extras: bool = True,
     stacked: Mapping[str, int] | None = None,
     histogram: Sequence[float] | None = None,
+    is_leaf: Callable[[Any], bool] | None = None,
 ) -> GradStats:
     """Per-leaf (or per-module) gradient statistics. Jittable.
 
@@ -262,6 +268,8 @@ def grad_stats(
         values of each row in fixed bins (one more pass per leaf: a bucketize
         and a scatter-add), for TensorBoard-style histograms
         (:meth:`GradStats.histograms`). Static under ``jit`` (a tuple).
+      is_leaf: As ``jax.tree_util`` takes it, for all three trees: a node for
+        which it is true is a leaf (one that is not an array gives no row).
 
     Returns:
       A :class:`GradStats` (one stacked array and the global norm).
@@ -280,10 +288,10 @@ def grad_stats(
       >>> gs.paths, float(gs['grad_norm'][0]), float(gs['grad_to_param'][0])
       (('a',), 5.0, 5.0)
     """
-    g_leaves, paths_ = _leaf_lists(grads, 'grads')
+    g_leaves, paths_ = _leaf_lists(grads, 'grads', None, is_leaf)
     keep = [i for i, g in enumerate(g_leaves) if is_array(g)]
-    p_leaves = _leaf_lists(params, 'params', paths_)[0] if params is not None else None
-    u_leaves = _leaf_lists(updates, 'updates', paths_)[0] if updates is not None else None
+    p_leaves = _leaf_lists(params, 'params', paths_, is_leaf)[0] if params is not None else None
+    u_leaves = _leaf_lists(updates, 'updates', paths_, is_leaf)[0] if updates is not None else None
     names = tuple(paths_[i] for i in keep)
     splits = stacked_axes(names, [tuple(np.shape(g_leaves[i])) for i in keep], stacked)
     axes = tuple(sp[1] if sp is not None else None for sp in splits)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -205,6 +205,7 @@ def summary(
     notes: dict[str, str] | None = None,
     ties: Any = None,
     stacked: Mapping[str, int] | None = None,
+    is_leaf: Callable[[Any], bool] | None = None,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
 
@@ -229,6 +230,8 @@ def summary(
       stacked: ``{subtree glob: layer axis}`` for layers stacked on an axis
         (``nn.scan``): one row per layer, named with the index after the
         subtree, as in :func:`grad_stats` (``select`` sees those names).
+      is_leaf: As ``jax.tree_util`` takes it: a node for which it is true is
+        one row (a node that is not an array shows its type, and counts nothing).
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
@@ -249,7 +252,7 @@ def summary(
     """
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
-    leaves, _, paths_ = flatten_with_paths(tree)
+    leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     leaves = readable(unbox_all(leaves))
     if stacked:
         leaves, paths_ = _split_layers(leaves, paths_, stacked)
@@ -283,11 +286,12 @@ def summary(
     return Summary(rows, groups, totals, depth, concrete, sharding)
 
 
-def count(tree: PyTree) -> int:
+def count(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
     """The number of array elements in ``tree``, as an exact Python int.
 
     Args:
       tree: Any pytree; Python scalars count 1, non-array leaves 0.
+      is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
       The total element count (no int32 overflow).
@@ -300,14 +304,15 @@ def count(tree: PyTree) -> int:
       >>> ptp.count({'w': jax.ShapeDtypeStruct((70_000, 1_000_000), jnp.bfloat16)})
       70000000000
     """
-    return sum(math.prod(np.shape(x)) for x in _array_leaves(tree))
+    return sum(math.prod(np.shape(x)) for x in _array_leaves(tree, is_leaf))
 
 
-def nbytes(tree: PyTree) -> int:
+def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
     """The number of bytes of the arrays in ``tree``, as an exact Python int.
 
     Args:
       tree: Any pytree; abstract leaves count their would-be bytes.
+      is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
       Total bytes (a PRNG key counts the bytes of its key data).
@@ -321,7 +326,7 @@ def nbytes(tree: PyTree) -> int:
       144
     """
     total = 0
-    leaves = readable([unbox(v) for v in flatten_with_paths(tree)[0]])
+    leaves = readable([unbox(v) for v in flatten_with_paths(tree, is_leaf)[0]])
     for x in leaves:
         if is_array(x) or is_key_array(x):
             dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
@@ -329,8 +334,9 @@ def nbytes(tree: PyTree) -> int:
     return total
 
 
-def _array_leaves(tree: PyTree) -> list[Any]:
-    return [x for x in readable([unbox(v) for v in flatten_with_paths(tree)[0]]) if is_array(x)]
+def _array_leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
+    leaves = flatten_with_paths(tree, is_leaf)[0]
+    return [x for x in readable([unbox(v) for v in leaves]) if is_array(x)]
 
 
 def shapes(tree: PyTree) -> PyTree:

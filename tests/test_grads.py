@@ -251,3 +251,14 @@ def test_histograms_go_to_tensorboardx_as_they_are(tmp_path):
                 found[v.tag] = (event.step, list(v.histo.bucket), list(v.histo.bucket_limit))
     step, buckets, limits = found['train/grad_hist/h_0/fc']
     assert step == 3 and buckets == [1.0, 0.0, 2.0, 1.0] and limits[:3] == [-1.0, 0.0, 1.0]
+
+
+def test_is_leaf_gives_a_stopped_subtree_no_row(maybe_jit):
+    """grad_stats(is_leaf=...): a node for which it is true is a leaf, for the
+    gradients, parameters and updates alike; not an array, it gives no row."""
+    g = {'enc': {'w': jnp.array([3.0, 4.0])}, 'frozen': {'w': jnp.ones(4), 'b': jnp.ones(2)}}
+    stop = lambda x: isinstance(x, dict) and 'b' in x  # noqa: E731
+    stats = maybe_jit(lambda g: ptp.grad_stats(g, g, g, is_leaf=stop))(g)
+    assert stats.paths == ('enc/w',)
+    chex.assert_trees_all_close(stats['grad_norm'], jnp.array([5.0]))
+    chex.assert_trees_all_close(stats.global_norm, 5.0)

@@ -295,3 +295,20 @@ def test_prng_key_leaves_are_shown_counted_and_compared():
     )
     assert report.ok
     assert (jax.random.key_data(out['k']) == jax.random.key_data(other['k'])).all()
+
+
+def test_is_leaf_stops_the_walk_as_jax_tree_util_does():
+    """summary, count and nbytes take is_leaf: a node for which it is true is one
+    row (not an array: its type shown, nothing counted); an optax state too."""
+    import optax
+
+    params = {'enc': {'w': jnp.ones((2, 3))}, 'frozen': {'w': jnp.ones(4), 'b': jnp.ones(2)}}
+    stop = lambda x: isinstance(x, dict) and 'b' in x  # noqa: E731
+    s = ptp.summary(params, is_leaf=stop)
+    assert [r.path for r in s.rows] == ['enc/w', 'frozen']
+    assert s.totals.size == 6 == ptp.count(params, is_leaf=stop)
+    assert ptp.nbytes(params, is_leaf=stop) == 24 and ptp.nbytes(params) == 48
+    state = optax.adam(1e-3).init(params)
+    adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    assert [r.path for r in ptp.summary(state, is_leaf=adam).rows] == ['0']  # EmptyState: none
+    assert ptp.count(state, is_leaf=adam) == 0 and ptp.count(state) == 2 * 12 + 1
