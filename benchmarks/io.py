@@ -42,6 +42,9 @@ elif sys.argv[2] == 'load_into':
     like = {'t_042': jax.ShapeDtypeStruct((2048, 2560), np.float32)}
     out, report = ptp.load_into(sys.argv[1], like=like, strict=False)
     assert float(out['t_042'].sum()) != 0 and len(report.unexpected) == 99
+elif sys.argv[2] == 'summary':
+    s = ptp.summary(ptp.load(sys.argv[1]))  # what `pytreeparams summary FILE` does
+    assert s.totals.size == 100 * 2048 * 2560
 else:
     out = ptp.load(sys.argv[1])
     total = sum(float(v.sum()) for v in out.values())  # every byte read once
@@ -66,7 +69,7 @@ def lazy() -> None:
     print(f'file: {size / 2**30:.2f} GiB, 100 tensors of {2048 * 2560 * 4 / 2**20:.0f} MiB')
     print('| read | peak RSS growth | / file size |')
     print('|---|---|---|')
-    for what in ('select', 'load_into', 'all'):
+    for what in ('select', 'load_into', 'summary', 'all'):
         out = subprocess.run(
             [sys.executable, '-c', _CHILD, path, what], capture_output=True, text=True, check=True
         ).stdout.split()
@@ -74,6 +77,7 @@ def lazy() -> None:
         label = {
             'select': "load(path, select='t_042') (1 tensor)",
             'load_into': 'load_into(path, like={1 tensor}, strict=False)',
+            'summary': 'summary(load(path)), as the command line (largest tensor: 20 MiB)',
             'all': 'load(path), every tensor summed',
         }
         print(f'| {label[what]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)

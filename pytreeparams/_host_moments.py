@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import mmap
 import os
 from typing import Any
 
@@ -167,14 +168,48 @@ def _means_of(m: int, dtype: Any) -> np.ndarray:
 
 
 def _blocks(a: np.ndarray, lo: int, hi: int, inv: float) -> np.ndarray:
-    """Step 1-2 rows of the blocks starting in ``[lo, hi)`` of a flat leaf."""
+    """Step 1-2 rows of the blocks starting in ``[lo, hi)`` of a flat leaf; the
+    pages of a memory-mapped leaf are released block by block, once read."""
     buf = np.empty(HOST_BLOCK)
     wide = np.empty(HOST_BLOCK, np.float32)
+    mapped = _mapping_of(a) is not None
+    rows = []
     with np.errstate(all='ignore'):  # non-finite data: replaced in finalize
-        return np.array(
-            [_block(a[i : i + HOST_BLOCK], inv, buf, wide) for i in range(lo, hi, HOST_BLOCK)],
-            np.float64,
-        )
+        for i in range(lo, hi, HOST_BLOCK):
+            rows.append(_block(a[i : i + HOST_BLOCK], inv, buf, wide))
+            if mapped:  # this block and the one before (the page they share too)
+                release_pages(a, max(lo, i - HOST_BLOCK), i + HOST_BLOCK)
+    return np.array(rows, np.float64)
+
+
+def _mapping_of(a: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` that ``a`` views (through views and memoryviews), else None."""
+    base: Any = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def release_pages(a: np.ndarray, lo: int, hi: int) -> None:
+    """Drops the resident pages of ``a[lo:hi]`` if ``a`` is a contiguous view of a
+    read-only memory map (a loaded safetensors file): they were read once, and a
+    later read maps them again from the file (or the OS cache). A summary of a
+    file then holds a few blocks at a time, not every page it has read. Pages
+    shared with the neighbouring blocks are kept (only whole pages inside the
+    range are dropped). Does nothing where ``madvise`` is missing.
+    """
+    mapping = _mapping_of(a) if a.flags.c_contiguous else None
+    if mapping is None or not hasattr(mapping, 'madvise') or not hasattr(mmap, 'MADV_DONTNEED'):
+        return
+    origin = np.frombuffer(mapping, np.uint8).ctypes.data
+    start = a.ctypes.data - origin + lo * a.itemsize
+    end = a.ctypes.data - origin + min(hi, a.size) * a.itemsize
+    start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the range
+    end = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def _rows(rows: np.ndarray) -> np.ndarray:

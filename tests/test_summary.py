@@ -312,3 +312,35 @@ def test_is_leaf_stops_the_walk_as_jax_tree_util_does():
     adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
     assert [r.path for r in ptp.summary(state, is_leaf=adam).rows] == ['0']  # EmptyState: none
     assert ptp.count(state, is_leaf=adam) == 0 and ptp.count(state) == 2 * 12 + 1
+
+
+def test_summary_of_a_mapped_file_releases_each_block_once_read(tmp_path, monkeypatch):
+    """A loaded safetensors file is memory-mapped: summary reads each block of a
+    large tensor once and releases its pages (benchmarks/io.py --lazy: 11 MiB peak
+    growth for a 2 GB file of 20 MiB tensors); the numbers and the data are the
+    same as for the array in memory. Arrays in memory release nothing."""
+    from pytreeparams import _host_moments
+
+    rng = np.random.default_rng(0)
+    tree = {'big': rng.standard_normal(300_001).astype(np.float32), 'small': np.ones(3, np.float32)}
+    path = str(tmp_path / 'f.safetensors')
+    ptp.save(path, tree)
+    released = []
+    real = _host_moments.release_pages
+    monkeypatch.setattr(
+        _host_moments,
+        'release_pages',
+        lambda a, lo, hi: (released.append((a.size, lo, hi)), real(a, lo, hi)),
+    )
+    ptp.summary(tree)  # in memory: nothing to release
+    assert released == []
+    loaded = ptp.load(path)
+    got = ptp.summary(loaded)
+    covered = np.zeros(300_001, bool)
+    for size, lo, hi in released:
+        assert size == 300_001
+        covered[lo:hi] = True
+    assert covered.all()  # every block of the mapped tensor
+    want = ptp.summary(tree)
+    assert [r.stats() for r in got.rows] == [r.stats() for r in want.rows]
+    np.testing.assert_array_equal(loaded['big'], tree['big'])  # read again from the file
