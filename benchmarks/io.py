@@ -42,6 +42,9 @@ elif sys.argv[2] == 'load_into':
     like = {'t_042': jax.ShapeDtypeStruct((2048, 2560), np.float32)}
     out, report = ptp.load_into(sys.argv[1], like=like, strict=False)
     assert float(out['t_042'].sum()) != 0 and len(report.unexpected) == 99
+elif sys.argv[2] == 'orbax_select':
+    out = ptp.load(sys.argv[1], select='t_042')
+    assert float(out['t_042'].sum()) != 0 and list(out) == ['t_042']
 elif sys.argv[2] == 'summary':
     s = ptp.summary(ptp.load(sys.argv[1]))  # what `pytreeparams summary FILE` does
     assert s.totals.size == 100 * 2048 * 2560
@@ -52,35 +55,48 @@ print(before, status('VmHWM:'))
 """
 
 
-def lazy() -> None:
-    """Peak resident memory growth (VmHWM after a reset, in a fresh process) of
-    reading 1 of 100 tensors of a 2 GB safetensors file, and all of them, against
-    the file size."""
+def _big_tree() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {f't_{i:03d}': rng.standard_normal((2048, 2560), np.float32) for i in range(100)}
+
+
+def _peak_growth(path: str, what: str) -> int:
+    """Peak RSS growth in bytes of one read, in a fresh process."""
     import subprocess
     import sys
 
+    out = subprocess.run(
+        [sys.executable, '-c', _CHILD, path, what], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return (int(out[1]) - int(out[0])) * 1024
+
+
+def lazy() -> None:
+    """Peak resident memory growth (VmHWM after a reset, in a fresh process) of
+    reading 1 of 100 tensors of a 2 GB safetensors file and Orbax checkpoint, of a
+    summary of the file, and of reading every tensor, against the file size."""
     folder = tempfile.mkdtemp(prefix='ptp-lazy-')
     path = os.path.join(folder, 'big.safetensors')
-    rng = np.random.default_rng(0)
-    tree = {f't_{i:03d}': rng.standard_normal((2048, 2560), np.float32) for i in range(100)}
-    ptp.save(path, tree)
-    del tree
+    ptp.save(path, _big_tree())
     size = os.path.getsize(path)
     print(f'file: {size / 2**30:.2f} GiB, 100 tensors of {2048 * 2560 * 4 / 2**20:.0f} MiB')
     print('| read | peak RSS growth | / file size |')
     print('|---|---|---|')
+    label = {
+        'select': "load(path, select='t_042') (1 tensor)",
+        'load_into': 'load_into(path, like={1 tensor}, strict=False)',
+        'summary': 'summary(load(path)), as the command line (largest tensor: 20 MiB)',
+        'all': 'load(path), every tensor summed',
+        'orbax_select': "Orbax folder: load(folder, select='t_042') (partial restore)",
+    }
     for what in ('select', 'load_into', 'summary', 'all'):
-        out = subprocess.run(
-            [sys.executable, '-c', _CHILD, path, what], capture_output=True, text=True, check=True
-        ).stdout.split()
-        grown = (int(out[1]) - int(out[0])) * 1024
-        label = {
-            'select': "load(path, select='t_042') (1 tensor)",
-            'load_into': 'load_into(path, like={1 tensor}, strict=False)',
-            'summary': 'summary(load(path)), as the command line (largest tensor: 20 MiB)',
-            'all': 'load(path), every tensor summed',
-        }
+        grown = _peak_growth(path, what)
         print(f'| {label[what]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)
+    os.remove(path)
+    orbax = os.path.join(folder, 'big_orbax')
+    ptp.save(orbax, _big_tree())
+    grown = _peak_growth(orbax, 'orbax_select')
+    print(f'| {label["orbax_select"]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)
     shutil.rmtree(folder)
 
 

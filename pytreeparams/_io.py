@@ -224,8 +224,8 @@ def load(
         latest by default); a step folder or a single checkpoint works too.
       select: A pattern (glob, ``re.Pattern`` or a list): only the matching
         leaves, as nested dicts. A safetensors file is memory-mapped, so only
-        the selected tensors are read from disk (Orbax restores all, then
-        selects). Not with ``like``.
+        the selected tensors are read from disk (safetensors: memory-mapped;
+        Orbax: a partial restore). Not with ``like``.
 
     Returns:
       The tree. With ``like``: ``like``'s structure, containers and boxes.
@@ -282,7 +282,7 @@ def load(
         like = _like_key_data(like, impls)
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
-        tree = load_orbax(path, like, cast, meta.get('structure'))
+        tree = load_orbax(path, like, cast, meta.get('structure'), select)
     if like is not None:
         foreign = fmt in ('safetensors', 'npz') and (
             not meta or any('.' in p for p in flatten(tree))

@@ -14,11 +14,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._errors import FormatError, StructureError
+from ._errors import FormatError, PathError, StructureError
 from ._flatten import flatten, unflatten
 from ._keys import describe
-from ._messages import like_mismatch
+from ._messages import like_mismatch, no_match_message
 from ._msgpack import state_dict_of
+from ._patterns import match_flags, pattern_texts
 from ._structure import FORMAT_VERSION, encode_structure, rebuild_structure
 from ._typing import PyTree
 
@@ -125,10 +126,14 @@ def _orbax_arrays(ckptr: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.
     return out
 
 
-def load_orbax(path: str, like: PyTree, cast: bool = False, spec: Any = None) -> PyTree:
+def load_orbax(
+    path: str, like: PyTree, cast: bool = False, spec: Any = None, select: Any = None
+) -> PyTree:
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path.rstrip(os.sep))
+    if select is not None and like is None:
+        return _restore_selected(ocp, path, select)
     if like is not None:
         try:
             with ocp.StandardCheckpointer() as ckptr:
@@ -180,6 +185,34 @@ def load_orbax(path: str, like: PyTree, cast: bool = False, spec: Any = None) ->
     if like is None and spec is not None:
         tree = rebuild_structure(tree, spec, path)
     return tree
+
+
+def _restore_selected(ocp: Any, path: str, select: Any) -> PyTree:
+    """Orbax's partial restore: only the arrays whose paths match ``select`` are
+    read (each onto the default device), in the stored layout."""
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            stored = _orbax_arrays(ckptr, path)
+    except Exception as e:
+        raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+    names = tuple(stored)
+    chosen = [p for p, hit in zip(names, match_flags(names, select)) if hit]
+    if not chosen:
+        raise PathError(no_match_message(pattern_texts(select), list(names)))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = unflatten(
+        {p: jax.ShapeDtypeStruct(stored[p][0], stored[p][1], sharding=device) for p in chosen}
+    )
+    args = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            return ckptr.restore(path, args=args)
+    except Exception as e:
+        raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
 
 
 def orbax_item(path: str, step: int | None = None) -> str:

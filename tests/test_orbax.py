@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,3 +201,25 @@ def test_orbax_checkpoint_manager_folders(tmp_path):
         timeout=300,
     )
     assert r.returncode == 0 and '1 leaves, 3 parameters' in r.stdout, r.stderr
+
+
+def test_load_select_is_an_orbax_partial_restore(tmp_path, monkeypatch):
+    """select= on an Orbax checkpoint restores only the matching arrays (Orbax's
+    partial restore: the full restore is never called), as nested dicts; no match
+    names the nearest paths."""
+    ocp = pytest.importorskip('orbax.checkpoint')
+    tree = {f'block_{i}': {'w': jnp.full((8, 8), float(i)), 'b': jnp.arange(3.0)} for i in range(5)}
+    ck = str(tmp_path / 'ck')
+    ptp.save(ck, tree)
+
+    def no_full_restore(*args, **kwargs):
+        raise AssertionError('the whole checkpoint was restored')
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, 'restore', no_full_restore)
+    out = ptp.load(ck, select='block_3/**')
+    assert sorted(ptp.paths(out)) == ['block_3/b', 'block_3/w']
+    chex.assert_trees_all_equal(out['block_3'], tree['block_3'])
+    only_w = ptp.load(ck, select=['block_1/w', 'block_4/w'])
+    assert sorted(ptp.paths(only_w)) == ['block_1/w', 'block_4/w']
+    with pytest.raises(ptp.PathError, match='Nearest paths'):
+        ptp.load(ck, select='block_99/**')
