@@ -26,7 +26,7 @@ from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._messages import quote_list
 from ._render import fmt_float, html_table, stats_text, treescope_repr
-from ._stacked import layer_paths, stacked_axes
+from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._stats import is_array, readable
 from ._typing import PyTree
 
@@ -239,7 +239,7 @@ def grad_stats(
     *,
     depth: int | None = None,
     extras: bool = True,
-    stacked: Mapping[str, int] | None = None,
+    stacked: Mapping[str, int] | str | None = None,
     histogram: Sequence[float] | None = None,
     is_leaf: Callable[[Any], bool] | None = None,
 ) -> GradStats:
@@ -263,7 +263,10 @@ def grad_stats(
         (``nn.scan``, ``nnx.scan``): each leaf under such a subtree gives one
         row per layer, named with the index after the subtree
         (``{'params/layers': 0}`` gives ``'params/layers/3/mlp/kernel'``);
-        computed in one vectorized pass per leaf.
+        computed in one vectorized pass per leaf. A string is the partition
+        name that ``nn.scan(..., metadata_params={nn.PARTITION_NAME: name})``
+        or ``nnx.scan(..., transform_metadata=...)`` gave the stacked axis: the
+        subtree and axis are read from the leaves' partition metadata.
       histogram: Bin edges (e.g. ``ptp.log_bins()``): also count the gradient
         values of each row in fixed bins (one more pass per leaf: a bucketize
         and a scatter-add), for TensorBoard-style histograms
@@ -289,6 +292,8 @@ def grad_stats(
       (('a',), 5.0, 5.0)
     """
     g_leaves, paths_ = _leaf_lists(grads, 'grads', None, is_leaf)
+    if isinstance(stacked, str):  # the partition name of flax's scan metadata
+        stacked = resolve_stacked(stacked, paths_, flatten_with_paths(grads, is_leaf)[0])
     keep = [i for i, g in enumerate(g_leaves) if is_array(g)]
     p_leaves = _leaf_lists(params, 'params', paths_, is_leaf)[0] if params is not None else None
     u_leaves = _leaf_lists(updates, 'updates', paths_, is_leaf)[0] if updates is not None else None

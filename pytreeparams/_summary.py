@@ -37,7 +37,7 @@ from ._rows import (
     is_key_array,
     leaf_row,
 )
-from ._stacked import layer_paths, stacked_axes
+from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._stats import eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
@@ -204,7 +204,7 @@ def summary(
     sharding: bool = False,
     notes: dict[str, str] | None = None,
     ties: Any = None,
-    stacked: Mapping[str, int] | None = None,
+    stacked: Mapping[str, int] | str | None = None,
     is_leaf: Callable[[Any], bool] | None = None,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
@@ -229,7 +229,8 @@ def summary(
         counted once in the totals.
       stacked: ``{subtree glob: layer axis}`` for layers stacked on an axis
         (``nn.scan``): one row per layer, named with the index after the
-        subtree, as in :func:`grad_stats` (``select`` sees those names).
+        subtree, as in :func:`grad_stats` (``select`` sees those names); or
+        the partition name of flax's scan metadata (``'layers'``), as there.
       is_leaf: As ``jax.tree_util`` takes it: a node for which it is true is
         one row (a node that is not an array shows its type, and counts nothing).
 
@@ -253,6 +254,7 @@ def summary(
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
+    stacked = resolve_stacked(stacked, paths_, leaves)
     leaves = readable(unbox_all(leaves))
     if stacked:
         leaves, paths_ = _split_layers(leaves, paths_, stacked)

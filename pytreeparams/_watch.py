@@ -44,7 +44,7 @@ def watch(
     depth: int | None = None,
     extras: bool = True,
     every: int = 1,
-    stacked: Mapping[str, int] | None = None,
+    stacked: Mapping[str, int] | str | None = None,
     histogram: Sequence[float] | None = None,
 ) -> optax.GradientTransformation:
     """Wraps ``tx`` so that its state keeps per-layer statistics of every update.
@@ -67,7 +67,8 @@ def watch(
         first, then each ``every``); the other updates keep the last ones and
         pay for one ``lax.cond``.
       stacked: ``{subtree glob: layer axis}``: one row per stacked (scanned)
-        layer, as in :func:`grad_stats`.
+        layer, as in :func:`grad_stats` (or the partition name of flax's scan
+        metadata).
       histogram: Bin edges (``ptp.log_bins()``): also per-row histograms of
         the gradients, as in :func:`grad_stats`, computed on the same steps.
 

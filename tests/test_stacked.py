@@ -103,3 +103,47 @@ def test_stacked_errors_name_what_exists():
         ptp.grad_stats(grads, stacked={'params/layers': 3})
     with pytest.raises(ptp.StructureError, match='one number of layers'):
         ptp.summary({'s': {'a': np.zeros((3, 2)), 'b': np.zeros((2, 3))}}, stacked={'s': 0})
+
+
+class AnnotatedBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        init = nn.with_partitioning(nn.initializers.lecun_normal(), ('embed', 'mlp'))
+        return nn.tanh(nn.Dense(4, kernel_init=init, name='mlp')(x)), None
+
+
+class AnnotatedScan(nn.Module):
+    """nn.scan with flax's scan metadata: the kernels' partition names get 'layers'."""
+
+    @nn.compact
+    def __call__(self, x):
+        scan = nn.scan(
+            AnnotatedBlock,
+            variable_axes={'params': 0},
+            split_rngs={'params': True},
+            length=3,
+            metadata_params={nn.PARTITION_NAME: 'layers'},
+        )
+        x, _ = scan(name='layers')(x, None)
+        return nn.Dense(1, name='head')(x)
+
+
+def test_stacked_subtree_read_from_flax_scan_metadata():
+    """stacked='layers' (the partition name given to nn.scan) finds the stacked
+    subtree and axis in the leaves' nn.Partitioned names: the same rows as
+    naming them by hand, in grad_stats (also under jit) and summary; without
+    such metadata, an error that says how to name the subtree."""
+    net = AnnotatedScan()
+    x = jnp.ones((2, 4))
+    params = net.init(jax.random.key(0), x)
+    kernel = params['params']['layers']['mlp']['kernel']
+    assert isinstance(kernel, nn.Partitioned) and kernel.names == ('layers', 'embed', 'mlp')
+    grads = jax.grad(lambda p: jnp.sum(net.apply(p, x) ** 2))(params)
+    by_hand = ptp.grad_stats(grads, params, stacked={'params/layers/mlp': 0})
+    auto = jax.jit(lambda g, p: ptp.grad_stats(g, p, stacked='layers'))(grads, params)
+    assert auto.paths == by_hand.paths and 'params/layers/mlp/2/bias' in auto.paths
+    chex.assert_trees_all_close(auto.table, by_hand.table)
+    rows = [r.path for r in ptp.summary(params, stacked='layers').rows]
+    assert rows == [r.path for r in ptp.summary(params, stacked={'params/layers/mlp': 0}).rows]
+    with pytest.raises(ptp.PathError, match=r"metadata_params=\{nn.PARTITION_NAME: 'stack'\}"):
+        ptp.grad_stats(grads, stacked='stack')
