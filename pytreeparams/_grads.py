@@ -265,7 +265,7 @@ def grad_stats(
         (``{'params/layers': 0}`` gives ``'params/layers/3/mlp/kernel'``);
         computed in one vectorized pass per leaf. A string is the partition
         name that ``nn.scan(..., metadata_params={nn.PARTITION_NAME: name})``
-        or ``nnx.scan(..., transform_metadata=...)`` gave the stacked axis: the
+        or ``nnx.vmap``/``nnx.scan(..., transform_metadata=...)`` gave the stacked axis: the
         subtree and axis are read from the leaves' partition metadata.
       histogram: Bin edges (e.g. ``ptp.log_bins()``): also count the gradient
         values of each row in fixed bins (one more pass per leaf: a bucketize

@@ -95,11 +95,14 @@ def layer_paths(path: str, prefix: str, n: int) -> list[str]:
 
 def _axis_names(box: Any) -> tuple[Any, ...]:
     """The axis names a metadata box gives its array: ``nn.Partitioned.names``,
-    or an NNX ``Variable``'s ``sharding_names`` (``sharding`` in older flax)."""
+    or an NNX ``Variable``'s ``out_sharding`` (``sharding_names`` or ``sharding``
+    in older flax)."""
     names = getattr(box, 'names', None)
     if names is None and hasattr(box, 'get_metadata'):
         meta = box.get_metadata()
-        names = meta.get('sharding_names') or meta.get('sharding')
+        names = next(
+            (meta[k] for k in ('out_sharding', 'sharding_names', 'sharding') if meta.get(k)), None
+        )
     return tuple(names) if isinstance(names, (tuple, list)) else ()
 
 

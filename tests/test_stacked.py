@@ -147,3 +147,33 @@ def test_stacked_subtree_read_from_flax_scan_metadata():
     assert rows == [r.path for r in ptp.summary(params, stacked={'params/layers/mlp': 0}).rows]
     with pytest.raises(ptp.PathError, match=r"metadata_params=\{nn.PARTITION_NAME: 'stack'\}"):
         ptp.grad_stats(grads, stacked='stack')
+
+
+def test_stacked_subtree_read_from_nnx_vmap_metadata():
+    """NNX: layers made by nnx.vmap(transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    carry the axis in their partitioned parameters' metadata (a one-device mesh
+    here); stacked='layers' gives one row per layer, as the hand-named subtree."""
+    from flax import nnx
+    from jax.sharding import Mesh
+
+    class Layer(nnx.Module):
+        def __init__(self, rngs):
+            init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ('embed', None))
+            self.lin = nnx.Linear(4, 4, kernel_init=init, rngs=rngs)
+
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ('embed', 'layers'))
+    with jax.sharding.set_mesh(mesh):
+
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+        def make(rngs):
+            return Layer(rngs)
+
+        state = nnx.state(make(nnx.Rngs(0)))
+    rows = [r.path for r in ptp.summary(state, stacked='layers').rows]
+    assert rows == [f'lin/{i}/{k}' for k in ('bias', 'kernel') for i in range(3)]
+    assert rows == [r.path for r in ptp.summary(state, stacked={'lin': 0}).rows]
+    stats = ptp.grad_stats(state, stacked='layers')
+    kernel = np.asarray(state['lin']['kernel'][...], np.float64)
+    want = np.linalg.norm(kernel, axis=(1, 2))
+    np.testing.assert_allclose(stats['grad_norm'][3:], want, rtol=1e-5)
