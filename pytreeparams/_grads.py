@@ -338,20 +338,17 @@ def _table(
     """The statistics table of the array leaves, as one program: called outside
     ``jit`` it is compiled once per structure (not dispatched op by op), and
     inside a jitted step it is inlined."""
-    cols = []
-    for i, g in enumerate(g_leaves):
-        p = p_leaves[i] if p_leaves is not None else None
-        u = u_leaves[i] if u_leaves is not None else None
-        axis = axes[i] if axes else None
-        if axis is None:
-            cols.append(_leaf_column(g, p, u, extras)[None])
-        else:  # one column per layer, vectorized over the layer axis
-            cols.append(
-                jax.vmap(
-                    lambda g, p, u: _leaf_column(g, p, u, extras),
-                    in_axes=(axis, None if p is None else axis, None if u is None else axis),
-                )(g, p, u)
-            )
+    column = functools.partial(_leaf_column, extras=extras)
+    cols = [
+        _per_layer(
+            column,
+            axes[i] if axes else None,
+            g,
+            p_leaves[i] if p_leaves is not None else None,
+            u_leaves[i] if u_leaves is not None else None,
+        )
+        for i, g in enumerate(g_leaves)
+    ]
     raw = jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32)
     n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
     global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
@@ -378,6 +375,14 @@ def _table(
     return table, global_norm, _histograms(g_leaves, axes, names, depth, edges)
 
 
+def _per_layer(fn: Callable[..., jax.Array], axis: int | None, *xs: Any) -> jax.Array:
+    """``fn`` of a leaf as one row, or of a stacked leaf as one row per layer
+    (vectorized over ``axis``); ``None`` arguments pass through."""
+    if axis is None:
+        return fn(*xs)[None]
+    return jax.vmap(fn, in_axes=tuple(None if x is None else axis for x in xs))(*xs)
+
+
 def _histograms(
     g_leaves: list[Any],
     axes: tuple[int | None, ...],
@@ -388,13 +393,8 @@ def _histograms(
     """The histogram rows: per leaf (per layer of a stacked leaf), summed per group."""
     if edges is None:
         return None
-    rows = []
-    for i, g in enumerate(g_leaves):
-        axis = axes[i] if axes else None
-        if axis is None:
-            rows.append(histogram_counts(g, edges)[None])
-        else:
-            rows.append(jax.vmap(lambda x: histogram_counts(x, edges), in_axes=axis)(g))
+    count = functools.partial(histogram_counts, edges=edges)
+    rows = [_per_layer(count, axes[i] if axes else None, g) for i, g in enumerate(g_leaves)]
     hist = jnp.concatenate(rows) if rows else jnp.zeros((0, len(edges) + 1), jnp.int32)
     if depth is not None:
         groups, seg = _groups(names, depth)

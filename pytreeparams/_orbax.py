@@ -135,11 +135,7 @@ def load_orbax(
     if select is not None and like is None:
         return _restore_selected(ocp, path, select)
     if like is not None:
-        try:
-            with ocp.StandardCheckpointer() as ckptr:
-                stored = _orbax_arrays(ckptr, path)
-        except Exception as e:
-            raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+        stored = _stored_arrays(ocp, path)
         want = {p: x for p, x in flatten(like).items() if hasattr(x, 'dtype')}
         missing = [p for p in want if p not in stored]
         unexpected = [p for p in stored if p not in want]
@@ -187,14 +183,19 @@ def load_orbax(
     return tree
 
 
+def _stored_arrays(ocp: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The checkpoint's ``{path: (shape, dtype)}``, read from its metadata."""
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return _orbax_arrays(ckptr, path)
+    except Exception as e:
+        raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+
+
 def _restore_selected(ocp: Any, path: str, select: Any) -> PyTree:
     """Orbax's partial restore: only the arrays whose paths match ``select`` are
     read (each onto the default device), in the stored layout."""
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            stored = _orbax_arrays(ckptr, path)
-    except Exception as e:
-        raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+    stored = _stored_arrays(ocp, path)
     names = tuple(stored)
     chosen = [p for p, hit in zip(names, match_flags(names, select)) if hit]
     if not chosen:
