@@ -173,7 +173,7 @@ def flatten(tree: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> di
 
 def unflatten(
     flat: FlatTree,
-    like: PyTree = None,
+    like: PyTree | None = None,
     *,
     is_leaf: Callable[[Any], bool] | None = None,
 ) -> PyTree:

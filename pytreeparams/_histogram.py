@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,7 +70,7 @@ def check_edges(edges: Sequence[float]) -> tuple[float, ...]:
     return out
 
 
-def histogram_counts(x: Any, edges: tuple[float, ...]) -> jax.Array:
+def histogram_counts(x: chex.Array, edges: tuple[float, ...]) -> jax.Array:
     """Counts of the values of ``x`` in the ``len(edges) + 1`` bins. Traceable.
 
     Args:

@@ -6,6 +6,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,7 @@ __all__ = ['path_key', 'reinit']
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 
-def path_key(key: jax.Array, path: str) -> jax.Array:
+def path_key(key: chex.PRNGKey, path: str) -> chex.PRNGKey:
     """A PRNG key for ``path`` derived from ``key`` (independent of other leaves).
 
     Args:
@@ -49,7 +50,7 @@ def _sharding_of(x: Any) -> Any:
     return getattr(x, 'sharding', None)
 
 
-def reinit(params: PyTree, key: jax.Array, rules: Any) -> PyTree:
+def reinit(params: PyTree, key: chex.PRNGKey, rules: Any) -> PyTree:
     """Re-initializes the leaves matching each rule's pattern. Jittable.
 
     Args:

@@ -205,7 +205,7 @@ def _check_like(
 
 def load(
     path: str | os.PathLike[str],
-    like: PyTree = None,
+    like: PyTree | None = None,
     *,
     cast: bool = False,
     step: int | None = None,

@@ -141,7 +141,7 @@ def _with_target_dtype(src: Any, tgt: Any, cast: bool) -> Any:
 def load_into(
     source: PyTree,
     *old: PyTree,
-    like: PyTree = None,
+    like: PyTree | None = None,
     rename: Sequence[tuple[str | re.Pattern[str], str | None]] = (),
     skip: Pattern = (),
     strict: bool = True,

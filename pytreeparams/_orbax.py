@@ -127,7 +127,7 @@ def _orbax_arrays(ckptr: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.
 
 
 def load_orbax(
-    path: str, like: PyTree, cast: bool = False, spec: Any = None, select: Any = None
+    path: str, like: PyTree | None, cast: bool = False, spec: Any = None, select: Any = None
 ) -> PyTree:
     import orbax.checkpoint as ocp
 

@@ -75,7 +75,7 @@ def _find(kids: tuple[list[str], list[Any], Any], key: str) -> int:
         return -1
 
 
-def get(tree: PyTree, path: PathLike) -> PyTree:
+def get(tree: PyTree, path: PathLike) -> Any:
     """Returns the subtree or leaf of ``tree`` at ``path``.
 
     Args:

@@ -15,6 +15,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ from ._typing import FlatTree, PyTree
 __all__ = ['Ties', 'tie', 'tied_grads', 'transpose', 'untie']
 
 
-def transpose(x: jax.Array) -> jax.Array:
+def transpose(x: chex.Array) -> jax.Array:
     """Swaps the last two axes (``x.T`` for matrices): the embedding/head tie.
 
     Args:

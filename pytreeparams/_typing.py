@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeAlias, Union
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ForwardRef, TypeAlias, Union
 
-PyTree: TypeAlias = Any
-"""Any JAX pytree: dicts, FrozenDicts, lists, tuples, NNX ``State`` ..."""
+import chex
+
+if TYPE_CHECKING:
+    PyTree: TypeAlias = chex.ArrayTree
+else:
+    # chex.ArrayTree refers to itself by the name 'ArrayTree', which
+    # typing.get_type_hints looks up in the caller's module (and fails, as it
+    # does for optax.apply_updates); this equal union binds the name to chex.
+    _module = 'chex._src.pytypes'
+    if getattr(sys.modules.get(_module), 'ArrayTree', None) is chex.ArrayTree:
+        _ref = ForwardRef('ArrayTree', module=_module)
+        PyTree = Union[chex.Array, Iterable[_ref], Mapping[Any, _ref]]  # noqa: UP007
+    else:  # a chex that spells it otherwise
+        PyTree = chex.ArrayTree
+"""A tree of arrays, typed as optax and chex type parameters
+(``chex.ArrayTree``): dicts, FrozenDicts, lists, tuples, NamedTuples (optax
+states), NNX ``State``. Other pytrees (a ``flax.struct`` or equinox dataclass)
+work the same at run time; chex ships no ``py.typed``, so a user's type checker
+sees ``Any`` here unless told to follow chex."""
 
 Leaf: TypeAlias = Any
 """A leaf: a jax or numpy array, a Python scalar or a ``jax.ShapeDtypeStruct``."""
@@ -23,5 +41,5 @@ FlatTree: TypeAlias = Mapping[str, Any] | Mapping[tuple[Any, ...], Any] | Mappin
 invariant in its key type, so a ``dict[str, jax.Array]`` type-checks only
 against a mapping keyed by ``str``."""
 
-Pattern: TypeAlias = Union[str, 're.Pattern[str]', Sequence[Union[str, 're.Pattern[str]']]]
+Pattern: TypeAlias = str | re.Pattern[str] | Sequence[str | re.Pattern[str]]
 """A glob string, a compiled regex, or a list of them (matches any)."""

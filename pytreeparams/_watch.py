@@ -4,7 +4,7 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +95,7 @@ def watch(
         raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
     edges = check_edges(histogram) if histogram is not None else None
 
-    def stats_of(grads: PyTree, params: PyTree, updates: PyTree) -> GradStats:
+    def stats_of(grads: PyTree, params: PyTree | None, updates: PyTree) -> GradStats:
         return grad_stats(
             grads,
             params,
@@ -128,7 +128,7 @@ def watch(
     return optax.GradientTransformation(init, update)
 
 
-def watched(opt_state: Any) -> GradStats | None:
+def watched(opt_state: PyTree) -> GradStats | None:
     """The :class:`GradStats` that :func:`watch` keeps in an optimizer state.
 
     Args:

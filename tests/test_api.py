@@ -54,3 +54,33 @@ def test_every_example_runs_once():
 
     conf = tomllib.loads((pathlib.Path(__file__).parent.parent / 'pyproject.toml').read_text())
     assert '--doctest-modules' in conf['tool']['pytest']['ini_options']['addopts']
+
+
+TREE_ARGS = {'tree', 'params', 'grads', 'updates', 'a', 'b', 'source', 'compact', 'full_grads'}
+
+
+@pytest.mark.parametrize('name', PUBLIC)
+def test_public_annotations_are_chex_types_and_resolve(name):
+    """Trees are typed as optax and chex type parameters (``chex.ArrayTree``),
+    and ``typing.get_type_hints`` resolves every public signature (chex's own
+    alias alone fails there, as it does for ``optax.apply_updates``)."""
+    import typing
+
+    import chex
+
+    obj = getattr(ptp, name)
+    fns = [obj] if inspect.isfunction(obj) else []
+    if inspect.isclass(obj):
+        fns = [
+            f
+            for k, f in vars(obj).items()
+            if inspect.isfunction(f) and not k.startswith('_') and 'pytreeparams' in f.__module__
+        ]
+    for fn in fns:
+        hints = typing.get_type_hints(fn)  # raises on an unresolvable name
+        for arg in TREE_ARGS & set(inspect.signature(fn).parameters):
+            hint = hints[arg]
+            members = set(typing.get_args(hint)) if typing.get_origin(hint) else {hint}
+            assert set(typing.get_args(chex.Array)) <= members, (fn.__qualname__, arg, hint)
+            text = str(hint)
+            assert 'Iterable' in text and 'Mapping' in text, (fn.__qualname__, arg, hint)

@@ -3,8 +3,12 @@ type-checks as users call it. Not a test module (no ``test_`` prefix)."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.core import FrozenDict
 
 import pytreeparams as ptp
 
@@ -19,3 +23,14 @@ stats: ptp.GradStats = ptp.grad_stats(tree2, tree2, depth=1, histogram=ptp.log_b
 logged: dict[str, float] = stats.to_dict('train/', stat_first=True, drop_nan=True)
 summary: ptp.Summary = ptp.summary(tree2)
 n: int = ptp.count(tree2)
+
+# Trees are typed as chex.ArrayTree (mypy follows chex here, see pyproject):
+# a FrozenDict, an optax state (NamedTuples) and a chex-typed tree go in as they are.
+
+frozen: FrozenDict[str, jax.Array] = FrozenDict({'w': jnp.ones(2)})
+frozen_flat: dict[str, jax.Array] = ptp.flatten(frozen)
+opt_state = optax.adam(1e-3).init(tree2)
+opt_leaves: int = ptp.count(opt_state, is_leaf=None)
+typed_tree: chex.ArrayTree = {'a': [jnp.ones(2), np.zeros(3)]}
+typed_summary: ptp.Summary = ptp.summary(typed_tree, depth=1)
+key: chex.PRNGKey = ptp.path_key(jax.random.key(0), 'params/w')
