@@ -1,5 +1,6 @@
 """pytreeparams: reach, read, share and watch the parameters of JAX models."""
 
+from ._calls import Call as Call
 from ._diff import DiffReport as DiffReport
 from ._diff import diff as diff
 from ._errors import FormatError as FormatError
@@ -70,6 +71,7 @@ __version__ = '0.1.0'
 # `set` and `inspect` are left out of __all__ so that a star import does not shadow
 # the builtin and the standard module; use them as ptp.set and ptp.inspect.
 __all__ = [
+    'Call',
     'DiffReport',
     'FormatError',
     'GRAD_STAT_NAMES',

@@ -15,7 +15,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
+from ._calls import Call, assign_calls, is_module, module_calls, module_variables
 from ._errors import PathError
 from ._flatten import flatten_with_paths
 from ._keys import unbox, unbox_all
@@ -55,6 +57,10 @@ class Summary:
       totals: A row summing the whole tree (exact Python ints).
       depth: The grouping depth, or None.
       has_stats: Whether statistics were computed.
+      show_sharding: Whether the tables show a sharding column.
+      calls: For ``summary(module, *inputs)``: one :class:`Call` per module
+        call (module type, input and output types, the statistics of the
+        variables it owns), which the tables then show; else empty.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -69,6 +75,7 @@ class Summary:
     depth: int | None = None
     has_stats: bool = True
     show_sharding: bool = False
+    calls: tuple[Call, ...] = ()
 
     def _columns(self) -> list[tuple[str, Any]]:
         cols: list[tuple[str, Any]] = [
@@ -96,7 +103,27 @@ class Summary:
             cols.append(('note', lambda r: r.note))
         return cols
 
+    def _call_columns(self) -> list[tuple[str, Any]]:
+        cols: list[tuple[str, Any]] = [
+            ('path', lambda c: c.path),
+            ('module', lambda c: c.module + ('' if c.method == '__call__' else f'.{c.method}')),
+            ('inputs', lambda c: c.inputs),
+            ('outputs', lambda c: c.outputs),
+        ]
+        for name, f in self._columns()[1:]:
+            if name not in ('type', 'leaves', 'sharding', 'note'):
+                cols.append((name, lambda c, f=f: f(c.params)))
+        return cols
+
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
+        if self.calls:
+            call_cols = self._call_columns()
+            totals = Call('total', f'{self.totals.leaves} leaves', '', '', '', self.totals)
+            return (
+                [c for c, _ in call_cols],
+                [[f(c) for _, f in call_cols] for c in self.calls],
+                [f(totals) for _, f in call_cols],
+            )
         cols = self._columns()
         body = self.groups if self.depth is not None else self.rows
         header = [c for c, _ in cols]
@@ -106,6 +133,8 @@ class Summary:
         return header, cells, total
 
     def _title(self) -> str:
+        if self.calls:
+            return 'Module calls' + (f' (depth {self.depth})' if self.depth else '')
         return 'Parameters' + (f' by module (depth {self.depth})' if self.depth else '')
 
     def __str__(self) -> str:
@@ -138,6 +167,8 @@ class Summary:
 
     def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
         attributes = {'totals': self.totals, 'groups': self.groups, 'rows': self.rows}
+        if self.calls:
+            attributes = {'totals': self.totals, 'calls': self.calls, 'rows': self.rows}
         return treescope_repr(self, attributes, path, subtree_renderer)
 
     def __repr__(self) -> str:
@@ -197,7 +228,7 @@ def _split_layers(
 
 def summary(
     tree: PyTree,
-    *,
+    *inputs: Any,
     stats: bool = True,
     depth: int | None = None,
     select: Pattern | None = None,
@@ -206,8 +237,19 @@ def summary(
     ties: Any = None,
     stacked: Mapping[str, int] | str | None = None,
     is_leaf: Callable[[Any], bool] | None = None,
+    variables: PyTree | None = None,
+    rngs: Any = None,
+    call_kwargs: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
+
+    Given a flax module and its inputs, ``summary(module, *inputs)`` adds the
+    per-call view of ``nn.tabulate`` / ``nnx.tabulate`` (read from flax's own
+    tabulate machinery): one row per module call with its module type, input
+    and output types, beside the statistics of the variables that module owns
+    (its own, as tabulate counts them; with ``depth``, a call at the depth owns
+    everything below it). The module is run abstractly or on a copy: nothing
+    it holds changes.
 
     Statistics are computed where each array lives (see ``ptp.stats``), in
     float32 or better for every dtype; a sharded array is reduced shard by
@@ -217,11 +259,15 @@ def summary(
     exact ``nonfinite`` count.
 
     Args:
-      tree: Any pytree.
+      tree: Any pytree; or a ``flax.linen.Module`` or ``flax.nnx.Module``
+        called on ``inputs`` (an NNX module alone is summarized as the tree
+        of its variables).
+      *inputs: With a module: the positional arguments of its call.
       stats: Whether to compute value statistics.
       depth: Group leaves by their first ``depth`` keys, with pooled subtotals
         (sums of counts and bytes, the mean and std of all the group's
-        elements, min/max, L2 as the root of summed squares).
+        elements, min/max, L2 as the root of summed squares). With a module's
+        calls: show calls at most ``depth`` modules deep, as tabulate does.
       select: Only leaves whose path matches this pattern.
       sharding: Add a column describing each array's sharding.
       notes: Optional ``{path: text}`` shown in a ``note`` column.
@@ -233,6 +279,12 @@ def summary(
         the partition name of flax's scan metadata (``'layers'``), as there.
       is_leaf: As ``jax.tree_util`` takes it: a node for which it is true is
         one row (a node that is not an array shows its type, and counts nothing).
+      variables: linen only: the variables to summarize (trained ones, say);
+        by default ``module.init(rngs, *inputs)`` under jit (abstract with
+        ``stats=False``).
+      rngs: linen only: the key, or ``{name: key}``, of ``init``; by default
+        ``jax.random.key(0)``.
+      call_kwargs: Keyword arguments of the module's call (``{'train': False}``).
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
@@ -241,6 +293,8 @@ def summary(
       PathError: If ``select`` (or a ``stacked`` pattern) matches nothing.
       StructureError: If a ``stacked`` leaf lacks its layer axis.
       ValueError: If ``depth`` is not a positive integer.
+      TypeError: If ``inputs`` come without a module, or a linen module
+        without ``inputs``.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -250,9 +304,23 @@ def summary(
       ([('dense/bias', 8), ('dense/kernel', 32)], 40)
       >>> s.rows[1].mean, s.rows[0].zero_frac
       (1.0, 1.0)
+
+      A module's calls, as ``nn.tabulate`` lists them, with statistics:
+
+      >>> import flax.linen as nn, jax
+      >>> net = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(1)])
+      >>> s = ptp.summary(net, jnp.ones((2, 4)))
+      >>> [(c.path, c.module, c.params.size) for c in s.calls]
+      [('', 'Sequential', 0), ('layers_0', 'Dense', 40), ('layers_2', 'Dense', 9)]
+      >>> s.calls[1].outputs
+      'float32[2,8]'
     """
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
+    raw_calls, linen = _calls_of(tree, inputs, variables, rngs, call_kwargs)
+    if raw_calls is not None:
+        key = jax.random.key(0) if rngs is None else rngs
+        tree = module_variables(tree, inputs, call_kwargs or {}, variables, key, stats)
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     stacked = resolve_stacked(stacked, paths_, leaves)
     leaves = readable(unbox_all(leaves))
@@ -278,21 +346,53 @@ def summary(
     if aliases:
         rows = tuple(dataclasses.replace(r, alias=True) if r.path in aliases else r for r in rows)
     groups: tuple[Row, ...] = ()
-    if depth is not None:
+    calls: tuple[Call, ...] = ()
+    if raw_calls is not None:
+        calls = assign_calls(raw_calls, rows, depth, collections=linen)
+    elif depth is not None:
         buckets: dict[str, list[Row]] = {}
         for r in rows:
             buckets.setdefault('/'.join(r.path.split('/')[:depth]), []).append(r)
         groups = tuple(combine_rows(k, v) for k, v in buckets.items())
     counted = [r for r in rows if not r.alias]
     totals = dataclasses.replace(combine_rows('total', counted), leaves=len(rows))
-    return Summary(rows, groups, totals, depth, concrete, sharding)
+    return Summary(rows, groups, totals, depth, concrete, sharding, calls)
+
+
+def _calls_of(
+    tree: Any,
+    inputs: tuple[Any, ...],
+    variables: Any,
+    rngs: Any,
+    kwargs: Mapping[str, Any] | None,
+) -> tuple[Any, bool]:
+    """The raw calls of a module on ``inputs`` (None for a tree), and whether
+    its variables are linen's (paths start with a collection name)."""
+    linen = isinstance(tree, nn.Module)
+    if not is_module(tree):
+        if inputs or variables is not None or rngs is not None or kwargs:
+            raise TypeError(
+                'inputs, variables=, rngs= and call_kwargs= are for a flax module: '
+                f'summary(module, *inputs); got a {type(tree).__name__} tree'
+            )
+        return None, False
+    if not inputs and not kwargs:
+        if linen:
+            raise TypeError(
+                f'a linen {type(tree).__name__} holds no variables: pass its inputs, '
+                'summary(module, *inputs) (variables= for trained ones), or summary(variables)'
+            )
+        return None, False  # an NNX module alone: the tree of its variables
+    key = jax.random.key(0) if rngs is None else rngs
+    return module_calls(tree, inputs, kwargs or {}, key), linen
 
 
 def count(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
     """The number of array elements in ``tree``, as an exact Python int.
 
     Args:
-      tree: Any pytree; Python scalars count 1, non-array leaves 0.
+      tree: Any pytree; Python scalars count 1, non-array leaves 0, a PRNG key
+        array its number of keys (as ``summary`` and ``nbytes`` count it).
       is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
@@ -338,7 +438,7 @@ def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
 
 def _array_leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
     leaves = flatten_with_paths(tree, is_leaf)[0]
-    return [x for x in readable([unbox(v) for v in leaves]) if is_array(x)]
+    return [x for x in readable([unbox(v) for v in leaves]) if is_array(x) or is_key_array(x)]
 
 
 def shapes(tree: PyTree) -> PyTree:

@@ -344,3 +344,10 @@ def test_summary_of_a_mapped_file_releases_each_block_once_read(tmp_path, monkey
     want = ptp.summary(tree)
     assert [r.stats() for r in got.rows] == [r.stats() for r in want.rows]
     np.testing.assert_array_equal(loaded['big'], tree['big'])  # read again from the file
+
+
+def test_count_summary_and_nbytes_agree_on_key_arrays():
+    tree = {'key': jax.random.split(jax.random.key(0), 3), 'w': jnp.ones(2)}
+    s = ptp.summary(tree)
+    assert ptp.count(tree) == s.totals.size == 5
+    assert ptp.nbytes(tree) == s.totals.nbytes == 3 * 8 + 8

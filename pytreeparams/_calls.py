@@ -1,0 +1,229 @@
+"""The per-call view of a linen or NNX module, from flax's own tabulate machinery.
+
+Which sub-module ran, with which method, on what input and output types (the
+columns of ``nn.tabulate`` / ``nnx.tabulate``), beside the pooled statistics of
+the variables each call owns. The calls are read from flax, not traced here:
+linen's through ``flax.linen.summary._get_module_table`` (what linen's own
+``Module.module_paths`` uses), NNX's through the ``row_filter`` hook of
+``nnx.tabulate``. Both run the module abstractly or in copies: nothing it holds
+changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from flax import nnx
+
+from ._rows import Row, combine_rows
+from ._typing import PyTree
+
+__all__ = ['Call', 'assign_calls', 'is_module', 'module_calls', 'module_variables']
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One module call, as ``nn.tabulate`` shows it, with its variables' statistics.
+
+    Attributes:
+      path: The module's path, keys joined by ``'/'`` (``''`` for the root).
+      module: The module's class name.
+      method: The method called (``'__call__'`` unless another was).
+      inputs: The inputs' types, as ``'float32[2,3]'``.
+      outputs: The outputs' types.
+      params: One :class:`Row` pooling the variables the call owns: its
+        module's own (as ``nn.tabulate`` counts them), and with ``depth`` those
+        of the sub-modules below the depth as well.
+
+    Example:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp, pytreeparams as ptp
+      >>> s = ptp.summary(nn.Dense(3), jnp.ones((2, 4)))
+      >>> c = s.calls[0]
+      >>> c.module, c.inputs, c.outputs, c.params.size
+      ('Dense', 'float32[2,4]', 'float32[2,3]', 15)
+    """
+
+    path: str
+    module: str
+    method: str
+    inputs: str
+    outputs: str
+    params: Row
+
+
+def is_module(x: Any) -> bool:
+    """Whether ``x`` is a flax linen or NNX module."""
+    return isinstance(x, nn.Module | nnx.Module)
+
+
+def _type_text(x: Any) -> str:
+    """``'float32[2,3]'`` for an array or its abstract value, else ``repr``
+    (through linen tabulate's wrappers of partitioned arrays and objects)."""
+    x = getattr(x, 'array_representation', x)
+    shape, dtype = getattr(x, 'shape', None), getattr(x, 'dtype', None)
+    if shape is None or dtype is None:
+        return repr(getattr(x, 'obj', x))
+    return f'{np.dtype(dtype).name}[{",".join(str(d) for d in shape)}]'
+
+
+def _is_value(x: Any) -> bool:
+    return hasattr(x, 'shape') or hasattr(x, 'obj') or hasattr(x, 'array_representation')
+
+
+def _tree_text(tree: Any) -> str:
+    """The types of a call's arguments or results, comma separated; keyword
+    arguments (a trailing dict of the inputs) as ``name=type``."""
+    kwargs: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        tree, kwargs = (), tree
+    elif isinstance(tree, tuple) and tree and isinstance(tree[-1], dict):
+        tree, kwargs = tree[:-1], tree[-1]
+    texts = [_type_text(x) for x in jax.tree.leaves(tree, is_leaf=_is_value)]
+    for k, v in kwargs.items():
+        texts.append(
+            f'{k}=' + ', '.join(_type_text(x) for x in jax.tree.leaves(v, is_leaf=_is_value))
+        )
+    return ', '.join(texts)
+
+
+_MARKUP = re.compile(r'\[/?dim\]')
+
+
+def _nnx_inputs_text(text: str) -> str:
+    """nnx.tabulate's inputs (YAML with rich markup) on one line."""
+    lines = [ln.strip().lstrip('- ').strip() for ln in _MARKUP.sub('', text).splitlines()]
+    return ', '.join(ln for ln in lines if ln)
+
+
+RawCall = tuple[tuple[str, ...], str, str, str, str]
+"""``(path keys, module class name, method, inputs text, outputs text)``."""
+
+
+def module_calls(
+    module: Any, inputs: Sequence[Any], kwargs: Mapping[str, Any], rngs: Any
+) -> list[RawCall]:
+    """The calls a linen or NNX module makes on ``inputs``, in call order.
+
+    As their tabulate lists them: a linen module called again is listed once
+    (``show_repeated=False``), an NNX one once per input signature, and NNX's
+    RNG streams are left out.
+
+    Args:
+      module: A ``flax.linen.Module`` or ``flax.nnx.Module``.
+      inputs: The positional arguments of the call.
+      kwargs: Its keyword arguments.
+      rngs: linen only: the key (or ``{name: key}``) of the abstract ``init``.
+
+    Returns:
+      One ``(path, module, method, inputs, outputs)`` tuple per call.
+
+    Raises:
+      TypeError: If ``module`` is neither.
+
+    Example:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> module_calls(nn.Dense(3), [jnp.ones((2, 4))], {}, jax.random.key(0))
+      [((), 'Dense', '__call__', 'float32[2,4]', 'float32[2,3]')]
+    """
+    if isinstance(module, nn.Module):
+        from flax.linen import summary as linen_summary
+
+        table = linen_summary._get_module_table(
+            module, depth=None, show_repeated=False, compute_flops=False, compute_vjp_flops=False
+        )(rngs, *inputs, **kwargs)
+        return [
+            (
+                tuple(str(k) for k in r.path),
+                type(r.module_copy).__name__,
+                r.method,
+                _tree_text(r.inputs),
+                _tree_text(r.outputs),
+            )
+            for r in table
+        ]
+    if isinstance(module, nnx.Module):
+        seen: list[Any] = []
+
+        def record(info: Any) -> bool:
+            seen.append(info)
+            return False  # nnx.tabulate renders no row: the rows are ours
+
+        nnx.tabulate(module, *inputs, row_filter=record, **kwargs)
+        out = []
+        for c in sorted(seen, key=lambda c: c.call_order):
+            if issubclass(c.type, nnx.RngStream):
+                continue
+            path, method = tuple(str(k) for k in c.path), '__call__'
+            if (
+                path
+                and path[-1] != '__call__'
+                and inspect.isfunction(getattr(c.type, path[-1], None))
+            ):
+                path, method = path[:-1], path[-1]  # nnx.tabulate appends another method's name
+            inputs_text = _nnx_inputs_text(c.inputs_repr)
+            out.append((path, c.type.__name__, method, inputs_text, _tree_text(c.outputs)))
+        return out
+    raise TypeError(f'expected a flax linen or NNX module, got {type(module).__name__}')
+
+
+def module_variables(
+    module: Any,
+    inputs: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    variables: PyTree | None,
+    rngs: Any,
+    concrete: bool,
+) -> Any:
+    """The variables to summarize: an NNX module's own; for linen the given
+    ``variables``, else ``module.init`` (jitted; abstract without statistics)."""
+    if isinstance(module, nnx.Module):
+        if variables is not None:
+            raise ValueError('an NNX module holds its variables: pass no variables=')
+        return module
+    if variables is not None:
+        return variables
+
+    def init(rngs: Any) -> Any:
+        return module.init(rngs, *inputs, **kwargs)
+
+    return jax.jit(init)(rngs) if concrete else jax.eval_shape(init, rngs)
+
+
+def assign_calls(
+    calls: Sequence[RawCall], rows: Sequence[Row], depth: int | None, collections: bool
+) -> tuple[Call, ...]:
+    """Each leaf row goes to the deepest call whose module path holds it.
+
+    Args:
+      calls: From :func:`module_calls`.
+      rows: The leaf rows of the summary.
+      depth: Keep calls at most this deep; a call at the depth also owns the
+        variables of the sub-modules below it.
+      collections: Whether leaf paths start with a collection name
+        (``'params'``, ``'batch_stats'``: linen variables).
+
+    Returns:
+      One :class:`Call` per kept call, in call order.
+    """
+    kept = [c for c in calls if depth is None or len(c[0]) <= depth]
+    first: dict[tuple[str, ...], int] = {}
+    for i, c in enumerate(kept):
+        first.setdefault(c[0], i)
+    owned: dict[int, list[Row]] = {i: [] for i in range(len(kept))}
+    for r in rows:
+        keys = tuple(r.path.split('/'))[1 if collections else 0 : -1]
+        for n in range(len(keys), -1, -1):
+            if keys[:n] in first:
+                owned[first[keys[:n]]].append(r)
+                break
+    return tuple(
+        Call('/'.join(p), t, m, i, o, combine_rows('/'.join(p), owned[j]))
+        for j, (p, t, m, i, o) in enumerate(kept)
+    )
