@@ -206,8 +206,9 @@ def assign_calls(
       rows: The leaf rows of the summary.
       depth: Keep calls at most this deep; a call at the depth also owns the
         variables of the sub-modules below it.
-      collections: Whether leaf paths start with a collection name
-        (``'params'``, ``'batch_stats'``: linen variables).
+      collections: Whether leaf paths may start with a collection name
+        (``'params'``, ``'batch_stats'``: linen variables); a first key that is
+        no top-level module's name is taken for one.
 
     Returns:
       One :class:`Call` per kept call, in call order.
@@ -218,7 +219,9 @@ def assign_calls(
         first.setdefault(c[0], i)
     owned: dict[int, list[Row]] = {i: [] for i in range(len(kept))}
     for r in rows:
-        keys = tuple(r.path.split('/'))[1 if collections else 0 : -1]
+        keys = tuple(r.path.split('/'))[:-1]
+        if collections and keys and keys[:1] not in first:
+            keys = keys[1:]  # 'params/Dense_0/kernel'; variables['params'] has no collection
         for n in range(len(keys), -1, -1):
             if keys[:n] in first:
                 owned[first[keys[:n]]].append(r)

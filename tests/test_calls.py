@@ -98,6 +98,9 @@ def test_linen_depth_variables_and_abstract():
     block = {c.path: c for c in s.calls}['Block_0'].params
     assert block.size == 4 + 20 + 0 and block.leaves == 3  # s, and its Dense below the depth
     assert (block.mean, block.std, block.min, block.max) == (2.0, 0.0, 2.0, 2.0)
+    # one collection's variables, without the collection key, go to the same calls
+    only = ptp.summary(net, X, depth=1, variables=params['params'])
+    assert [c.params.size for c in only.calls] == [0, 16, 24, 8]
     # without statistics, init is abstract: counts and types only
     a = ptp.summary(net, X, stats=False)
     assert not a.has_stats and a.calls[1].params.mean is None
