@@ -26,7 +26,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import jax, flax, optax, numpy; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'numpy', numpy.__version__, jax.devices())" 2>&1 | tee -a "$OUT/info.txt"
 el pytest
 # the tests first, in 8 workers that share the GPU (no preallocation)
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${PYTEST_S:-200} $PY -m pytest -v -rfE -n 8 --timeout 120 > "$OUT/pytest_full.txt" 2>&1
+PYTREEPARAMS_TEST_XLA_FLAGS= XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${PYTEST_S:-200} $PY -m pytest -v -rfE -n 8 --timeout 120 > "$OUT/pytest_full.txt" 2>&1
 grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest_full.txt" | tail -60
 ( cd benchmarks
   el summary; timeout 120 $PY summary.py --rounds 5 2>&1 | tee "$OUT/summary.txt"

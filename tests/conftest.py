@@ -28,6 +28,21 @@ settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
 _CACHE: list[str] = []
 
+# XLA:CPU compiles the suite's many small programs about 30% faster with LLVM's
+# optimizations off and its legacy fusion emitters. What the tests check (values
+# within their tolerances, compile and dispatch counts, the compiled HLO) does not
+# depend on either. Set PYTREEPARAMS_TEST_XLA_FLAGS='' to test with XLA's defaults:
+# .ci/run does so for the numerics tests as well.
+FAST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+
+
+def _fast_xla_flags() -> None:
+    """Adds the test XLA flags to ``XLA_FLAGS`` before any backend starts (workers
+    and subprocesses inherit them)."""
+    flags = os.environ.get('PYTREEPARAMS_TEST_XLA_FLAGS', FAST_XLA_FLAGS)
+    if flags and flags not in os.environ.get('XLA_FLAGS', ''):
+        os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flags}'.strip()
+
 
 def pytest_configure(config):
     """One JAX persistent compilation cache per test run, made by the main process
@@ -36,6 +51,7 @@ def pytest_configure(config):
     tests compile is compiled once. Every check still runs, and the compilation
     counts of ``count_device_work`` include programs read from the cache. A cache
     the caller set with ``JAX_COMPILATION_CACHE_DIR`` is used and kept."""
+    _fast_xla_flags()
     if os.environ.get('PYTEST_XDIST_WORKER') or 'JAX_COMPILATION_CACHE_DIR' in os.environ:
         return
     import tempfile
@@ -168,9 +184,8 @@ def run_on_8_devices(code: str, *args: str) -> str:
     import sys
 
     # the CPU platform also where a GPU is present: the 8 devices are simulated CPUs
-    env = dict(
-        os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu'
-    )
+    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=8'
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS='cpu')
     proc = subprocess.run(
         [sys.executable, '-c', code, *args], capture_output=True, text=True, env=env, timeout=300
     )

@@ -49,3 +49,17 @@ def test_the_ground_floor_is_a_one_way_stack():
         tree = ast.parse((ROOT / f'{name}.py').read_text())
         used = {node.module for node in _imports(tree)}
         assert used <= set(stack[:i]), (name, used - set(stack[:i]))
+
+
+def test_the_suite_runs_with_its_xla_flags_unless_told_otherwise():
+    """tests/conftest.py adds the fast-compiling XLA:CPU flags to XLA_FLAGS (workers
+    and subprocesses inherit them); PYTREEPARAMS_TEST_XLA_FLAGS='' keeps XLA's defaults."""
+    import os
+
+    from conftest import FAST_XLA_FLAGS
+
+    flags = os.environ.get('XLA_FLAGS', '')
+    if os.environ.get('PYTREEPARAMS_TEST_XLA_FLAGS', FAST_XLA_FLAGS):
+        assert os.environ.get('PYTREEPARAMS_TEST_XLA_FLAGS', FAST_XLA_FLAGS) in flags
+    else:
+        assert '--xla_backend_optimization_level=0' not in flags

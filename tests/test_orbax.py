@@ -23,7 +23,8 @@ from pytreeparams import _orbax
 SHARDED = textwrap.dedent(
     """
     import os, sys
-    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    flags = os.environ.get('XLA_FLAGS', '')
+    os.environ['XLA_FLAGS'] = flags + ' --xla_force_host_platform_device_count=8'
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import pytreeparams as ptp
