@@ -54,7 +54,8 @@ class Summary:
       rows: One :class:`Row` per leaf, in flatten order.
       groups: With ``depth``: one subtotal row per group of leaves sharing their
         first ``depth`` keys, in order of first appearance; else empty.
-      totals: A row summing the whole tree (exact Python ints).
+      totals: A row summing the whole tree (exact Python ints); its ``leaves`` is
+        the tree's leaf count (a stacked leaf shown as layer rows is one leaf).
       depth: The grouping depth, or None.
       has_stats: Whether statistics were computed.
       show_sharding: Whether the tables show a sharding column.
@@ -173,7 +174,7 @@ class Summary:
 
     def __repr__(self) -> str:
         return (
-            f'Summary({len(self.rows)} leaves, {fmt_int(self.totals.size)} parameters, '
+            f'Summary({self.totals.leaves} leaves, {fmt_int(self.totals.size)} parameters, '
             f'{fmt_bytes(self.totals.nbytes)})'
         )
 
@@ -205,17 +206,20 @@ class Summary:
 
 def _split_layers(
     leaves: list[Any], paths_: tuple[str, ...], stacked: Mapping[str, int]
-) -> tuple[list[Any], tuple[str, ...]]:
+) -> tuple[list[Any], tuple[str, ...], list[int]]:
     """Each stacked leaf as one leaf per layer (a view of a host array, a slice
-    of a device array), named with the layer index after its subtree."""
+    of a device array), named with the layer index after its subtree; and the
+    index of the tree's leaf each row comes from."""
     splits = stacked_axes(paths_, [tuple(np.shape(x)) for x in leaves], stacked)
-    out, names = [], []
-    for x, p, sp in zip(leaves, paths_, splits):
+    out, names, origin = [], [], []
+    for j, (x, p, sp) in enumerate(zip(leaves, paths_, splits)):
         if sp is None:
             out.append(x)
             names.append(p)
+            origin.append(j)
             continue
         n = int(np.shape(x)[sp[1]])
+        origin.extend([j] * n)
         if isinstance(x, jax.ShapeDtypeStruct):
             shape = tuple(d for i, d in enumerate(x.shape) if i != sp[1])
             out.extend(jax.ShapeDtypeStruct(shape, x.dtype) for _ in range(n))
@@ -223,7 +227,7 @@ def _split_layers(
             xp = np if isinstance(x, np.ndarray) else jnp
             out.extend(xp.take(x, i, axis=sp[1]) for i in range(n))
         names.extend(layer_paths(p, sp[0], n))
-    return out, tuple(names)
+    return out, tuple(names), origin
 
 
 def summary(
@@ -324,8 +328,9 @@ def summary(
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     stacked = resolve_stacked(stacked, paths_, leaves)
     leaves = readable(unbox_all(leaves))
+    origin = list(range(len(leaves)))  # the tree's leaf of each row
     if stacked:
-        leaves, paths_ = _split_layers(leaves, paths_, stacked)
+        leaves, paths_, origin = _split_layers(leaves, paths_, stacked)
     if select is not None:
         pred = compile_pattern(select)
         keep = [i for i, p in enumerate(paths_) if pred(p)]
@@ -333,6 +338,7 @@ def summary(
             raise PathError(no_match_message(pattern_texts(select), paths_))
         leaves = [leaves[i] for i in keep]
         paths_ = tuple(paths_[i] for i in keep)
+        origin = [origin[i] for i in keep]
     concrete = stats and any(
         is_array(x) and not isinstance(x, jax.ShapeDtypeStruct) for x in leaves
     )
@@ -355,7 +361,8 @@ def summary(
             buckets.setdefault('/'.join(r.path.split('/')[:depth]), []).append(r)
         groups = tuple(combine_rows(k, v) for k, v in buckets.items())
     counted = [r for r in rows if not r.alias]
-    totals = dataclasses.replace(combine_rows('total', counted), leaves=len(rows))
+    # the tree's leaves: a stacked leaf split into layer rows is one leaf
+    totals = dataclasses.replace(combine_rows('total', counted), leaves=len(set(origin)))
     return Summary(rows, groups, totals, depth, concrete, sharding, calls)
 
 

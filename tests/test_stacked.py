@@ -85,6 +85,12 @@ def test_summary_and_watch_split_stacked_layers():
     assert rows['params/layers/1/mlp/kernel'].size == 16
     np.testing.assert_allclose(rows['params/layers/1/mlp/kernel'].l2, np.linalg.norm(k1), rtol=1e-6)
     assert s.totals.size == ptp.count(params)  # the same parameters, counted once
+    # the totals count the tree's leaves: a stacked leaf shown as 3 layer rows is one
+    n_leaves = len(jax.tree.leaves(params))
+    assert s.totals.leaves == n_leaves < len(s.rows) and f'{n_leaves} leaves' in repr(s)
+    assert str(s).splitlines()[-1].split()[1:3] == [str(n_leaves), 'leaves']
+    one = ptp.summary(params, stacked={'params/layers': 0}, select='params/layers/1/**')
+    assert one.totals.leaves == len(one.rows) == len(jax.tree.leaves(params['params']['layers']))
     abstract = ptp.summary(jax.eval_shape(lambda: params), stacked={'params/layers': 0})
     assert [r.path for r in abstract.rows] == [r.path for r in s.rows]
 
