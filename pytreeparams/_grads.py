@@ -266,7 +266,9 @@ def grad_stats(
         computed in one vectorized pass per leaf. A string is the partition
         name that ``nn.scan(..., metadata_params={nn.PARTITION_NAME: name})``
         or ``nnx.vmap``/``nnx.scan(..., transform_metadata=...)`` gave the stacked axis: the
-        subtree and axis are read from the leaves' partition metadata.
+        subtree and axis are read from the leaves' partition metadata. As a
+        static argument of ``jax.jit``, pass a hashable mapping
+        (``flax.core.FrozenDict``) or the name.
       histogram: Bin edges (e.g. ``ptp.log_bins()``): also count the gradient
         values of each row in fixed bins (one more pass per leaf: a bucketize
         and a scatter-add), for TensorBoard-style histograms

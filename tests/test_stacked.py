@@ -183,3 +183,15 @@ def test_stacked_subtree_read_from_nnx_vmap_metadata():
     kernel = np.asarray(state['lin']['kernel'][...], np.float64)
     want = np.linalg.norm(kernel, axis=(1, 2))
     np.testing.assert_allclose(stats['grad_norm'][3:], want, rtol=1e-5)
+
+
+def test_stacked_as_a_static_jit_argument():
+    """A FrozenDict (hashable) or a partition name passes as a static argument."""
+    from flax.core import FrozenDict
+
+    params, grads = _scanned()
+    f = jax.jit(ptp.grad_stats, static_argnames=('stacked', 'depth'))
+    got = f(grads, stacked=FrozenDict({'params/layers': 0}))
+    want = ptp.grad_stats(grads, stacked={'params/layers': 0})
+    assert got.paths == want.paths and 'params/layers/2/mlp/kernel' in got.paths
+    chex.assert_trees_all_close(got.table, want.table, rtol=1e-6)
