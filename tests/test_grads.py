@@ -156,7 +156,9 @@ def _read_scalars(folder) -> dict[str, tuple[int, float]]:
                     out[v.tag] = (event.step, v.simple_value)
                 elif v.WhichOneof('value') == 'tensor':  # TensorFlow's writer (clu)
                     t = v.tensor
-                    value = t.float_val[0] if t.float_val else np.frombuffer(t.tensor_content)[0]
+                    dtype = {1: np.float32, 2: np.float64}[t.dtype]  # DT_FLOAT, DT_DOUBLE
+                    content = np.frombuffer(t.tensor_content, dtype)
+                    value = t.float_val[0] if t.float_val else content[0]
                     out[v.tag] = (event.step, float(value))
     return out
 
