@@ -119,7 +119,7 @@ class Summary:
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         if self.calls:
             call_cols = self._call_columns()
-            totals = Call('total', f'{self.totals.leaves} leaves', '', '', '', self.totals)
+            totals = Call('total', f'{self.totals.leaves} leaves', '__call__', '', '', self.totals)
             return (
                 [c for c, _ in call_cols],
                 [[f(c) for _, f in call_cols] for c in self.calls],

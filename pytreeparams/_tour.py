@@ -115,6 +115,10 @@ rg_params = rgnet.init(jax.random.key(0), X)
 ptp.summary(rg_params, depth=3)"""
     ),
     md(
+        """Given the module and its input, the summary shows each call as `nn.tabulate` does (module, input and output shapes, read from flax's own tabulate machinery) beside the statistics of the parameters that call owns; `depth` folds deeper calls into their parent."""
+    ),
+    code("""ptp.summary(rgnet, X, variables=rg_params, depth=2)"""),
+    md(
         """Reaching one bias deep inside: the first dense layer of the second block of the first layer."""
     ),
     code("""ptp.get(rg_params, 'params/layers_0/layers_1/layers_0/bias')"""),

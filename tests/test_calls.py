@@ -164,7 +164,7 @@ def test_call_tables_render_and_errors():
     header = text.splitlines()[0].split()
     assert header[:6] == ['path', 'module', 'inputs', 'outputs', 'size', 'bytes']
     assert 'Block_0/Dense_0' in text and 'float32[2,3]' in text
-    assert text.splitlines()[-1].split()[0] == 'total'
+    assert text.splitlines()[-1].split()[:3] == ['total', str(s.totals.leaves), 'leaves']
     assert '<td>BatchNorm</td>' in s._repr_html_()
     table = s.rich_table(200)
     assert [c.header for c in table.columns][:4] == ['path', 'module', 'inputs', 'outputs']
