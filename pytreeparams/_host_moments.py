@@ -20,6 +20,7 @@ import mmap
 import os
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from ._moments import Partial, merge, scale_of
@@ -41,6 +42,17 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
 _PLANS: dict[Any, str] = {}
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    """A NumPy float or one of ml_dtypes' (whose kind is often 'V')."""
+    if dtype.kind == 'f':
+        return True
+    try:
+        ml_dtypes.finfo(dtype)
+    except ValueError:
+        return False
+    return True
+
+
 def _plan(dtype: np.dtype) -> str:
     """How ``host_array`` reads a dtype (looked up once per dtype)."""
     if not dtype.isnative:
@@ -51,7 +63,7 @@ def _plan(dtype: np.dtype) -> str:
         return 'int32'
     if dtype.name == 'bfloat16':
         return 'bfloat16'
-    if dtype.kind == 'f' and dtype.itemsize < 4:  # float16, float8 types
+    if dtype.itemsize < 4 and _is_float(dtype):  # float16, 8-bit (and smaller) floats
         return 'float32'
     if dtype == np.bool_:
         return 'uint8'
@@ -63,7 +75,8 @@ def host_array(x: Any) -> np.ndarray:
 
     Complex values become their modulus, bfloat16 widens exactly to float32
     (by integer shifts; a large leaf stays as its uint16 bits, widened block by
-    block), float16 and 8-bit floats to float32, bool to uint8, big-endian
+    block), float16 and 8-bit floats to float32 (a large leaf block by block
+    too, so a memory-mapped one is never copied whole), bool to uint8, big-endian
     data to native order; integers and float64 keep their precision.
 
     Example:
@@ -87,8 +100,8 @@ def host_array(x: Any) -> np.ndarray:
         if a.size > _SMALL:  # widened block by block (``_block``), never as a whole
             return a.view(np.uint16)
         return np.left_shift(a.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
-    if plan == 'float32':
-        return a.astype(np.float32)
+    if plan == 'float32':  # a large leaf is widened block by block (``_block``)
+        return a if a.size > _SMALL else a.astype(np.float32)
     return a.view(np.uint8)
 
 
@@ -119,6 +132,9 @@ def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list
         c = np.left_shift(c, 16, out=wide[: c.size].view(np.uint32), dtype=np.uint32).view(
             np.float32
         )
+    elif _PLANS.get(c.dtype) == 'float32':  # float16, 8-bit floats: exact in float32
+        np.copyto(wide[: c.size], c, casting='unsafe')
+        c = wide[: c.size]
     m = c.size
     mn, mx = c.min(), c.max()
     zeros = 0 if (mn > 0 or mx < 0) else int(np.count_nonzero(c == 0))

@@ -352,3 +352,29 @@ def test_count_summary_and_nbytes_agree_on_key_arrays():
     s = ptp.summary(tree)
     assert ptp.count(tree) == s.totals.size == 5
     assert ptp.nbytes(tree) == s.totals.nbytes == 3 * 8 + 8
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'float8_e5m2', 'float8_e4m3fn'])
+def test_narrow_floats_are_widened_block_by_block(dtype):
+    """A large float16 or 8-bit float leaf is read in place and widened one block
+    at a time (a memory-mapped one is never copied whole): the same statistics,
+    NaN and Inf counts included, as its float32 copy gives. float8_e4m3fn (NumPy
+    kind 'V') counted no NaN before."""
+    import ml_dtypes
+
+    from pytreeparams import _host_moments
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(3 * _host_moments.HOST_BLOCK + 77) * 3).astype(
+        np.dtype(getattr(ml_dtypes, dtype, dtype))
+    )
+    x[[5, 70_000]] = np.nan
+    if dtype != 'float8_e4m3fn':  # it has no Inf
+        x[100] = np.inf
+    assert np.shares_memory(_host_moments.host_array(x), x)  # no whole copy
+    got = ptp.summary({'x': x}).rows[0].stats()
+    want = ptp.summary({'x': x.astype(np.float32)}).rows[0].stats()
+    assert got == pytest.approx(want, nan_ok=True, rel=1e-12)
+    assert got['nonfinite'] == (2 if dtype == 'float8_e4m3fn' else 3)
+    small = np.array([1.0, np.nan, 2.0]).astype(x.dtype)  # ml_dtypes' kind-'V' floats too
+    assert ptp.summary({'x': small}).rows[0].nonfinite == 1
