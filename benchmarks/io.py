@@ -2,6 +2,7 @@
 
 Run: python benchmarks/io.py [--rounds N]
      python benchmarks/io.py --lazy   (peak memory of partial reads of a 2 GB file)
+     python benchmarks/io.py --lazy --dtype float16   (the summary of a 1 GB float16 file)
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ print(before, status('VmHWM:'))
 """
 
 
-def _big_tree() -> dict[str, np.ndarray]:
+def _big_tree(dtype: str = 'float32') -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {f't_{i:03d}': rng.standard_normal((2048, 2560), np.float32) for i in range(100)}
+    return {
+        f't_{i:03d}': rng.standard_normal((2048, 2560), np.float32).astype(dtype)
+        for i in range(100)
+    }
 
 
 def _peak_growth(path: str, what: str) -> int:
@@ -71,24 +75,30 @@ def _peak_growth(path: str, what: str) -> int:
     return (int(out[1]) - int(out[0])) * 1024
 
 
-def lazy() -> None:
+def lazy(dtype: str = 'float32') -> None:
     """Peak resident memory growth (VmHWM after a reset, in a fresh process) of
     reading 1 of 100 tensors of a 2 GB safetensors file and Orbax checkpoint, of a
-    summary of the file, and of reading every tensor, against the file size."""
+    summary of the file, and of reading every tensor, against the file size. With
+    another ``dtype``: the summary of a file of 100 such tensors only."""
     folder = tempfile.mkdtemp(prefix='ptp-lazy-')
     path = os.path.join(folder, 'big.safetensors')
-    ptp.save(path, _big_tree())
+    ptp.save(path, _big_tree(dtype))
     size = os.path.getsize(path)
-    print(f'file: {size / 2**30:.2f} GiB, 100 tensors of {2048 * 2560 * 4 / 2**20:.0f} MiB')
+    tensor = 2048 * 2560 * np.dtype(dtype).itemsize / 2**20
+    print(f'file: {size / 2**30:.2f} GiB, 100 {dtype} tensors of {tensor:.0f} MiB')
     print('| read | peak RSS growth | / file size |')
     print('|---|---|---|')
     label = {
         'select': "load(path, select='t_042') (1 tensor)",
         'load_into': 'load_into(path, like={1 tensor}, strict=False)',
-        'summary': 'summary(load(path)), as the command line (largest tensor: 20 MiB)',
+        'summary': f'summary(load(path)), as the command line (largest tensor: {tensor:.0f} MiB)',
         'all': 'load(path), every tensor summed',
         'orbax_select': "Orbax folder: load(folder, select='t_042') (partial restore)",
     }
+    if dtype != 'float32':
+        grown = _peak_growth(path, 'summary')
+        print(f'| {label["summary"]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |')
+        return shutil.rmtree(folder)
     for what in ('select', 'load_into', 'summary', 'all'):
         grown = _peak_growth(path, what)
         print(f'| {label[what]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)
@@ -104,9 +114,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--lazy', action='store_true')
+    ap.add_argument('--dtype', default='float32', help='with --lazy: the tensors dtype')
     args = ap.parse_args()
     if args.lazy:
-        return lazy()
+        return lazy(args.dtype)
     tree = jax.tree.map(np.asarray, trees.make('gpt2'))
     flat = ptp.flatten(tree)
     folder = tempfile.mkdtemp(prefix='ptp-io-')
