@@ -101,15 +101,30 @@ def tensorboard_histogram(
     """The keyword arguments of tensorboardX's ``add_histogram_raw`` for one row.
 
     ``bucket_limits`` are the bins' right edges (the last is the largest
-    float64); ``min``/``max`` are ``-max|g|``/``max|g|`` (the table keeps max |g|).
+    float64). ``min``/``max`` are the tightest bounds the row holds (the table
+    keeps max |g|, not the signed extremes): within ``[-max|g|, max|g|]`` and
+    within the first and last non-empty bins, so gradients that are all
+    positive show no negative range.
+
+    Example:
+      >>> kw = tensorboard_histogram((0.0, 1.0), [0, 2, 1], 3, 1.0, 2.0, 1.5)
+      >>> kw['min'], kw['max'], kw['bucket_counts']
+      (0.0, 1.5, [0.0, 2.0, 1.0])
     """
     limits = [*map(float, edges), float(np.finfo(np.float64).max)]
+    c = np.asarray(counts)
+    full = np.flatnonzero(c)
+    lo, hi = -float(amax), float(amax)
+    if full.size:
+        lefts = [-math.inf, *map(float, edges)]
+        rights = [*map(float, edges), math.inf]
+        lo, hi = max(lo, lefts[full[0]]), min(hi, rights[full[-1]])
     return {
-        'min': -float(amax),
-        'max': float(amax),
+        'min': lo,
+        'max': hi,
         'num': float(n),
         'sum': float(mean) * float(n),
         'sum_squares': float(norm) ** 2,
         'bucket_limits': limits,
-        'bucket_counts': [float(c) for c in counts],
+        'bucket_counts': [float(x) for x in c],
     }

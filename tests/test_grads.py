@@ -240,6 +240,11 @@ def test_histograms_go_to_tensorboardx_as_they_are(tmp_path):
     assert h['bucket_counts'] == [1.0, 0.0, 2.0, 1.0] and h['num'] == 4.0
     assert (h['min'], h['max'], h['sum']) == (-3.0, 3.0, 1.5)
     assert h['sum_squares'] == pytest.approx(4 + 0.25 + 9)
+    # min/max: within +-max|g| and the first and last non-empty bins (no false sign)
+    pos = ptp.grad_stats({'w': jnp.array([0.2, 3.0])}, histogram=(-1.0, 0.0, 1.0)).histograms('')
+    assert (pos['w']['min'], pos['w']['max']) == (0.0, 3.0)
+    low = ptp.grad_stats({'w': jnp.array([-0.5, -0.2])}, histogram=(-1.0, 0.0, 1.0)).histograms('')
+    assert (low['w']['min'], low['w']['max']) == (-0.5, 0.0)
     with tbx.SummaryWriter(str(tmp_path)) as writer:
         for tag, kwargs in hists.items():
             writer.add_histogram_raw(tag, global_step=3, **kwargs)
