@@ -8,9 +8,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ForwardRef, TypeAlias, Union
 
 import chex
+from flax import nnx
 
 if TYPE_CHECKING:
-    PyTree: TypeAlias = chex.ArrayTree
+    PyTree: TypeAlias = chex.ArrayTree | nnx.Pytree
 else:
     # chex.ArrayTree refers to itself by the name 'ArrayTree', which
     # typing.get_type_hints looks up in the caller's module (and fails, as it
@@ -18,14 +19,15 @@ else:
     _module = 'chex._src.pytypes'
     if getattr(sys.modules.get(_module), 'ArrayTree', None) is chex.ArrayTree:
         _ref = ForwardRef('ArrayTree', module=_module)
-        PyTree = Union[chex.Array, Iterable[_ref], Mapping[Any, _ref]]  # noqa: UP007
+        PyTree = Union[chex.Array, Iterable[_ref], Mapping[Any, _ref], nnx.Pytree]  # noqa: UP007
     else:  # a chex that spells it otherwise
-        PyTree = chex.ArrayTree
+        PyTree = Union[chex.ArrayTree, nnx.Pytree]  # noqa: UP007
 """A tree of arrays, typed as optax and chex type parameters
-(``chex.ArrayTree``): dicts, FrozenDicts, lists, tuples, NamedTuples (optax
-states), NNX ``State``. Other pytrees (a ``flax.struct`` or equinox dataclass)
-work the same at run time; chex ships no ``py.typed``, so a user's type checker
-sees ``Any`` here unless told to follow chex."""
+(``chex.ArrayTree``: dicts, FrozenDicts, lists, tuples, NamedTuples such as
+optax states, NNX ``State``), or an NNX module or other ``nnx.Pytree`` (pytrees
+since flax 0.12). Other pytrees (a ``flax.struct`` or equinox dataclass) work
+the same at run time; chex ships no ``py.typed``, so a user's type checker sees
+``Any`` for chex's part unless told to follow chex."""
 
 Leaf: TypeAlias = Any
 """A leaf: a jax or numpy array, a Python scalar or a ``jax.ShapeDtypeStruct``."""

@@ -4,10 +4,12 @@ type-checks as users call it. Not a test module (no ``test_`` prefix)."""
 from __future__ import annotations
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from flax.core import FrozenDict
 
 import pytreeparams as ptp
@@ -34,3 +36,7 @@ opt_leaves: int = ptp.count(opt_state, is_leaf=None)
 typed_tree: chex.ArrayTree = {'a': [jnp.ones(2), np.zeros(3)]}
 typed_summary: ptp.Summary = ptp.summary(typed_tree, depth=1)
 key: chex.PRNGKey = ptp.path_key(jax.random.key(0), 'params/w')
+calls: ptp.Summary = ptp.summary(nn.Dense(2), jnp.ones((1, 3)), depth=1)
+first_call: ptp.Call = calls.calls[0]
+nnx_calls: ptp.Summary = ptp.summary(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), jnp.ones((1, 3)))
+nnx_count: int = ptp.count(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))  # an NNX module is a pytree
