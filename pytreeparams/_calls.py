@@ -197,7 +197,11 @@ def module_variables(
 
 
 def assign_calls(
-    calls: Sequence[RawCall], rows: Sequence[Row], depth: int | None, collections: bool
+    calls: Sequence[RawCall],
+    rows: Sequence[Row],
+    depth: int | None,
+    collections: bool,
+    leaf_paths: Sequence[str] | None = None,
 ) -> tuple[Call, ...]:
     """Each leaf row goes to the deepest call whose module path holds it.
 
@@ -209,6 +213,9 @@ def assign_calls(
       collections: Whether leaf paths may start with a collection name
         (``'params'``, ``'batch_stats'``: linen variables); a first key that is
         no top-level module's name is taken for one.
+      leaf_paths: The tree path of each row's leaf, when it differs from the
+        row's (a stacked leaf's layer rows, named with the layer index, all
+        belong to the module that holds the stacked leaf).
 
     Returns:
       One :class:`Call` per kept call, in call order.
@@ -218,8 +225,8 @@ def assign_calls(
     for i, c in enumerate(kept):
         first.setdefault(c[0], i)
     owned: dict[int, list[Row]] = {i: [] for i in range(len(kept))}
-    for r in rows:
-        keys = tuple(r.path.split('/'))[:-1]
+    for r, path in zip(rows, leaf_paths or [r.path for r in rows], strict=True):
+        keys = tuple(path.split('/'))[:-1]
         if collections and keys and keys[:1] not in first:
             keys = keys[1:]  # 'params/Dense_0/kernel'; variables['params'] has no collection
         for n in range(len(keys), -1, -1):

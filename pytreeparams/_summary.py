@@ -329,6 +329,7 @@ def summary(
     stacked = resolve_stacked(stacked, paths_, leaves)
     leaves = readable(unbox_all(leaves))
     origin = list(range(len(leaves)))  # the tree's leaf of each row
+    tree_paths = paths_
     if stacked:
         leaves, paths_, origin = _split_layers(leaves, paths_, stacked)
     if select is not None:
@@ -354,7 +355,8 @@ def summary(
     groups: tuple[Row, ...] = ()
     calls: tuple[Call, ...] = ()
     if raw_calls is not None:
-        calls = assign_calls(raw_calls, rows, depth, collections=linen)
+        leaf_paths = [tree_paths[j] for j in origin]
+        calls = assign_calls(raw_calls, rows, depth, collections=linen, leaf_paths=leaf_paths)
     elif depth is not None:
         buckets: dict[str, list[Row]] = {}
         for r in rows:

@@ -183,3 +183,31 @@ def test_call_view_renders_in_treescope():
 
     text = treescope.render_to_text(ptp.summary(Net(), X))
     assert 'calls=' in text and "module='BatchNorm'" in text and "outputs='float32[2,4]'" in text
+
+
+class ScanLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return nn.Dense(3)(x), None
+
+
+class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        stack = nn.scan(
+            ScanLayer, variable_axes={'params': 0}, split_rngs={'params': True}, length=4
+        )
+        return stack()(x, None)[0]
+
+
+def test_stacked_layers_belong_to_the_module_inside_the_scan():
+    """With ``stacked=``, the rows are per layer, and every layer's variables
+    belong to the call of the module that holds them inside the scan."""
+    net = Scanned()
+    s = ptp.summary(net, X, stacked={'params/ScanScanLayer_0': 0})
+    assert len(s.rows) == 2 * 4 and s.totals.leaves == 2
+    by_path = {c.path: c for c in s.calls}
+    inner = by_path['ScanScanLayer_0/Dense_0'].params
+    variables = jax.jit(net.init)(jax.random.key(0), X)
+    _check_row(inner, _own(variables, ['params/ScanScanLayer_0/Dense_0']))
+    assert inner.size == 4 * (3 * 3 + 3) and by_path['ScanScanLayer_0'].params.size == 0
