@@ -118,7 +118,8 @@ def module_calls(
     Args:
       module: A ``flax.linen.Module`` or ``flax.nnx.Module``.
       inputs: The positional arguments of the call.
-      kwargs: Its keyword arguments.
+      kwargs: Its keyword arguments (``method`` names the method to call, as
+        linen's ``init`` and ``nnx.tabulate`` take it).
       rngs: linen only: the key (or ``{name: key}``) of the abstract ``init``.
 
     Returns:

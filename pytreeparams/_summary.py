@@ -244,6 +244,7 @@ def summary(
     variables: PyTree | None = None,
     rngs: Any = None,
     call_kwargs: Mapping[str, Any] | None = None,
+    method: str | None = None,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
 
@@ -289,6 +290,8 @@ def summary(
       rngs: linen only: the key, or ``{name: key}``, of ``init``; by default
         ``jax.random.key(0)``.
       call_kwargs: Keyword arguments of the module's call (``{'train': False}``).
+      method: The module's method to call instead of ``__call__`` (its name),
+        as ``nn.tabulate`` and ``nnx.tabulate`` take it.
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
@@ -321,10 +324,11 @@ def summary(
     """
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
-    raw_calls, linen = _calls_of(tree, inputs, variables, rngs, call_kwargs)
+    kwargs = {**(call_kwargs or {}), **({'method': method} if method is not None else {})}
+    raw_calls, linen = _calls_of(tree, inputs, variables, rngs, kwargs)
     if raw_calls is not None:
         key = jax.random.key(0) if rngs is None else rngs
-        tree = module_variables(tree, inputs, call_kwargs or {}, variables, key, stats)
+        tree = module_variables(tree, inputs, kwargs, variables, key, stats)
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     stacked = resolve_stacked(stacked, paths_, leaves)
     leaves = readable(unbox_all(leaves))
@@ -381,7 +385,7 @@ def _calls_of(
     if not is_module(tree):
         if inputs or variables is not None or rngs is not None or kwargs:
             raise TypeError(
-                'inputs, variables=, rngs= and call_kwargs= are for a flax module: '
+                'inputs, variables=, rngs=, call_kwargs= and method= are for a flax module: '
                 f'summary(module, *inputs); got a {type(tree).__name__} tree'
             )
         return None, False

@@ -211,3 +211,30 @@ def test_stacked_layers_belong_to_the_module_inside_the_scan():
     variables = jax.jit(net.init)(jax.random.key(0), X)
     _check_row(inner, _own(variables, ['params/ScanScanLayer_0/Dense_0']))
     assert inner.size == 4 * (3 * 3 + 3) and by_path['ScanScanLayer_0'].params.size == 0
+
+
+class AutoEncoder(nn.Module):
+    def setup(self):
+        self.enc = nn.Dense(2)
+        self.dec = nn.Dense(3)
+
+    def __call__(self, x):
+        return self.dec(self.enc(x))
+
+    def encode(self, x):
+        return self.enc(x)
+
+
+def test_method_as_tabulate_takes_it():
+    """method= calls another method than __call__, for linen and NNX alike."""
+    ae = AutoEncoder()
+    variables = jax.jit(ae.init)(jax.random.key(0), X)
+    s = ptp.summary(ae, X, variables=variables, method='encode')
+    assert [(c.path, c.module, c.method, c.outputs) for c in s.calls] == [
+        ('', 'AutoEncoder', 'encode', 'float32[2,2]'),
+        ('enc', 'Dense', '__call__', 'float32[2,2]'),
+    ]
+    assert s.calls[0].params.size == 2 * 3 + 3  # dec's: no call of it ran, the root holds them
+    assert 'AutoEncoder.encode' in str(s)
+    n = ptp.summary(Encoder(nnx.Rngs(0)), X, method='encode')
+    assert [(c.path, c.method) for c in n.calls] == [('', 'encode'), ('lin', '__call__')]
