@@ -156,6 +156,12 @@ def module_calls(
             seen.append(info)
             return False  # nnx.tabulate renders no row: the rows are ours
 
+        if 'row_filter' not in inspect.signature(nnx.tabulate).parameters:
+            raise TypeError(
+                "summary(nnx_module, *inputs) reads the calls through nnx.tabulate's "
+                'row_filter, which this flax lacks (flax >= 0.12 has it); summary(nnx_module) '
+                'gives its variables'
+            )
         nnx.tabulate(module, *inputs, row_filter=record, **kwargs)
         out = []
         for c in sorted(seen, key=lambda c: c.call_order):

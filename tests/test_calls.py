@@ -238,3 +238,26 @@ def test_method_as_tabulate_takes_it():
     assert 'AutoEncoder.encode' in str(s)
     n = ptp.summary(Encoder(nnx.Rngs(0)), X, method='encode')
     assert [(c.path, c.method) for c in n.calls] == [('', 'encode'), ('lin', '__call__')]
+
+
+def test_older_flax_gets_a_clear_error_or_its_nnx_base(monkeypatch):
+    """A flax whose nnx.tabulate has no row_filter: a clear error (the variables
+    alone still work); one without nnx.Pytree (before 0.12): the alias uses nnx.Object."""
+    import importlib
+    import typing
+
+    from pytreeparams import _typing
+
+    monkeypatch.setattr(nnx, 'tabulate', lambda obj, *args, depth=None, method='__call__': '')
+    model = Model(nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r'row_filter.*flax >= 0.12'):
+        ptp.summary(model, X)
+    assert ptp.summary(model).totals.size == ptp.count(model)
+    monkeypatch.delattr(nnx, 'Pytree')
+    try:
+        old = importlib.reload(_typing)
+        assert nnx.Object in typing.get_args(old.PyTree)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(_typing)
+    assert nnx.Pytree in typing.get_args(_typing.PyTree)
