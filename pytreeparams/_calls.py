@@ -86,11 +86,12 @@ def _tree_text(tree: Any) -> str:
     elif isinstance(tree, tuple) and tree and isinstance(tree[-1], dict):
         tree, kwargs = tree[:-1], tree[-1]
     texts = [_type_text(x) for x in jax.tree.leaves(tree, is_leaf=_is_value)]
-    for k, v in kwargs.items():
-        texts.append(
-            f'{k}=' + ', '.join(_type_text(x) for x in jax.tree.leaves(v, is_leaf=_is_value))
-        )
+    texts += [f'{k}={_leaves_text(v)}' for k, v in kwargs.items()]
     return ', '.join(texts)
+
+
+def _leaves_text(tree: Any) -> str:
+    return ', '.join(_type_text(x) for x in jax.tree.leaves(tree, is_leaf=_is_value))
 
 
 _MARKUP = re.compile(r'\[/?dim\]')
@@ -208,7 +209,7 @@ def assign_calls(
     rows: Sequence[Row],
     depth: int | None,
     collections: bool,
-    leaf_paths: Sequence[str] | None = None,
+    leaf_paths: Sequence[str],
 ) -> tuple[Call, ...]:
     """Each leaf row goes to the deepest call whose module path holds it.
 
@@ -220,9 +221,9 @@ def assign_calls(
       collections: Whether leaf paths may start with a collection name
         (``'params'``, ``'batch_stats'``: linen variables); a first key that is
         no top-level module's name is taken for one.
-      leaf_paths: The tree path of each row's leaf, when it differs from the
-        row's (a stacked leaf's layer rows, named with the layer index, all
-        belong to the module that holds the stacked leaf).
+      leaf_paths: The tree path of each row's leaf (a stacked leaf's layer
+        rows, named with the layer index, all belong to the module that holds
+        the stacked leaf).
 
     Returns:
       One :class:`Call` per kept call, in call order.
@@ -232,7 +233,7 @@ def assign_calls(
     for i, c in enumerate(kept):
         first.setdefault(c[0], i)
     owned: dict[int, list[Row]] = {i: [] for i in range(len(kept))}
-    for r, path in zip(rows, leaf_paths or [r.path for r in rows], strict=True):
+    for r, path in zip(rows, leaf_paths, strict=True):
         keys = tuple(path.split('/'))[:-1]
         if collections and keys and keys[:1] not in first:
             keys = keys[1:]  # 'params/Dense_0/kernel'; variables['params'] has no collection

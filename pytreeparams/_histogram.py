@@ -111,14 +111,14 @@ def tensorboard_histogram(
       >>> kw['min'], kw['max'], kw['bucket_counts']
       (0.0, 1.5, [0.0, 2.0, 1.0])
     """
-    limits = [*map(float, edges), float(np.finfo(np.float64).max)]
+    e = [float(x) for x in edges]
     c = np.asarray(counts)
     full = np.flatnonzero(c)
     lo, hi = -float(amax), float(amax)
-    if full.size:
-        lefts = [-math.inf, *map(float, edges)]
-        rights = [*map(float, edges), math.inf]
-        lo, hi = max(lo, lefts[full[0]]), min(hi, rights[full[-1]])
+    if full.size:  # bin i spans [e[i-1], e[i]), with e[-1] = -inf and e[K] = +inf
+        lo = max(lo, ([-math.inf, *e])[full[0]])
+        hi = min(hi, ([*e, math.inf])[full[-1]])
+    limits = [*e, float(np.finfo(np.float64).max)]
     return {
         'min': lo,
         'max': hi,

@@ -325,9 +325,11 @@ def summary(
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
     kwargs = {**(call_kwargs or {}), **({'method': method} if method is not None else {})}
-    raw_calls, linen = _calls_of(tree, inputs, variables, rngs, kwargs)
-    if raw_calls is not None:
+    raw_calls = None
+    linen = isinstance(tree, nn.Module)  # linen variables: paths start with a collection
+    if _wants_calls(tree, inputs, variables, rngs, kwargs):
         key = jax.random.key(0) if rngs is None else rngs
+        raw_calls = module_calls(tree, inputs, kwargs, key)
         tree = module_variables(tree, inputs, kwargs, variables, key, stats)
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     stacked = resolve_stacked(stacked, paths_, leaves)
@@ -372,32 +374,26 @@ def summary(
     return Summary(rows, groups, totals, depth, concrete, sharding, calls)
 
 
-def _calls_of(
-    tree: Any,
-    inputs: tuple[Any, ...],
-    variables: Any,
-    rngs: Any,
-    kwargs: Mapping[str, Any] | None,
-) -> tuple[Any, bool]:
-    """The raw calls of a module on ``inputs`` (None for a tree), and whether
-    its variables are linen's (paths start with a collection name)."""
-    linen = isinstance(tree, nn.Module)
+def _wants_calls(
+    tree: Any, inputs: tuple[Any, ...], variables: Any, rngs: Any, kwargs: Mapping[str, Any]
+) -> bool:
+    """Whether ``summary`` is asked for a module's calls; the module arguments
+    without a module, or a linen module without inputs, are errors."""
     if not is_module(tree):
         if inputs or variables is not None or rngs is not None or kwargs:
             raise TypeError(
                 'inputs, variables=, rngs=, call_kwargs= and method= are for a flax module: '
                 f'summary(module, *inputs); got a {type(tree).__name__} tree'
             )
-        return None, False
+        return False
     if not inputs and not kwargs:
-        if linen:
+        if isinstance(tree, nn.Module):
             raise TypeError(
                 f'a linen {type(tree).__name__} holds no variables: pass its inputs, '
                 'summary(module, *inputs) (variables= for trained ones), or summary(variables)'
             )
-        return None, False  # an NNX module alone: the tree of its variables
-    key = jax.random.key(0) if rngs is None else rngs
-    return module_calls(tree, inputs, kwargs or {}, key), linen
+        return False  # an NNX module alone: the tree of its variables
+    return True
 
 
 def count(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
