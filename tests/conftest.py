@@ -205,3 +205,78 @@ def det_mlp():
         ),
     )
     return net, params
+
+
+def run_processes(
+    code: str, *args: str, num_processes: int = 2, devices: int = 4, timeout: float = 120
+) -> list[str]:
+    """Runs ``code`` as a real multi-controller JAX job on CPU; returns each stdout.
+
+    ``num_processes`` fresh interpreters each call
+    ``jax.distributed.initialize(coordinator_address='localhost:PORT',
+    num_processes=..., process_id=i)`` with ``devices`` simulated CPU devices (gloo
+    collectives, jax's CPU default), then run ``code`` with ``PROCESS`` (the process
+    index) and ``ARGS`` (``args``) defined. Every process must exit 0; a process that
+    hangs past ``timeout`` seconds (a collective that never meets) fails the test, and
+    every process is killed.
+    """
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import textwrap
+
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        port = s.getsockname()[1]
+    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS='cpu')
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)  # processes of one job must not share it
+    header = textwrap.dedent(
+        f"""
+        import sys
+        import jax
+        PROCESS = int(sys.argv[1])
+        ARGS = sys.argv[2:]
+        jax.distributed.initialize(
+            coordinator_address='localhost:{port}', num_processes={num_processes},
+            process_id=PROCESS, initialization_timeout=60)
+        """
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, 'job.py')
+        with open(script, 'w') as f:
+            f.write(header + textwrap.dedent(code))
+        outs = [open(os.path.join(tmp, f'out{i}'), 'w+') for i in range(num_processes)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, script, str(i), *args],
+                stdout=outs[i],
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+            )
+            for i in range(num_processes)
+        ]
+        try:
+            for p in procs:
+                p.wait(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            hung = True
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        texts = []
+        for f in outs:
+            f.seek(0)
+            texts.append(f.read())
+            f.close()
+    report = '\n'.join(f'--- process {i} ---\n{t[-3000:]}' for i, t in enumerate(texts))
+    if hung:
+        pytest.fail(f'the {num_processes}-process job hung past {timeout} s:\n{report}')
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * num_processes, f'exit codes {codes}:\n{report}'
+    return texts
