@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 from flax import linen as nn
 from flax import nnx
 
+from ._leaves import dtype_name, type_str
 from ._rows import Row, combine_rows
 from ._typing import PyTree
 
@@ -70,7 +70,7 @@ def _type_text(x: Any) -> str:
     shape, dtype = getattr(x, 'shape', None), getattr(x, 'dtype', None)
     if shape is None or dtype is None:
         return repr(getattr(x, 'obj', x))
-    return f'{np.dtype(dtype).name}[{",".join(str(d) for d in shape)}]'
+    return type_str(dtype_name(dtype), shape)
 
 
 def _is_value(x: Any) -> bool:

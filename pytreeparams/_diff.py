@@ -10,9 +10,8 @@ import numpy as np
 
 from ._flatten import flatten
 from ._keys import describe
+from ._leaves import is_array, is_key_array
 from ._render import html_table, treescope_repr
-from ._rows import is_key_array
-from ._stats import is_array
 from ._typing import PyTree
 
 __all__ = ['DiffReport', 'diff']

@@ -54,6 +54,7 @@ from jax.sharding import SingleDeviceSharding
 
 from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
+from ._leaves import is_concrete_array
 from ._moments import N_PARTIAL, Partial, finalize, merge
 
 __all__ = [
@@ -415,7 +416,8 @@ def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
-    """``STAT_NAMES`` rows (float64 NumPy) of concrete leaves; None for None.
+    """``STAT_NAMES`` rows (float64 NumPy) of concrete array leaves; None for the
+    other leaves (None, non-arrays, tracers, ``ShapeDtypeStruct``).
 
     Example:
       >>> import numpy as np
@@ -423,6 +425,6 @@ def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
       >>> leaf_rows([np.array([3.0, 4.0]), None])[0].tolist()
       [3.5, 0.5, 3.0, 4.0, 5.0, 0.0, 0.0]
     """
-    table, has = leaf_table(leaves)
+    table, has = leaf_table([x if is_concrete_array(x) else None for x in leaves])
     stats = finalize(Partial(*table.T), np)
     return [row if h else None for row, h in zip(stats, has)]

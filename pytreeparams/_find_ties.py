@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from ._engine import leaf_rows
 from ._flatten import flatten_with_paths
 from ._keys import unbox_all
-from ._stats import eager_leaf_stats, is_array, readable
+from ._leaves import is_array, readable
 from ._tying import Ties, transpose
 from ._typing import PyTree
 
@@ -84,7 +85,7 @@ def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False
     leaves, _, paths_ = flatten_with_paths(tree)
     leaves = readable(unbox_all(leaves))
     idx = [i for i, x in enumerate(leaves) if is_array(x) and np.size(x) > 0]
-    fps = eager_leaf_stats([leaves[i] for i in idx])
+    fps = leaf_rows([leaves[i] for i in idx])
     buckets: dict[Any, list[int]] = {}
     for i, fp in zip(idx, fps):
         shape = tuple(np.shape(leaves[i]))

@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._engine import leaf_rows
 from ._errors import NonFiniteError
 from ._flatten import flatten, flatten_with_paths
 from ._keys import unbox_all
+from ._leaves import is_array, readable
 from ._messages import joined_list
-from ._stats import eager_leaf_stats, is_array, readable
 from ._typing import PyTree
 
 __all__ = ['assert_finite', 'find_nonfinite', 'first_nonfinite_activation']
@@ -23,7 +24,7 @@ __all__ = ['assert_finite', 'find_nonfinite', 'first_nonfinite_activation']
 def _nonfinite_counts(tree: PyTree) -> list[tuple[str, int]]:
     leaves, _, paths_ = flatten_with_paths(tree)
     leaves = readable(unbox_all(leaves))
-    stats = eager_leaf_stats(leaves)
+    stats = leaf_rows(leaves)
     return [(p, int(s[5])) for p, s in zip(paths_, stats) if s is not None and s[5] > 0]
 
 

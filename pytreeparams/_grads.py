@@ -24,10 +24,10 @@ from ._flatten import flatten_with_paths
 from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
+from ._leaves import is_array, readable
 from ._messages import quote_list
 from ._render import fmt_float, html_table, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
-from ._stats import is_array, readable
 from ._typing import PyTree
 
 __all__ = ['GRAD_STAT_NAMES', 'GradStats', 'grad_stats']

@@ -24,7 +24,8 @@ from flax.core import FrozenDict
 from ._errors import FormatError, PathError, StructureError
 from ._flatten import flatten, flatten_with_paths, unflatten
 from ._formats import format_of
-from ._keys import describe, is_key_dtype, unbox
+from ._keys import describe, unbox
+from ._leaves import is_key_dtype
 from ._messages import like_mismatch, no_match_message
 from ._msgpack import load_msgpack, save_msgpack
 from ._orbax import load_orbax, orbax_item, orbax_meta, save_orbax

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from ._errors import PathError
+from ._leaves import dtype_name, is_key_dtype, type_str
 from ._typing import Path, PathLike
 
 # --------------------------------------------------------------------------
@@ -148,21 +149,6 @@ def path_str(path: PathLike) -> str:
     return '/'.join(path_tuple(path))
 
 
-def is_key_dtype(dtype: Any) -> bool:
-    """Whether ``dtype`` is a typed PRNG key dtype (``jax.random.key``: ``key<fry>``)."""
-    try:
-        return bool(jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key))
-    except TypeError:  # pragma: no cover - exotic dtypes
-        return False
-
-
-def dtype_name(dtype: Any) -> str:
-    """``np.dtype(dtype).name``, and ``'key<fry>'`` style names for PRNG keys."""
-    if is_key_dtype(dtype):
-        return str(dtype)
-    return np.dtype(dtype).name
-
-
 def same_dtype(a: Any, b: Any) -> bool:
     """Whether two dtypes are the same (PRNG key dtypes included)."""
     if is_key_dtype(a) or is_key_dtype(b):
@@ -194,7 +180,7 @@ def describe(x: Any) -> str:
     dtype = getattr(x, 'dtype', None)
     shape = getattr(x, 'shape', None)
     if dtype is not None and shape is not None:
-        return f'{dtype_name(dtype)}[{",".join(str(d) for d in shape)}]'
+        return type_str(dtype_name(dtype), shape)
     if x is None:
         return 'None'
     return type(x).__name__

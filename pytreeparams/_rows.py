@@ -8,11 +8,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-from ._keys import describe, dtype_name, is_key_dtype
-from ._stats import STAT_NAMES, is_array
+from ._keys import describe
+from ._leaves import dtype_info, is_array, is_key_array, is_plain, type_str
+from ._moments import STAT_NAMES
 
 __all__ = ['Row', 'combine_rows', 'is_state_path', 'parameter_count']
 
@@ -66,7 +66,7 @@ class Row:
         """``'float32[4,8]'`` style description (dtype alone for groups)."""
         if self.shape is None:
             return self.dtype
-        return f'{self.dtype}[{",".join(str(d) for d in self.shape)}]'
+        return type_str(self.dtype, self.shape)
 
     def stats(self) -> dict[str, float | None]:
         """The statistics as a dict in ``STAT_NAMES`` order."""
@@ -82,44 +82,7 @@ def sharding_str(x: Any) -> str | None:
     return f'{spec} on {n} devices' if spec is not None else f'{type(s).__name__} ({n})'
 
 
-_DTYPE_NAMES: dict[Any, tuple[str, int]] = {}
-
-
-def dtype_info(dtype: Any) -> tuple[str, int]:
-    """(name, itemsize) of a dtype, cached (``np.dtype.name`` is slow)."""
-    info = _DTYPE_NAMES.get(dtype)
-    if info is None:
-        if is_key_dtype(dtype):  # PRNG keys: the bytes of their key data
-            info = (dtype_name(dtype), int(dtype.itemsize))
-        else:
-            d = np.dtype(dtype)
-            info = (d.name, d.itemsize)
-        _DTYPE_NAMES[dtype] = info
-    return info
-
-
 _FIELDS = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
-
-
-# Array types whose ``shape`` is a tuple of Python ints and ``dtype`` a NumPy dtype
-# (NumPy arrays and the concrete jax array class, added when first seen).
-_PLAIN_ARRAYS: set[type] = {np.ndarray}
-
-
-def is_plain(x: Any) -> bool:
-    t = type(x)
-    if t in _PLAIN_ARRAYS:
-        return True
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
-        _PLAIN_ARRAYS.add(t)
-        return True
-    return False
-
-
-def is_key_array(x: Any) -> bool:
-    """A PRNG key array (``jax.random.key``): shown, counted in bytes, no statistics."""
-    dtype = getattr(x, 'dtype', None)
-    return dtype is not None and hasattr(x, 'shape') and is_key_dtype(dtype)
 
 
 def leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str) -> Row:

@@ -8,8 +8,6 @@ arrays). Under ``jit`` the traceable form runs in the traced program.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,29 +17,13 @@ from ._engine import leaf_rows
 from ._flatten import flatten_with_paths
 from ._jax_moments import jax_partials
 from ._keys import unbox
+from ._leaves import is_array, readable
 from ._messages import did_you_mean
 from ._moments import STAT_NAMES, finalize
 from ._render import stats_text
 from ._typing import PyTree
 
 __all__ = ['STAT_NAMES', 'Stats', 'stats']
-
-_NUMERIC: dict[Any, bool] = {}
-
-
-def is_array(x: Any) -> bool:
-    """Whether ``x`` is an array-like leaf with a numeric or bool dtype."""
-    dtype = getattr(x, 'dtype', None)
-    if dtype is None or not hasattr(x, 'shape'):
-        return isinstance(x, (bool, int, float, complex, np.generic))
-    hit = _NUMERIC.get(dtype)
-    if hit is None:
-        try:
-            hit = bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
-        except TypeError:  # pragma: no cover - exotic dtypes
-            hit = False
-        _NUMERIC[dtype] = hit
-    return hit
 
 
 def leaf_stats(x: jax.Array) -> jax.Array:
@@ -59,47 +41,6 @@ def leaf_stats(x: jax.Array) -> jax.Array:
       ``[mean, std, min, max, l2, nonfinite, zero_frac]``.
     """
     return finalize(jax_partials(x), jnp)
-
-
-def from_torch(x: Any) -> Any:
-    """A torch tensor as a NumPy array (a CPU tensor without a copy; bfloat16
-    through its bits), anything else as it is. torch is imported only for tensors.
-
-    Example:
-      >>> import numpy as np
-      >>> from_torch(np.ones(2)).tolist()
-      [1.0, 1.0]
-    """
-    if type(x).__module__.split('.')[0] != 'torch' or not hasattr(x, 'detach'):
-        return x
-    import torch
-
-    t = x.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-
-def readable(leaves: list[Any]) -> list[Any]:
-    """``leaves`` with torch tensors read as NumPy arrays (see :func:`from_torch`)."""
-    if any(type(x).__module__.split('.')[0] == 'torch' for x in leaves):
-        return [from_torch(x) for x in leaves]
-    return leaves
-
-
-def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
-    """Statistics of concrete leaves, each computed where it lives (``_engine``).
-
-    Non-array leaves and abstract leaves give None.
-    """
-    keep = [x if _concrete_array(x) else None for x in leaves]
-    return leaf_rows(keep)
-
-
-def _concrete_array(x: Any) -> bool:
-    return is_array(x) and not isinstance(x, (jax.ShapeDtypeStruct, jax.core.Tracer))
 
 
 @struct.dataclass

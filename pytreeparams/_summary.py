@@ -18,9 +18,11 @@ import numpy as np
 from flax import linen as nn
 
 from ._calls import Call, assign_calls, is_module, module_calls, module_variables
+from ._engine import leaf_rows
 from ._errors import PathError
 from ._flatten import flatten_with_paths
 from ._keys import unbox, unbox_all
+from ._leaves import dtype_info, is_array, is_key_array, readable
 from ._messages import no_match_message
 from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._render import (
@@ -35,12 +37,9 @@ from ._render import (
 from ._rows import (
     Row,
     combine_rows,
-    dtype_info,
-    is_key_array,
     leaf_row,
 )
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
-from ._stats import eager_leaf_stats, is_array, readable
 from ._typing import Pattern, PyTree
 
 __all__ = ['Summary', 'count', 'nbytes', 'shapes', 'summary']
@@ -349,7 +348,7 @@ def summary(
     concrete = stats and any(
         is_array(x) and not isinstance(x, jax.ShapeDtypeStruct) for x in leaves
     )
-    st = eager_leaf_stats(leaves) if concrete else [None] * len(leaves)
+    st = leaf_rows(leaves) if concrete else [None] * len(leaves)
     notes = dict(notes or {})
     aliases: dict[str, str] = ties.notes(tree) if ties is not None else {}
     notes.update(aliases)

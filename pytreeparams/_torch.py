@@ -50,10 +50,10 @@ from ._errors import PathError, StructureError
 from ._flatten import flatten_with_paths, unflatten
 from ._io import read_state_dict
 from ._keys import describe, unbox
+from ._leaves import from_torch
 from ._load import LoadReport
 from ._messages import nearest, quote_list
 from ._patterns import capture_pattern
-from ._stats import from_torch
 from ._typing import PyTree
 
 __all__ = ['TorchLayout', 'attention_rules', 'from_torch_state_dict', 'to_torch_state_dict']
