@@ -22,7 +22,12 @@ from _common import block, fmt_s, interleaved
 
 import pytreeparams as ptp
 from pytreeparams import _flatten, _patterns
-from pytreeparams._engine import clear_programs, count_device_work, force_device_path, wait_compiled
+from pytreeparams._moments import (
+    clear_programs,
+    count_device_work,
+    force_device_path,
+    wait_compiled,
+)
 
 
 def first_call(fn, ours: bool = True) -> float:

@@ -7,6 +7,9 @@ from ._errors import FormatError as FormatError
 from ._errors import NonFiniteError as NonFiniteError
 from ._errors import PathError as PathError
 from ._errors import StructureError as StructureError
+from ._files import load as load
+from ._files import read_state_dict as read_state_dict
+from ._files import save as save
 from ._find_ties import TieGroup as TieGroup
 from ._find_ties import find_ties as find_ties
 from ._finite import assert_finite as assert_finite
@@ -27,9 +30,6 @@ from ._init import path_key as path_key
 from ._init import reinit as reinit
 from ._inspect import Inspection as Inspection
 from ._inspect import inspect as inspect
-from ._io import load as load
-from ._io import read_state_dict as read_state_dict
-from ._io import save as save
 from ._keys import describe as describe
 from ._load import LoadReport as LoadReport
 from ._load import load_into as load_into

@@ -18,7 +18,7 @@ from typing import Any
 from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
-from ._io import load
+from ._files import load
 from ._rows import parameter_count
 from ._summary import summary
 

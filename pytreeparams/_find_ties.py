@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ._engine import leaf_rows
 from ._flatten import flatten_with_paths
 from ._keys import unbox_all
 from ._leaves import is_array, readable
+from ._moments import leaf_rows
 from ._tying import Ties, transpose
 from ._typing import PyTree
 

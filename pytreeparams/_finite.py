@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._engine import leaf_rows
 from ._errors import NonFiniteError
 from ._flatten import flatten, flatten_with_paths
 from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._messages import joined_list
+from ._moments import leaf_rows
 from ._typing import PyTree
 
 __all__ = ['assert_finite', 'find_nonfinite', 'first_nonfinite_activation']

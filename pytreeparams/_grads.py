@@ -22,10 +22,10 @@ from flax import struct
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._histogram import check_edges, histogram_counts, tensorboard_histogram
-from ._jax_moments import jax_grad_partials
 from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._messages import quote_list
+from ._moments import jax_grad_partials
 from ._render import fmt_float, html_table, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._typing import PyTree

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import StructureError
+from ._files import load
 from ._flatten import flatten_with_paths
-from ._io import load
 from ._keys import describe, rebox, same_dtype, unbox
 from ._messages import deprecated, joined_list, quote_list
 from ._patterns import capture_pattern, compile_pattern

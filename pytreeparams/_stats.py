@@ -13,13 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ._engine import leaf_rows
 from ._flatten import flatten_with_paths
-from ._jax_moments import jax_partials
 from ._keys import unbox
 from ._leaves import is_array, readable
 from ._messages import did_you_mean
-from ._moments import STAT_NAMES, finalize
+from ._moments import STAT_NAMES, finalize, jax_partials, leaf_rows
 from ._render import stats_text
 from ._typing import PyTree
 

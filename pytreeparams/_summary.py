@@ -18,12 +18,12 @@ import numpy as np
 from flax import linen as nn
 
 from ._calls import Call, assign_calls, is_module, module_calls, module_variables
-from ._engine import leaf_rows
 from ._errors import PathError
 from ._flatten import flatten_with_paths
 from ._keys import unbox, unbox_all
 from ._leaves import dtype_info, is_array, is_key_array, readable
 from ._messages import no_match_message
+from ._moments import leaf_rows
 from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._render import (
     fmt_bytes,

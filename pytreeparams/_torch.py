@@ -47,8 +47,8 @@ import jax
 import numpy as np
 
 from ._errors import PathError, StructureError
+from ._files import read_state_dict
 from ._flatten import flatten_with_paths, unflatten
-from ._io import read_state_dict
 from ._keys import describe, unbox
 from ._leaves import from_torch
 from ._load import LoadReport

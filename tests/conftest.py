@@ -98,7 +98,7 @@ def maybe_jit(request):
 def host_path(request):
     """Runs concrete statistics on the host route and on the device route
     (forced for CPU arrays: small leaves fetched, large ones kernelled)."""
-    from pytreeparams._engine import force_device_path
+    from pytreeparams._moments._engine import force_device_path
 
     if request.param == 'device':
         with force_device_path():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pytreeparams as ptp
-from pytreeparams import _safetensors
+from pytreeparams._files import _safetensors
 
 
 def test_atomic_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
@@ -54,7 +54,7 @@ def test_killed_writer_leaves_previous_file(tmp_path):
     code = textwrap.dedent(
         f"""
         import os, numpy as np
-        from pytreeparams import _atomic
+        from pytreeparams._files import _atomic
         def die(f):
             f.write(b'x' * 100)
             f.flush()

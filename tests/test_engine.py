@@ -8,8 +8,8 @@ import numpy as np
 from conftest import run_on_8_devices
 
 import pytreeparams as ptp
-from pytreeparams import _engine
-from pytreeparams._engine import (
+from pytreeparams._moments import _engine
+from pytreeparams._moments._engine import (
     clear_programs,
     count_device_work,
     force_device_path,
@@ -25,7 +25,7 @@ def test_sharded_arrays_agree_and_show_nan_in_min_max():
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import pytreeparams as ptp
-from pytreeparams._engine import force_device_path, count_device_work
+from pytreeparams._moments._engine import force_device_path, count_device_work
 mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('a', 'b'))
 rng = np.random.default_rng(0)
 x = (3.0 + rng.standard_normal((256, 512))).astype(np.float32)

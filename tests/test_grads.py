@@ -122,7 +122,7 @@ def test_grad_stats_outside_jit_is_one_program_compiled_once():
     (op by op it re-traced every lax.cond and platform branch on every call);
     a second call with new values compiles nothing, and the numbers equal the
     jitted call's."""
-    from pytreeparams._engine import count_device_work
+    from pytreeparams._moments._engine import count_device_work
 
     g = {'a': {'w': jnp.array([3.0, 0.0]), 'b': jnp.array([4.0])}, 'c': jnp.ones((2, 3))}
     ptp.grad_stats(g, g, g, depth=1)

@@ -52,7 +52,7 @@ def test_inspect_jitted_and_fallback():
 
 
 def test_inspect_compiles_once_for_a_loss_function():
-    from pytreeparams._engine import count_device_work
+    from pytreeparams._moments._engine import count_device_work
 
     def loss(p, x):
         return jnp.sum(p['w'] * x)

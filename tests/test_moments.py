@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pytreeparams as ptp
-from pytreeparams import _jax_moments, _moments
-from pytreeparams._engine import (
+from pytreeparams._moments import _jax_moments, _moments
+from pytreeparams._moments._engine import (
     force_device_path,
     leaf_rows,
 )

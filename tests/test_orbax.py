@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from io_helpers import ALL_DTYPES, FUZZ, JSONISH, KEYS, arrays, assert_bit_exact
 
 import pytreeparams as ptp
-from pytreeparams import _orbax
+from pytreeparams._files import _orbax
 
 SHARDED = textwrap.dedent(
     """

@@ -320,7 +320,7 @@ def test_summary_of_a_mapped_file_releases_each_block_once_read(tmp_path, monkey
     large tensor once and releases its pages (benchmarks/io.py --lazy: 11 MiB peak
     growth for a 2 GB file of 20 MiB tensors); the numbers and the data are the
     same as for the array in memory. Arrays in memory release nothing."""
-    from pytreeparams import _host_moments
+    from pytreeparams._moments import _host_moments
 
     rng = np.random.default_rng(0)
     tree = {'big': rng.standard_normal(300_001).astype(np.float32), 'small': np.ones(3, np.float32)}
@@ -362,7 +362,7 @@ def test_narrow_floats_are_widened_block_by_block(dtype):
     kind 'V') counted no NaN before."""
     import ml_dtypes
 
-    from pytreeparams import _host_moments
+    from pytreeparams._moments import _host_moments
 
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(3 * _host_moments.HOST_BLOCK + 77) * 3).astype(

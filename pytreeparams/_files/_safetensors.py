@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import FormatError
+from .._flatten import unflatten
+from .._typing import PyTree
 from ._atomic import atomic_write_path
-from ._errors import FormatError
-from ._flatten import unflatten
 from ._formats import format_of
 from ._structure import FORMAT_VERSION, META_KEY, decode_structure, encode_structure
-from ._typing import PyTree
 
 _MAX_HEADER = 100 * 1024 * 1024
 

@@ -14,14 +14,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._errors import FormatError, PathError, StructureError
-from ._flatten import flatten, unflatten
-from ._keys import describe
-from ._messages import like_mismatch, no_match_message
+from .._errors import FormatError, PathError, StructureError
+from .._flatten import flatten, unflatten
+from .._keys import describe
+from .._messages import like_mismatch, no_match_message
+from .._patterns import match_flags, pattern_texts
+from .._typing import PyTree
 from ._msgpack import state_dict_of
-from ._patterns import match_flags, pattern_texts
 from ._structure import FORMAT_VERSION, encode_structure, rebuild_structure
-from ._typing import PyTree
 
 
 def save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:

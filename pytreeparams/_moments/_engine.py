@@ -52,9 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
+from .._leaves import is_concrete_array
 from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
-from ._leaves import is_concrete_array
 from ._moments import N_PARTIAL, Partial, finalize, merge
 
 __all__ = [
@@ -120,7 +120,7 @@ def count_device_work() -> Iterator[DeviceWork]:
 
     Example:
       >>> import numpy as np, pytreeparams as ptp
-      >>> from pytreeparams._engine import count_device_work
+      >>> from pytreeparams._moments._engine import count_device_work
       >>> with count_device_work() as work:
       ...     _ = ptp.summary({'w': np.ones(3)})
       >>> work.dispatches, work.fetches  # a host leaf is read in place
@@ -421,7 +421,7 @@ def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
 
     Example:
       >>> import numpy as np
-      >>> from pytreeparams._engine import leaf_rows
+      >>> from pytreeparams._moments._engine import leaf_rows
       >>> leaf_rows([np.array([3.0, 4.0]), None])[0].tolist()
       [3.5, 0.5, 3.0, 4.0, 5.0, 0.0, 0.0]
     """

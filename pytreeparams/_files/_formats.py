@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ._errors import FormatError
+from .._errors import FormatError
 
 PICKLE_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.pkl', '.pickle')
 PICKLE_MESSAGE = (

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 from flax.core import FrozenDict
 
+from .._errors import FormatError
+from .._flatten import children
+from .._keys import describe, unbox
+from .._typing import PyTree
 from ._atomic import atomic_write
-from ._errors import FormatError
-from ._flatten import children
-from ._keys import describe, unbox
 from ._structure import encode_structure, rebuild_structure
-from ._typing import PyTree
 
 
 def state_dict_of(node: Any, where: str, fetch: bool = True) -> Any:

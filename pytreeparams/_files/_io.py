@@ -21,17 +21,19 @@ import jax
 import numpy as np
 from flax.core import FrozenDict
 
-from ._errors import FormatError, PathError, StructureError
-from ._flatten import flatten, flatten_with_paths, unflatten
+from .._errors import FormatError, PathError, StructureError
+from .._flatten import flatten, flatten_with_paths, unflatten
+from .._keys import describe, unbox
+from .._leaves import is_key_dtype
+from .._messages import like_mismatch, no_match_message
+from .._paths import get
+from .._paths import set as set_path
+from .._patterns import map_with_path, match_flags, pattern_texts
+from .._tying import Ties, tie, untie
+from .._typing import PyTree
 from ._formats import format_of
-from ._keys import describe, unbox
-from ._leaves import is_key_dtype
-from ._messages import like_mismatch, no_match_message
 from ._msgpack import load_msgpack, save_msgpack
 from ._orbax import load_orbax, orbax_item, orbax_meta, save_orbax
-from ._paths import get
-from ._paths import set as set_path
-from ._patterns import map_with_path, match_flags, pattern_texts
 from ._safetensors import (
     load_safetensors,
     nest_names,
@@ -39,8 +41,6 @@ from ._safetensors import (
     read_state_dict,
     save_safetensors,
 )
-from ._tying import Ties, tie, untie
-from ._typing import PyTree
 
 __all__ = ['load', 'read_state_dict', 'save']
 

@@ -13,11 +13,11 @@ import jax
 import numpy as np
 from flax.core import FrozenDict
 
-from ._errors import FormatError
-from ._flatten import children, flatten
-from ._keys import describe, unbox
-from ._messages import quote_list
-from ._typing import PyTree
+from .._errors import FormatError
+from .._flatten import children, flatten
+from .._keys import describe, unbox
+from .._messages import quote_list
+from .._typing import PyTree
 
 META_KEY = 'pytreeparams'
 FORMAT_VERSION = 1
