@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import PathError
+from ._flatten import flatten_with_paths
 from ._grads import GRAD_STAT_NAMES, GradStats
-from ._patterns import select
+from ._messages import no_match_message
+from ._patterns import pattern_texts, select
 from ._typing import Pattern, PyTree
 
 __all__ = ['LayerFlags', 'dead_units', 'flag_layers']
@@ -103,10 +105,9 @@ def dead_units(grads: PyTree, pattern: Pattern = '**/kernel') -> dict[str, jax.A
       1
     """
 
-    try:
-        chosen = select(grads, pattern)
-    except PathError as e:  # dead_units takes no missing_ok: do not suggest it
-        raise PathError(str(e).replace(' Pass missing_ok=True to allow no match.', '')) from None
+    chosen = select(grads, pattern, missing_ok=True)
+    if not chosen:  # dead_units takes no missing_ok: its message does not suggest it
+        raise PathError(no_match_message(pattern_texts(pattern), flatten_with_paths(grads)[2]))
     out = {}
     for p, g in chosen.items():
         g = jnp.asarray(g)

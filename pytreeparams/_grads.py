@@ -24,7 +24,7 @@ from ._flatten import flatten_with_paths
 from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._keys import unbox_all
 from ._leaves import is_array, readable
-from ._messages import quote_list
+from ._messages import structure_mismatch_message
 from ._moments import jax_grad_partials
 from ._render import fmt_float, html_table, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
@@ -170,8 +170,9 @@ def _leaf_lists(
         missing = [p for p in paths_ref if p not in have]
         extra = [p for p in paths_ if p not in want]
         raise StructureError(
-            f'grad_stats: `{what}` does not match the gradients: missing '
-            f'{quote_list(missing) or "none"}; unexpected {quote_list(extra) or "none"}'
+            structure_mismatch_message(
+                f'grad_stats: `{what}` does not match the gradients', missing, extra
+            )
         )
     return readable(unbox_all(leaves)), paths_
 

@@ -16,7 +16,7 @@ from ._errors import StructureError
 from ._files import load
 from ._flatten import flatten_with_paths
 from ._keys import describe, rebox, same_dtype, unbox
-from ._messages import deprecated, joined_list, quote_list
+from ._messages import deprecated, joined_list, path_differences
 from ._patterns import capture_pattern, compile_pattern
 from ._typing import Pattern, PyTree
 
@@ -61,13 +61,7 @@ class LoadReport:
 
     def problems(self) -> list[str]:
         """One line per kind of problem (empty when ``ok``)."""
-        out = []
-        if self.missing:
-            out.append(f'missing in source ({len(self.missing)}): {quote_list(self.missing)}')
-        if self.unexpected:
-            out.append(
-                f'unexpected in source ({len(self.unexpected)}): {quote_list(self.unexpected)}'
-            )
+        out = path_differences(self.missing, self.unexpected, where=' in source')
         for name, d in (('shape', self.shape_mismatch), ('dtype', self.dtype_mismatch)):
             if d:
                 items = [f'{p!r} (target {a}, source {b})' for p, (a, b) in d.items()]

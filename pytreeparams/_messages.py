@@ -54,23 +54,37 @@ def joined_list(items: Sequence[str], limit: int = MAX_KEYS_SHOWN) -> str:
 
 
 def quote_list(items: Iterable[str], limit: int = MAX_KEYS_SHOWN) -> str:
-    items = list(items)
-    shown = ', '.join(repr(i) for i in items[:limit])
-    if len(items) > limit:
-        shown += f', ... ({len(items) - limit} more)'
-    return shown
+    """Names quoted and joined (the one list quoting), truncated as :func:`joined_list`.
+
+    Example:
+      >>> quote_list(['a/b', 'c'])
+      "'a/b', 'c'"
+    """
+    return joined_list([repr(i) for i in items], limit)
 
 
 def plural(n: int, word: str) -> str:
     return f'{n} {word}' + ('' if n == 1 else 's')
 
 
+def path_differences(
+    missing: Sequence[str], unexpected: Sequence[str], where: str = ''
+) -> list[str]:
+    """The one wording of missing and unexpected paths: a part for each kind there is.
+
+    Example:
+      >>> path_differences(['a/b'], ['c', 'd'], where=' in source')
+      ["missing 1 path in source: 'a/b'", "unexpected 2 paths in source: 'c', 'd'"]
+    """
+    return [
+        f'{what} {plural(len(paths_), "path")}{where}: {quote_list(paths_)}'
+        for what, paths_ in (('missing', missing), ('unexpected', unexpected))
+        if paths_
+    ]
+
+
 def structure_mismatch_message(what: str, missing: Sequence[str], unexpected: Sequence[str]) -> str:
-    parts = []
-    if missing:
-        parts.append(f'missing {plural(len(missing), "path")}: {quote_list(missing)}')
-    if unexpected:
-        parts.append(f'unexpected {plural(len(unexpected), "path")}: {quote_list(unexpected)}')
+    parts = path_differences(missing, unexpected) or ['the same paths in another order']
     return f'{what}: ' + '; '.join(parts)
 
 
@@ -122,15 +136,9 @@ def like_mismatch(
     ``partial_hint``: False, True (suggest ``load_into``), or ``'torch'`` for a
     file in PyTorch's layout (suggest ``from_torch_state_dict``).
     """
-    parts = [
-        f'{what} {len(v)}: ' + joined_list(v)
-        for what, v in (
-            ('missing', [repr(p) for p in missing]),
-            ('unexpected', [repr(p) for p in unexpected]),
-            ('mismatched', bad),
-        )
-        if v
-    ]
+    parts = path_differences(missing, unexpected)
+    if bad:
+        parts.append(f'mismatched {len(bad)}: ' + joined_list(bad))
     hints = ['Pass cast=True to convert to the dtypes of `like`'] if bad and dtype_only else []
     if partial_hint == 'torch':
         hints.append(

@@ -16,7 +16,7 @@ from flax import struct
 from ._flatten import flatten_with_paths
 from ._keys import unbox
 from ._leaves import is_array, readable
-from ._messages import did_you_mean
+from ._messages import did_you_mean, quote_list
 from ._moments import STAT_NAMES, finalize, jax_partials, leaf_rows
 from ._render import stats_text
 from ._typing import PyTree
@@ -67,7 +67,7 @@ class Stats:
         """
         if name not in STAT_NAMES:
             raise KeyError(
-                f'no statistic {name!r}; the statistics are {", ".join(STAT_NAMES)}.'
+                f'no statistic {name!r}; the statistics are {quote_list(STAT_NAMES)}.'
                 + did_you_mean(name, STAT_NAMES)
             )
         return self.table[:, STAT_NAMES.index(name)]

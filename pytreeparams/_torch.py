@@ -52,7 +52,7 @@ from ._flatten import flatten_with_paths, unflatten
 from ._keys import describe, unbox
 from ._leaves import from_torch
 from ._load import LoadReport
-from ._messages import nearest, quote_list
+from ._messages import did_you_mean, nearest, quote_list
 from ._patterns import capture_pattern
 from ._typing import PyTree
 
@@ -225,8 +225,7 @@ def _flatten_shapes(
         kernel = module if module.endswith('/kernel') else module.rstrip('/') + '/kernel'
         if kernel not in known:
             raise PathError(
-                f'after_flatten: no Dense kernel at {kernel!r}'
-                + (f'. Did you mean {nearest(kernel, paths_, 1)[0]!r}?' if paths_ else '')
+                f'after_flatten: no Dense kernel at {kernel!r}.' + did_you_mean(kernel, paths_)
             )
         out[kernel] = tuple(int(d) for d in shape)
     return out
@@ -356,7 +355,7 @@ def to_torch_state_dict(
         if source not in out:
             raise StructureError(
                 f'ties: the source {source!r} of {alias!r} is not in the state_dict '
-                f'(near: {", ".join(repr(k) for k in nearest(source, list(out), 3))})'
+                f'(near: {quote_list(nearest(source, list(out), 3))})'
             )
         out[alias] = out[source]  # the same array (tensor): one storage, as in PyTorch
     return out

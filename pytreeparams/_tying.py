@@ -24,6 +24,8 @@ from flax.core import FrozenDict
 from ._errors import StructureError
 from ._flatten import children, flatten_with_paths
 from ._keys import is_box, path_str, path_tuple, rebox, unbox
+from ._leaves import dtype_name, type_str
+from ._messages import quote_list
 from ._paths import get, set
 from ._typing import FlatTree, PyTree
 
@@ -202,7 +204,7 @@ def _check_shapes(alias: str, source: str, fn: Any, src_node: Any, alias_node: A
             f'{[p for p in w_paths if p not in g_paths]}'
         )
     if any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(g_leaves, w_leaves)):
-        desc = lambda ls: ', '.join(f'{np.dtype(x.dtype).name}{list(x.shape)}' for x in ls[:4])  # noqa: E731
+        desc = lambda ls: ', '.join(type_str(dtype_name(x.dtype), x.shape) for x in ls[:4])  # noqa: E731
         raise StructureError(
             f'Ties: {alias!r} cannot be rebuilt from {source!r}: the transform gives '
             f'{desc(g_leaves)} but the alias holds {desc(w_leaves)}'
@@ -320,7 +322,7 @@ def untie(
                 bad.append(a)
     if bad:
         raise StructureError(
-            f'untie: {len(bad)} alias(es) differ from their source: {", ".join(map(repr, bad))}; '
+            f'untie: {len(bad)} alias(es) differ from their source: {quote_list(bad)}; '
             'pass check=False to drop them anyway'
         )
     compact = params

@@ -84,7 +84,7 @@ def test_grad_stats_depth_combines_exactly():
 
 
 def test_grad_stats_structure_mismatch():
-    with pytest.raises(ptp.StructureError, match="missing 'b'"):
+    with pytest.raises(ptp.StructureError, match="missing 1 path: 'b'"):
         ptp.grad_stats({'a': jnp.ones(2), 'b': jnp.ones(2)}, {'a': jnp.ones(2)})
 
 

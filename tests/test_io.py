@@ -35,7 +35,7 @@ def test_load_like_mismatch_names_every_path(tmp_path):
     with pytest.raises(ptp.StructureError) as e:
         ptp.load(path, like=like)
     msg = str(e.value)
-    assert "missing 1: 'c'" in msg and "unexpected 1: 'x'" in msg
+    assert "missing 1 path: 'c'" in msg and "unexpected 1 path: 'x'" in msg
     assert "'a' (expected float32[3], file has float32[2])" in msg
     assert "'b' (expected int32[3], file has float32[3])" in msg
     assert 'ptp.load_into' in msg

@@ -141,7 +141,7 @@ def test_orbax_shape_or_structure_mismatch_names_the_path(tmp_path):
     ptp.save(ck, {'a': jnp.ones(3), 'b': jnp.ones(2)})
     with pytest.raises(ptp.StructureError, match=r"'a' \(expected float32\[4\]"):
         ptp.load(ck, like={'a': jnp.ones(4), 'b': jnp.ones(2)})
-    with pytest.raises(ptp.StructureError, match="missing 1: 'c'"):
+    with pytest.raises(ptp.StructureError, match="missing 1 path: 'c'"):
         ptp.load(ck, like={'a': jnp.ones(3), 'b': jnp.ones(2), 'c': jnp.ones(1)})
 
 

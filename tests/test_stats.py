@@ -16,7 +16,7 @@ def test_empty_and_non_array_leaves():
     assert s.paths == ('e', 'x')
     row = np.asarray(s.table[0])
     assert np.isnan(row[:5]).all() and row[5] == 0 and np.isnan(row[6])
-    with pytest.raises(KeyError, match='the statistics are mean'):
+    with pytest.raises(KeyError, match="the statistics are 'mean'"):
         s['mena']
 
 

@@ -117,8 +117,8 @@ def test_unmapped_entries_reported_and_user_rules():
     del sd['2.bias']
     with pytest.raises(ptp.StructureError) as e:
         ptp.from_torch_state_dict(sd, like=v)
-    assert "missing in source (1): 'params/layers_2/bias'" in str(e.value)
-    assert "unexpected in source (1): 'extra.weight'" in str(e.value)
+    assert "missing 1 path in source: 'params/layers_2/bias'" in str(e.value)
+    assert "unexpected 1 path in source: 'extra.weight'" in str(e.value)
     _, report = ptp.from_torch_state_dict(sd, like=v, strict=False)
     assert report.missing == ('params/layers_2/bias',)
 

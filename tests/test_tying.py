@@ -165,7 +165,7 @@ def test_declaration_errors():
         ptp.untie(tree, ptp.Ties({'b': 'z'}))
     with pytest.raises(
         ptp.StructureError,
-        match=r'transform gives float32\[3, 2\] but the alias holds float32\[2, 3\]',
+        match=r'transform gives float32\[3,2\] but the alias holds float32\[2,3\]',
     ):
         ptp.untie(tree, ptp.Ties({'b': ('a', ptp.transpose)}))
     with pytest.raises(ptp.StructureError, match="1 alias\\(es\\) differ from their source: 'b'"):
