@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ForwardRef, TypeAlias, Union
 
@@ -15,14 +14,11 @@ if TYPE_CHECKING:
 else:
     # chex.ArrayTree refers to itself by the name 'ArrayTree', which
     # typing.get_type_hints looks up in the caller's module (and fails, as it
-    # does for optax.apply_updates); this equal union binds the name to chex.
+    # does for optax.apply_updates). The same union, built from chex's public
+    # chex.Array, refers to itself here by its own name (no private chex module).
     _NNX_NODE = getattr(nnx, 'Pytree', None) or nnx.Object  # 'Object' before flax 0.12
-    _module = 'chex._src.pytypes'
-    if getattr(sys.modules.get(_module), 'ArrayTree', None) is chex.ArrayTree:
-        _ref = ForwardRef('ArrayTree', module=_module)
-        PyTree = Union[chex.Array, Iterable[_ref], Mapping[Any, _ref], _NNX_NODE]  # noqa: UP007
-    else:  # a chex that spells it otherwise
-        PyTree = Union[chex.ArrayTree, _NNX_NODE]  # noqa: UP007
+    _ref = ForwardRef('PyTree', module=__name__)
+    PyTree = Union[chex.Array, Iterable[_ref], Mapping[Any, _ref], _NNX_NODE]  # noqa: UP007
 """A tree of arrays, typed as optax and chex type parameters
 (``chex.ArrayTree``: dicts, FrozenDicts, lists, tuples, NamedTuples such as
 optax states, NNX ``State``), or an NNX module or other ``nnx.Pytree`` (pytrees

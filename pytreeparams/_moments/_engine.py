@@ -45,7 +45,7 @@ import dataclasses
 import math
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -227,23 +227,41 @@ def _table_dtype() -> Any:
     return np.float64 if jax.config.read('jax_enable_x64') else np.float32
 
 
-def _compile(key: tuple) -> Any:
-    """The AOT-compiled pack (``key[0] == 'pack'``) or kernel program of ``key``."""
-    sharding = SingleDeviceSharding(key[-1])
-    if key[0] == 'pack':
-        _, shape, dtype, size, _ = key
-        return _pack.lower(jax.ShapeDtypeStruct(shape, dtype, sharding=sharding), size).compile()
-    _, size, dtype, rows, table_dtype, _ = key
+class PackKey(NamedTuple):
+    """The program that flattens one shape and pads it to its size class, on one device."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    size: int
+    device: Any
+
+
+class KernelKey(NamedTuple):
+    """The statistics kernel of one size class and dtype, writing a ``rows``-row table."""
+
+    size: int
+    dtype: Any
+    rows: int
+    table_dtype: Any
+    device: Any
+
+
+def _compile(key: PackKey | KernelKey) -> Any:
+    """The AOT-compiled pack or kernel program of ``key``."""
+    sharding = SingleDeviceSharding(key.device)
+    if isinstance(key, PackKey):
+        shape = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding)
+        return _pack.lower(shape, key.size).compile()
     scalar = jax.ShapeDtypeStruct((), np.int32, sharding=sharding)
     return _kernel.lower(
-        jax.ShapeDtypeStruct((rows, N_PARTIAL), table_dtype, sharding=sharding),
-        jax.ShapeDtypeStruct((size,), dtype, sharding=sharding),
+        jax.ShapeDtypeStruct((key.rows, N_PARTIAL), key.table_dtype, sharding=sharding),
+        jax.ShapeDtypeStruct((key.size,), key.dtype, sharding=sharding),
         scalar,
         scalar,
     ).compile()
 
 
-def _program(key: tuple) -> Any:
+def _program(key: PackKey | KernelKey) -> Any:
     """The compiled program of ``key``: cached, awaited if compiling, else compiled now."""
     with _LOCK:
         program = _PROGRAMS.get(key)
@@ -258,11 +276,11 @@ def _program(key: tuple) -> Any:
     return program
 
 
-def _compile_later(keys: list[tuple]) -> None:
+def _compile_later(keys: list[PackKey | KernelKey]) -> None:
     """Compiles ``keys`` on a background thread (each once), for the next call."""
     global _COMPILER
 
-    def job(key: tuple) -> Any:
+    def job(key: PackKey | KernelKey) -> Any:
         try:
             program = _compile(key)
             with _LOCK:
@@ -323,8 +341,8 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
             x = pieces[j]
             size = size_class(math.prod(x.shape))
             keys = (
-                ('pack', x.shape, x.dtype, size, device),
-                ('kernel', size, x.dtype, rows, table_dtype, device),
+                PackKey(x.shape, x.dtype, size, device),
+                KernelKey(size, x.dtype, rows, table_dtype, device),
             )
             with _LOCK:
                 ready = all(k in _PROGRAMS for k in keys)
