@@ -14,6 +14,7 @@ each. The formats themselves: ``_safetensors``, ``_msgpack``, ``_orbax``.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,11 +24,18 @@ from flax.core import FrozenDict
 
 from ._errors import FormatError, PathError, StructureError
 from ._flatten import flatten, flatten_with_paths, unflatten
-from ._formats import format_of
+from ._formats import format_of, scheme_of
 from ._keys import describe, is_key_dtype, unbox
 from ._messages import like_mismatch, no_match_message
 from ._msgpack import load_msgpack, save_msgpack
-from ._orbax import load_orbax, orbax_item, orbax_meta, save_orbax
+from ._orbax import (
+    CheckpointChanged,
+    load_orbax,
+    orbax_item,
+    orbax_meta,
+    save_in_flight,
+    save_orbax,
+)
 from ._paths import get
 from ._paths import set as set_path
 from ._patterns import map_with_path, match_flags, pattern_texts
@@ -123,6 +131,14 @@ def _like_key_data(like: PyTree, impls: Mapping[str, str]) -> PyTree:
         return x
 
     return map_with_path(like, to_data)
+
+
+def _has(tree: PyTree, path: str) -> bool:
+    try:
+        get(tree, path)
+    except (KeyError, IndexError, TypeError):
+        return False
+    return True
 
 
 def _data_to_keys(tree: PyTree, impls: Any, path: str) -> PyTree:
@@ -252,8 +268,25 @@ def load(
       >>> ptp.load(path, like={'w': jnp.zeros(3)})['w'].tolist()
       [0.0, 1.0, 2.0]
     """
+    # An Orbax folder that another process replaces while it is read is read again:
+    # the metadata and the arrays always come from one checkpoint.
+    for attempt in range(_READ_TRIES):
+        try:
+            return _load_once(path, like, cast, step, select)
+        except (CheckpointChanged, FileNotFoundError, FormatError) as e:
+            last = attempt == _READ_TRIES - 1
+            if last or not (isinstance(e, CheckpointChanged) or save_in_flight(os.fspath(path))):
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError('unreachable')  # pragma: no cover
+
+
+_READ_TRIES = 5
+
+
+def _load_once(path: Any, like: PyTree, cast: bool, step: Any, select: Any) -> PyTree:
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not scheme_of(path) and not os.path.exists(path):
         raise FileNotFoundError(f'no such checkpoint: {path!r}')
     fmt = format_of(path)
     if fmt == 'safetensors':
@@ -282,13 +315,15 @@ def load(
         like = _like_key_data(like, impls)
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
-        tree = load_orbax(path, like, cast, meta.get('structure'), select)
+        tree = load_orbax(path, like, cast, meta, select)
     if like is not None:
         foreign = fmt in ('safetensors', 'npz') and (
             not meta or any('.' in p for p in flatten(tree))
         )
         tree = _check_like(tree, like, path, cast, 'torch' if foreign else True)
     if impls:
+        if select is not None and isinstance(impls, dict):  # only the selected keys were read
+            impls = {p: v for p, v in impls.items() if not isinstance(v, str) or _has(tree, p)}
         tree = _data_to_keys(tree, impls, path)
     if select is not None:
         flat = flatten(tree)
