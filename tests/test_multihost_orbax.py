@@ -27,7 +27,8 @@ sh = {
 }
 full = {'w': np.arange(128.0, dtype=np.float32).reshape(16, 8),
         'b': np.arange(8, dtype=np.float32), 'r': np.ones(3, np.float32)}
-tree = {k: jax.make_array_from_callback(v.shape, sh[k], lambda i, v=v: v[i]) for k, v in full.items()}
+tree = {k: jax.make_array_from_callback(v.shape, sh[k], lambda i, v=v: v[i])
+        for k, v in full.items()}
 tree['step'] = 7
 ck = os.path.join(folder, 'ck')
 ptp.save(ck, tree)
