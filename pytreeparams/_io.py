@@ -69,12 +69,16 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
         safetensors), before anything is written.
       StructureError: If an alias of ``ties`` differs from its source.
       FileExistsError: For an Orbax save onto a file, or onto a folder that is
-        not an Orbax checkpoint (an existing checkpoint is replaced; after a
-        failure midway the previous one loads as before).
+        not a finished Orbax checkpoint (an existing checkpoint is replaced; after
+        a failure midway the previous one loads as before).
+      StructureError: For two paths Orbax would store under one name
+        (``'a.b'`` beside ``'a'/'b'``).
       FileNotFoundError: If the target's folder does not exist.
 
     A path that is a symlink is written through: its target gets the new
-    content (atomically), the link stays.
+    content (atomically), the link stays. An Orbax folder may be a URL
+    (``gs://bucket/ckpt``); in a multi-process job every process calls ``save``
+    and one checkpoint is written (a failure on any process is raised on all).
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
@@ -236,8 +240,8 @@ def load(
         shape and dtype is checked, and arrays are placed with its shardings.
       cast: Convert each array to the dtype of ``like`` instead of raising on
         a dtype mismatch (the same rule for every format).
-      step: For an Orbax ``CheckpointManager`` folder, the step to read (the
-        latest by default); a step folder or a single checkpoint works too.
+      step: For an Orbax ``CheckpointManager`` folder, the step to read (an
+        int; the latest by default); a step folder or a single checkpoint works too.
       select: A pattern (glob, ``re.Pattern`` or a list): only the matching
         leaves, as nested dicts. A safetensors file is memory-mapped, so only
         the selected tensors are read from disk (safetensors: memory-mapped;
@@ -260,6 +264,12 @@ def load(
       StructureError: If it does not match ``like`` (naming every path).
       PathError: If ``select`` matches no leaf (naming the nearest).
       ValueError: For ``select`` with ``like``.
+      TypeError: For a ``step`` that is not an int (``'2'``, ``True``).
+
+    An Orbax folder (also a URL such as ``gs://bucket/ckpt``, read through Orbax
+    and ``etils.epath``) is read as one checkpoint: if another process replaces it
+    meanwhile, it is read again. In a multi-process job every process calls
+    ``load``; arrays go onto ``like``'s shardings, else onto this process's devices.
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp

@@ -30,11 +30,10 @@ import jax
 import numpy as np
 
 from ._errors import FormatError, PathError, StructureError
-from ._flatten import flatten, unflatten
+from ._flatten import flatten, flatten_with_paths, unflatten
 from ._formats import scheme_of
-from ._keys import describe
+from ._keys import describe, unbox
 from ._messages import like_mismatch, no_match_message
-from ._msgpack import state_dict_of
 from ._patterns import match_flags, pattern_texts
 from ._structure import FORMAT_VERSION, encode_structure, rebuild_structure
 from ._typing import PyTree
@@ -159,8 +158,18 @@ def agree(error: BaseException | None, doing: str, token: int = 0) -> int:
     return int(got[0, 1])
 
 
-def _check_leaves(tree: PyTree) -> Any:
-    """The state dict Orbax writes; refuses leaves and names Orbax cannot hold."""
+def _check_leaves(tree: PyTree) -> tuple[Any, list[str]]:
+    """The tree Orbax writes, and the paths of its NNX Variables; refuses leaves
+    and names Orbax cannot hold.
+
+    The tree goes to Orbax in its own containers (tuples, namedtuples, NNX
+    ``State`` and ``Variable``), as a plain ``StandardCheckpointer().save`` would
+    write it, so that plain Orbax restores the folder with an abstract target. Boxes
+    other than NNX Variables (Flax's ``Partitioned``) are unboxed. Orbax names an
+    NNX Variable's array ``.../value``; ``pytreeparams.json`` lists those paths.
+    """
+    from flax import nnx
+
     for p, x in flatten(tree).items():
         if not (hasattr(x, 'dtype') or isinstance(x, (bool, int, float))):
             raise ValueError(
@@ -172,12 +181,15 @@ def _check_leaves(tree: PyTree) -> Any:
                 f'save: {p!r} is an empty array ({describe(x)}), which an Orbax checkpoint '
                 'cannot hold; use a .safetensors or .msgpack file; nothing was written'
             )
-    # Flax's state dict (as in msgpack): the same layout whatever the tree's
-    # containers; the containers themselves are recorded in pytreeparams.json
-    state = state_dict_of(tree, '', fetch=False)
+    leaves, treedef, paths = flatten_with_paths(tree)
+    variables = [isinstance(x, nnx.Variable) for x in leaves]
+    value_paths = [p for p, v in zip(paths, variables) if v]
+    state = jax.tree_util.tree_unflatten(
+        treedef, [x if v else unbox(x) for x, v in zip(leaves, variables)]
+    )
     seen: dict[str, str] = {}
-    for p in flatten(state):
-        name = p.replace('/', '.')  # Orbax names each array by its keys joined with '.'
+    for p, v in zip(paths, variables):
+        name = (p + '/value' if v else p).replace('/', '.')  # Orbax joins keys with '.'
         if name in seen:
             raise StructureError(
                 f'save: {seen[name]!r} and {p!r} would be stored under one Orbax name '
@@ -185,7 +197,7 @@ def _check_leaves(tree: PyTree) -> Any:
                 'Rename a key, or save to a .safetensors or .msgpack file; nothing was written'
             )
         seen[name] = p
-    return state
+    return state, value_paths
 
 
 def _check_target(path: str) -> None:
@@ -206,7 +218,7 @@ def _check_target(path: str) -> None:
 def save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
     import orbax.checkpoint as ocp
 
-    state = _check_leaves(tree)  # the same on every process: no agreement needed
+    state, value_paths = _check_leaves(tree)  # the same on every process: no agreement needed
     path = _resolve(path)
     parent, base = _split(path)
     error = None
@@ -223,6 +235,7 @@ def save_orbax(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
         'version': FORMAT_VERSION,
         'id': ckpt_id,
         'structure': encode_structure(tree, '', None),
+        **({'value_paths': value_paths} if value_paths else {}),
         **extra,
     }
     primary = jax.process_index() == 0
@@ -367,18 +380,22 @@ def save_in_flight(path: str) -> bool:
     return any(n.startswith((f'.{base}.', f'{base}.old-')) for n in names)
 
 
-Stored = dict[str, tuple[tuple[int, ...], np.dtype, str]]
+class Stored(dict):
+    """``{path: (shape, dtype, kind)}`` of a checkpoint's leaves (``kind``:
+    ``'scalar'`` for a Python number, ``'host'`` for a NumPy array, ``'device'``
+    for a jax array), and Orbax's metadata tree (``.tree``: the stored containers)."""
+
+    tree: Any = None
 
 
 def _orbax_arrays(ckptr: Any, path: str) -> Stored:
-    """``{path: (shape, dtype, kind)}`` of the leaves of an Orbax checkpoint (its
-    metadata; nothing else is read). ``kind``: ``'scalar'`` (a Python number),
-    ``'host'`` (saved from a NumPy array) or ``'device'`` (a jax array)."""
+    """The leaves of an Orbax checkpoint, from its metadata (nothing else is read)."""
     meta = ckptr.metadata(path)
     tree = getattr(meta, 'tree', None)
     if tree is None:
         tree = getattr(getattr(meta, 'item_metadata', None), 'tree', meta)
-    out = {}
+    out = Stored()
+    out.tree = tree
     for p, m in flatten(tree).items():
         dtype = getattr(m, 'dtype', None)
         if dtype is not None:
@@ -401,14 +418,22 @@ def stored_leaves(path: str) -> Stored:
         raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
 
 
-def nnx_names(stored: Stored, has_meta: bool) -> dict[str, str]:
-    """``{shown: stored}`` names: a checkpoint written by plain Orbax from an NNX
-    ``State`` (every leaf a Variable's ``.../value``) is shown without the
-    ``/value``, as ``nnx.state`` and ``ptp.paths`` name its leaves."""
+def nnx_names(stored: Any, meta: dict[str, Any]) -> dict[str, str]:
+    """``{shown: stored}`` names. An NNX Variable's array is stored as
+    ``.../value`` (Orbax's name for it) and shown without it, as ``nnx.state`` and
+    ``ptp.paths`` name it: the paths ``pytreeparams.json`` lists, or, in a folder
+    written by plain Orbax, every leaf when all end in ``/value`` (an NNX State)."""
     names = list(stored)
-    if not has_meta and names and all(n.endswith('/value') for n in names):
-        return {n[: -len('/value')]: n for n in names}
-    return {n: n for n in names}
+    if meta:
+        values = meta.get('value_paths')
+        values = set(values) if isinstance(values, list) else set()
+    else:
+        every = bool(names) and all(n.endswith('/value') for n in names)
+        values = {n[: -len('/value')] for n in names} if every else set()
+    return {
+        (n[: -len('/value')] if n.endswith('/value') and n[: -len('/value')] in values else n): n
+        for n in names
+    }
 
 
 def load_orbax(
@@ -446,11 +471,9 @@ def _restore_all(ocp: Any, path: str, meta: dict[str, Any]) -> PyTree:
         flat = flatten(tree)  # names every leaf can be spelled by (a hostile folder's may not)
     except Exception as e:
         raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
-    if not meta:  # written by plain Orbax: an NNX State's leaves without their '/value'
-        arrays = {p: x for p, x in flat.items() if hasattr(x, 'dtype')}
-        names = nnx_names({p: ((), np.dtype('f4'), 'device') for p in arrays}, False)
-        if any(k != v for k, v in names.items()):
-            return unflatten({k: flat[v] for k, v in names.items()})
+    names = nnx_names(flat, meta)  # NNX Variables' arrays without their '/value'
+    if any(k != v for k, v in names.items()):
+        tree = unflatten({k: flat[v] for k, v in names.items()})
     if meta.get('structure') is not None:
         tree = rebuild_structure(tree, meta['structure'], path)
     return tree
@@ -460,7 +483,7 @@ def _restore_some(
     ocp: Any, path: str, like: PyTree | None, cast: bool, meta: dict[str, Any], select: Any
 ) -> PyTree:
     stored = stored_leaves(path)
-    names = nnx_names(stored, bool(meta))
+    names = nnx_names(stored, meta)
     if like is None:
         shown = tuple(names)
         chosen = [p for p, hit in zip(shown, match_flags(shown, select)) if hit]
@@ -495,18 +518,6 @@ def _restore_some(
     return _restore_paths(ocp, path, plan, stored)
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """Nested dicts keyed by the path's strings, as Orbax stored them ('0' stays '0')."""
-    out: dict[str, Any] = {}
-    for p, x in flat.items():
-        *head, last = p.split('/')
-        node = out
-        for k in head:
-            node = node.setdefault(k, {})
-        node[last] = x
-    return out
-
-
 def _restore_paths(ocp: Any, path: str, plan: dict[str, tuple[str, Any]], stored: Stored) -> PyTree:
     """Orbax's partial restore of the stored leaves that ``plan`` names
     (``{shown path: (stored path, target)}``; nothing else is read), nested dicts by
@@ -525,11 +536,11 @@ def _restore_paths(ocp: Any, path: str, plan: dict[str, tuple[str, Any]], stored
             )
         else:
             target[name] = want
-    nested = _nest(target)
+    # the stored containers (lists stay lists), every leaf not asked for skipped
+    leaves, treedef, paths = flatten_with_paths(stored.tree)
+    nested = jax.tree_util.tree_unflatten(treedef, [target.get(p, ocp.PLACEHOLDER) for p in paths])
     args = ocp.args.PyTreeRestore(
-        item=nested,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(nested),
-        partial_restore=True,
+        item=nested, restore_args=ocp.checkpoint_utils.construct_restore_args(nested)
     )
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
@@ -589,3 +600,41 @@ def orbax_item(path: str, step: int | None = None) -> str:
     if items:
         raise FormatError(f'{path!r} holds several items {items}: name one, e.g. {path}/{items[0]}')
     raise FormatError(f'{path!r} is not an Orbax checkpoint (no _METADATA, no step folders)')
+
+
+def abstract_orbax(path: str, step: int | None = None, select: Any = None) -> PyTree:
+    """The checkpoint as ``jax.ShapeDtypeStruct`` leaves, from its metadata alone
+    (Python scalars are read, they are small; PRNG keys as keys): what a summary
+    without statistics needs, at the memory of the metadata. Nested dicts by path;
+    only the paths matching ``select`` if given.
+
+    Raises:
+      FormatError: If ``path`` holds no readable Orbax checkpoint.
+      PathError: If ``select`` matches no leaf.
+    """
+    import orbax.checkpoint as ocp
+
+    path = orbax_item(path, step)
+    meta = orbax_meta(path)
+    stored = stored_leaves(path)
+    names = nnx_names(stored, meta)
+    if select is not None:
+        shown = tuple(names)
+        names = {p: names[p] for p, hit in zip(shown, match_flags(shown, select)) if hit}
+        if not names:
+            raise PathError(no_match_message(pattern_texts(select), list(shown)))
+    out: dict[str, Any] = {p: jax.ShapeDtypeStruct(*stored[n][:2]) for p, n in names.items()}
+    scalars = {p: (n, None) for p, n in names.items() if stored[n][2] == 'scalar'}
+    if scalars:
+        out.update(flatten(_restore_paths(ocp, path, scalars, stored)))
+    impls = meta.get('prng_keys')
+    for p, impl in impls.items() if isinstance(impls, dict) else ():
+        if p in out and isinstance(impl, str):
+            data = out[p]
+            out[p] = jax.eval_shape(
+                lambda d=data, i=impl: jax.random.wrap_key_data(
+                    jax.numpy.zeros(d.shape, d.dtype), impl=i
+                )
+            )
+    _same_checkpoint(path, meta.get('id'))
+    return unflatten(out)

@@ -274,3 +274,31 @@ def test_a_url_without_its_filesystem_is_a_clear_error(monkeypatch):
         ptp.save('s3://bucket/ckpt', {'w': np.ones(2)})
     with pytest.raises(ptp.FormatError, match="load: cannot reach 's3://bucket/ckpt"):
         ptp.load('s3://bucket/ckpt')
+
+
+def test_plain_orbax_restores_ptp_folders_of_nnx_and_optax_states(tmp_path):
+    """ptp's folders in Orbax's own layout: StandardCheckpointer().restore with an
+    abstract target, as the Flax NNX and optax guides do, and ptp reads them back."""
+    import optax
+
+    nnx, Model = _nnx_model()
+    state = nnx.state(Model(nnx.Rngs(0)))
+    ptp.save(tmp_path / 'nnx', state)
+    abstract = nnx.state(nnx.eval_shape(lambda: Model(nnx.Rngs(1))))
+    with ocp.StandardCheckpointer() as ckptr:
+        back = ckptr.restore(tmp_path / 'nnx', abstract)
+    chex.assert_trees_all_equal(ptp.flatten(back), ptp.flatten(state))
+    assert ptp.paths(ptp.load(tmp_path / 'nnx')) == ptp.paths(state)
+    chex.assert_trees_all_equal(
+        ptp.flatten(ptp.load(tmp_path / 'nnx', like=abstract)), ptp.flatten(state)
+    )
+    assert ptp.paths(ptp.load(tmp_path / 'nnx', select='**/kernel')) == ['l1/kernel', 'l2/kernel']
+
+    params = {'w': jnp.ones((2, 3)), 'b': jnp.arange(3.0)}
+    opt = {'opt': optax.adam(1e-3).init(params), 'step': 3, 'layers': [params, (params['b'],)]}
+    ptp.save(tmp_path / 'opt', opt)
+    with ocp.StandardCheckpointer() as ckptr:
+        back = ckptr.restore(tmp_path / 'opt', jax.eval_shape(lambda: opt))
+    assert jax.tree.structure(back) == jax.tree.structure(opt)
+    chex.assert_trees_all_equal(back, opt)
+    chex.assert_trees_all_equal(ptp.load(tmp_path / 'opt', like=opt), opt)
