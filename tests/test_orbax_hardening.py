@@ -302,3 +302,27 @@ def test_plain_orbax_restores_ptp_folders_of_nnx_and_optax_states(tmp_path):
     assert jax.tree.structure(back) == jax.tree.structure(opt)
     chex.assert_trees_all_equal(back, opt)
     chex.assert_trees_all_equal(ptp.load(tmp_path / 'opt', like=opt), opt)
+
+
+# 25.6: the command line lists an Orbax folder from its metadata
+def test_cli_summary_of_an_orbax_folder_reads_metadata_or_only_the_selection(
+    tmp_path, monkeypatch, capsys
+):
+    from pytreeparams._cli import main
+
+    ck = str(tmp_path / 'ck')
+    ptp.save(ck, {'enc': {'w': np.ones((3, 4), np.float32)}, 'dec': {'w': np.zeros(5)}})
+
+    def no_restore(*args, **kwargs):
+        raise AssertionError('arrays were restored')
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, 'restore', no_restore)
+    real = ocp.PyTreeCheckpointer.restore
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, 'restore', no_restore)
+    assert main(['summary', ck, '--no-stats', '--plain']) == 0
+    out = capsys.readouterr().out
+    assert '2 leaves, 17 parameters' in out and 'float32[3,4]' in out and 'float64[5]' in out
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, 'restore', real)  # the partial restore only
+    assert main(['summary', ck, '--select', 'enc/**', '--plain']) == 0
+    out = capsys.readouterr().out
+    assert '1 leaves, 12 parameters' in out and 'enc/w' in out and 'dec/w' not in out
