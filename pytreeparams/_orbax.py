@@ -370,7 +370,7 @@ def _same_checkpoint(path: str, ckpt_id: Any) -> None:
 def save_in_flight(path: str) -> bool:
     """Whether a save of ``path`` is under way beside it (its temporary folder or
     the previous checkpoint moved aside): a failed read may then be retried."""
-    if scheme_of(path):
+    if scheme_of(path) or path.lower().endswith(('.safetensors', '.msgpack', '.npz')):
         return False
     parent, base = _split(_resolve(path))
     try:
