@@ -294,7 +294,7 @@ def load(
 _READ_TRIES = 5
 
 
-def _load_once(path: Any, like: PyTree, cast: bool, step: Any, select: Any) -> PyTree:
+def _load_once(path: Any, like: PyTree | None, cast: bool, step: Any, select: Any) -> PyTree:
     path = os.fspath(path)
     if not scheme_of(path) and not os.path.exists(path):
         raise FileNotFoundError(f'no such checkpoint: {path!r}')

@@ -69,7 +69,7 @@ def _join(parent: str, name: str) -> str:
 
 
 def _epath(path: str) -> Any:
-    from etils import epath
+    from etils import epath  # type: ignore[import-untyped]
 
     return epath.Path(path)
 
