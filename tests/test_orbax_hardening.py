@@ -327,3 +327,25 @@ def test_cli_summary_of_an_orbax_folder_reads_metadata_or_only_the_selection(
     assert main(['summary', ck, '--select', 'enc/**', '--plain']) == 0
     out = capsys.readouterr().out
     assert '1 leaves, 12 parameters' in out and 'enc/w' in out and 'dec/w' not in out
+
+
+def test_a_failed_save_says_where_what_it_could_not_clean_up_is(tmp_path, monkeypatch):
+    ck = str(tmp_path / 'ck')
+    ptp.save(ck, {'w': np.zeros(2)})
+    real_move = _orbax._move
+
+    def move(src, dst):  # the new folder cannot go in, nor the old one back
+        if os.path.basename(src).startswith(('.ck.', 'ck.old-')):
+            raise OSError('injected: read-only')
+        return real_move(src, dst)
+
+    monkeypatch.setattr(_orbax, '_move', move)
+    monkeypatch.setattr(_orbax, '_rmtree', lambda p: (_ for _ in ()).throw(OSError('busy')))
+    with (
+        pytest.warns(RuntimeWarning, match=r"temporary folder '.*/\.ck\.[0-9a-f]{8}' could not"),
+        pytest.raises(OSError, match=r"previous one could not be moved back: it is at '.*ck\.old-"),
+    ):
+        ptp.save(ck, {'w': np.ones(2)})
+    monkeypatch.undo()
+    backup = next(n for n in os.listdir(tmp_path) if n.startswith('ck.old-'))
+    np.testing.assert_array_equal(ptp.load(tmp_path / backup)['w'], np.zeros(2))
