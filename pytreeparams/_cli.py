@@ -18,7 +18,7 @@ from typing import Any
 from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
-from ._formats import format_of
+from ._formats import format_of, scheme_of
 from ._io import load
 from ._orbax import abstract_orbax
 from ._rows import parameter_count
@@ -105,7 +105,7 @@ def _read_for_summary(args: argparse.Namespace) -> Any:
     """What ``summary`` needs of the checkpoint. An Orbax folder is read from its
     metadata alone with ``--no-stats``, and only the selected arrays with
     ``--select``: a checkpoint larger than memory can be listed."""
-    if format_of(args.file) == 'orbax':
+    if (scheme_of(args.file) or os.path.isdir(args.file)) and format_of(args.file) == 'orbax':
         if args.no_stats:
             return abstract_orbax(args.file, args.step, args.select)
         if args.select is not None:

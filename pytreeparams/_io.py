@@ -67,12 +67,11 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     Raises:
       ValueError: If a leaf cannot be stored in the format (e.g. complex in
         safetensors), before anything is written.
-      StructureError: If an alias of ``ties`` differs from its source.
+      StructureError: If an alias of ``ties`` differs from its source, or two
+        paths would share one name in an Orbax folder (``'a.b'`` beside ``'a'/'b'``).
       FileExistsError: For an Orbax save onto a file, or onto a folder that is
         not a finished Orbax checkpoint (an existing checkpoint is replaced; after
         a failure midway the previous one loads as before).
-      StructureError: For two paths Orbax would store under one name
-        (``'a.b'`` beside ``'a'/'b'``).
       FileNotFoundError: If the target's folder does not exist.
 
     A path that is a symlink is written through: its target gets the new
