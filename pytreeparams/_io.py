@@ -77,7 +77,8 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     A path that is a symlink is written through: its target gets the new
     content (atomically), the link stays. An Orbax folder may be a URL
     (``gs://bucket/ckpt``); in a multi-process job every process calls ``save``
-    and one checkpoint is written (a failure on any process is raised on all).
+    and one checkpoint is written (a failure on any process outside Orbax's own
+    collective write is raised on all, and the previous checkpoint is kept).
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp

@@ -9,7 +9,9 @@ process agrees on, beside the target; the primary host then writes
 step metadata) and moves it over the old checkpoint. Every step that can fail on
 one process alone ends in an agreement (one all-gather of an ok flag), so that
 every process raises instead of waiting at a barrier the failed one never meets.
-A failure inside Orbax's own collective write is Orbax's to report.
+A failure inside Orbax's own collective write is Orbax's to report: its barriers
+are collectives that wait for every process (Orbax's absl flag
+``experimental_orbax_use_distributed_barrier`` makes them time out after 300 s).
 
 Paths with a scheme (``gs://``, ``s3://``) reach Orbax and ``etils.epath``
 unchanged.
