@@ -3,6 +3,8 @@
 Run: python benchmarks/io.py [--rounds N]
      python benchmarks/io.py --lazy   (peak memory of partial reads of a 2 GB file)
      python benchmarks/io.py --lazy --dtype float16   (the summary of a 1 GB float16 file)
+     python benchmarks/io.py --lazy --orbax-only --tensors 20   (an Orbax folder of 400 MB:
+         select= and `pytreeparams summary FOLDER --no-stats`, peak RSS against the interpreter's)
 """
 
 from __future__ import annotations
@@ -44,8 +46,23 @@ elif sys.argv[2] == 'load_into':
     out, report = ptp.load_into(sys.argv[1], like=like, strict=False)
     assert float(out['t_042'].sum()) != 0 and len(report.unexpected) == 99
 elif sys.argv[2] == 'orbax_select':
-    out = ptp.load(sys.argv[1], select='t_042')
-    assert float(out['t_042'].sum()) != 0 and list(out) == ['t_042']
+    out = ptp.load(sys.argv[1], select='t_000')
+    assert float(out['t_000'].sum()) != 0 and list(out) == ['t_000']
+elif sys.argv[2] == 'orbax_meta':  # the baseline: the interpreter, Orbax and the metadata
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        assert len(ckptr.metadata(sys.argv[1]).item_metadata.tree) > 0
+elif sys.argv[2] == 'orbax_cli_no_stats':  # `pytreeparams summary FOLDER --no-stats`
+    import contextlib, io
+    from pytreeparams._cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        assert main(['summary', sys.argv[1], '--no-stats', '--plain']) == 0
+    assert 't_000' in text.getvalue()
+elif sys.argv[2] == 'orbax_full_no_stats':  # what the command line did before: every array read
+    s = ptp.summary(ptp.load(sys.argv[1]), stats=False)
+    assert s.totals.leaves > 0
 elif sys.argv[2] == 'summary':
     s = ptp.summary(ptp.load(sys.argv[1]))  # what `pytreeparams summary FILE` does
     assert s.totals.size == 100 * 2048 * 2560
@@ -56,23 +73,64 @@ print(before, status('VmHWM:'))
 """
 
 
-def _big_tree(dtype: str = 'float32') -> dict[str, np.ndarray]:
+def _big_tree(dtype: str = 'float32', n: int = 100) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {
-        f't_{i:03d}': rng.standard_normal((2048, 2560), np.float32).astype(dtype)
-        for i in range(100)
+        f't_{i:03d}': rng.standard_normal((2048, 2560), np.float32).astype(dtype) for i in range(n)
     }
 
 
-def _peak_growth(path: str, what: str) -> int:
-    """Peak RSS growth in bytes of one read, in a fresh process."""
+def _peak_growth(path: str, what: str, absolute: bool = False) -> int:
+    """Peak RSS growth in bytes of one read, in a fresh process (``absolute``: the
+    process's peak RSS)."""
     import subprocess
     import sys
 
     out = subprocess.run(
         [sys.executable, '-c', _CHILD, path, what], capture_output=True, text=True, check=True
     ).stdout.split()
-    return (int(out[1]) - int(out[0])) * 1024
+    return (int(out[1]) - (0 if absolute else int(out[0]))) * 1024
+
+
+def _du(folder: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files
+    )
+
+
+def orbax_lazy(n: int, folder: str | None = None) -> None:
+    """Peak resident memory (VmHWM, each in a fresh process) of reading an Orbax
+    folder of ``n`` float32 tensors of 20 MiB: ``select=`` of one (growth), and the
+    command line's ``summary FOLDER --no-stats`` against the interpreter's own peak
+    with Orbax imported and the checkpoint's metadata read (the baseline), and
+    against a summary of every array restored (what the command line did before)."""
+    own = folder is None
+    folder = folder or tempfile.mkdtemp(prefix='ptp-lazy-orbax-')
+    orbax = os.path.join(folder, 'big_orbax')
+    ptp.save(orbax, _big_tree(n=n))
+    size = _du(orbax)
+    print(f'Orbax folder: {size / 2**20:.0f} MiB, {n} float32 tensors of 20 MiB')
+    grown = _peak_growth(orbax, 'orbax_select')
+    print('| read | peak RSS | / baseline |')
+    print('|---|---|---|')
+    base = _peak_growth(orbax, 'orbax_meta', absolute=True)
+    print(
+        f'| baseline: interpreter, pytreeparams, Orbax, metadata read | {base / 2**20:.0f} MiB '
+        '| 1.00 |',
+        flush=True,
+    )
+    rows = {
+        'orbax_cli_no_stats': '`pytreeparams summary FOLDER --no-stats` (metadata only)',
+        'orbax_full_no_stats': 'summary(load(folder), stats=False) (every array restored)',
+    }
+    for what, label in rows.items():
+        peak = _peak_growth(orbax, what, absolute=True)
+        print(f'| {label} | {peak / 2**20:.0f} MiB | {peak / base:.2f} |', flush=True)
+    print(
+        f"load(folder, select='t_000'): peak RSS growth {grown / 2**20:.0f} MiB "
+        f'({grown / size:.1%} of the folder)'
+    )
+    shutil.rmtree(orbax if not own else folder)
 
 
 def lazy(dtype: str = 'float32') -> None:
@@ -93,7 +151,7 @@ def lazy(dtype: str = 'float32') -> None:
         'load_into': 'load_into(path, like={1 tensor}, strict=False)',
         'summary': f'summary(load(path)), as the command line (largest tensor: {tensor:.0f} MiB)',
         'all': 'load(path), every tensor summed',
-        'orbax_select': "Orbax folder: load(folder, select='t_042') (partial restore)",
+        'orbax_select': "Orbax folder: load(folder, select='t_000') (partial restore)",
     }
     if dtype != 'float32':
         grown = _peak_growth(path, 'summary')
@@ -103,10 +161,7 @@ def lazy(dtype: str = 'float32') -> None:
         grown = _peak_growth(path, what)
         print(f'| {label[what]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)
     os.remove(path)
-    orbax = os.path.join(folder, 'big_orbax')
-    ptp.save(orbax, _big_tree())
-    grown = _peak_growth(orbax, 'orbax_select')
-    print(f'| {label["orbax_select"]} | {grown / 2**20:.0f} MiB | {grown / size:.1%} |', flush=True)
+    orbax_lazy(100, folder)
     shutil.rmtree(folder)
 
 
@@ -115,7 +170,11 @@ def main() -> None:
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--lazy', action='store_true')
     ap.add_argument('--dtype', default='float32', help='with --lazy: the tensors dtype')
+    ap.add_argument('--orbax-only', action='store_true', help='with --lazy: the Orbax rows only')
+    ap.add_argument('--tensors', type=int, default=100, help='with --orbax-only: 20 MiB each')
     args = ap.parse_args()
+    if args.lazy and args.orbax_only:
+        return orbax_lazy(args.tensors)
     if args.lazy:
         return lazy(args.dtype)
     tree = jax.tree.map(np.asarray, trees.make('gpt2'))

@@ -18,7 +18,7 @@ from typing import Any
 from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
-from ._files import load
+from ._files import abstract_orbax, format_of, load, scheme_of
 from ._rows import parameter_count
 from ._summary import summary
 
@@ -99,6 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _err(f'{type(e).__name__}: {e}' if not str(e) else str(e).strip('"'))
 
 
+def _read_for_summary(args: argparse.Namespace) -> Any:
+    """What ``summary`` needs of the checkpoint. An Orbax folder is read from its
+    metadata alone with ``--no-stats``, and only the selected arrays with
+    ``--select``: a checkpoint larger than memory can be listed."""
+    if (scheme_of(args.file) or os.path.isdir(args.file)) and format_of(args.file) == 'orbax':
+        if args.no_stats:
+            return abstract_orbax(args.file, args.step, args.select)
+        if args.select is not None:
+            return load(args.file, step=args.step, select=args.select)
+    return load(args.file, step=args.step)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == 'demo':
         if args.steps < 1:
@@ -110,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == 'summary':
             if args.depth is not None and args.depth < 0:
                 return _err(f'--depth must be 0 (totals only) or positive, got {args.depth}')
-            tree = load(args.file, step=args.step)
+            tree = _read_for_summary(args)
             depth = args.depth or None
             s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select)
             full = s  # its leaf rows, also where --depth 0 leaves out the table

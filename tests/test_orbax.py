@@ -125,7 +125,7 @@ def test_orbax_failure_midway_keeps_the_old_checkpoint_and_no_temporary(
         def boom_meta(*a, **k):
             raise OSError('injected: disk full writing pytreeparams.json')
 
-        monkeypatch.setattr(_orbax.json, 'dump', boom_meta)
+        monkeypatch.setattr(_orbax, '_write_text', boom_meta)
     else:
         monkeypatch.setattr(_orbax.os, 'replace', replace)
     with pytest.raises(OSError, match='injected'):

@@ -4,8 +4,11 @@ pickle files are named and refused."""
 from __future__ import annotations
 
 import os
+import re
 
 from .._errors import FormatError
+
+_SCHEME = re.compile(r'([A-Za-z][A-Za-z0-9+.-]*)://')
 
 PICKLE_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.pkl', '.pickle')
 PICKLE_MESSAGE = (
@@ -14,6 +17,12 @@ PICKLE_MESSAGE = (
     "save_model; save_model(model, 'model.safetensors')` (or `save_file(state_dict, ...)`), "
     'then load the .safetensors file'
 )
+
+
+def scheme_of(path: str) -> str | None:
+    """The scheme of a URL (``'gs'`` for ``'gs://bucket/ckpt'``); None for a local path."""
+    m = _SCHEME.match(os.fspath(path))
+    return m.group(1).lower() if m else None
 
 
 def format_of(path: str) -> str:
@@ -25,6 +34,11 @@ def format_of(path: str) -> str:
     """
     p = os.fspath(path)
     low = p.lower()
+    if scheme_of(p) and low.endswith(('.safetensors', '.msgpack', '.npz')):
+        raise FormatError(
+            f'{p!r}: only Orbax folders are read and written at a URL (through Orbax and '
+            'etils.epath); copy the file to a local path first, or save to a folder URL'
+        )
     if low.endswith('.safetensors'):
         return 'safetensors'
     if low.endswith('.msgpack'):
@@ -33,6 +47,8 @@ def format_of(path: str) -> str:
         return 'npz'
     if low.endswith(PICKLE_SUFFIXES):
         raise FormatError(PICKLE_MESSAGE.format(path=p))
+    if scheme_of(p):  # a URL names an Orbax folder (Orbax reads and writes gs://, s3://)
+        return 'orbax'
     if p.endswith(os.sep) or os.path.isdir(p) or not os.path.splitext(p)[1]:
         return 'orbax'
     raise FormatError(

@@ -14,6 +14,7 @@ each. The formats themselves: ``_safetensors``, ``_msgpack``, ``_orbax``.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,9 +32,16 @@ from .._paths import set as set_path
 from .._patterns import map_with_path, match_flags, pattern_texts
 from .._tying import Ties, tie, untie
 from .._typing import PyTree
-from ._formats import format_of
+from ._formats import format_of, scheme_of
 from ._msgpack import load_msgpack, save_msgpack
-from ._orbax import load_orbax, orbax_item, orbax_meta, save_orbax
+from ._orbax import (
+    CheckpointChanged,
+    load_orbax,
+    orbax_item,
+    orbax_meta,
+    save_in_flight,
+    save_orbax,
+)
 from ._safetensors import (
     load_safetensors,
     nest_names,
@@ -60,14 +68,18 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     Raises:
       ValueError: If a leaf cannot be stored in the format (e.g. complex in
         safetensors), before anything is written.
-      StructureError: If an alias of ``ties`` differs from its source.
+      StructureError: If an alias of ``ties`` differs from its source, or two
+        paths would share one name in an Orbax folder (``'a.b'`` beside ``'a'/'b'``).
       FileExistsError: For an Orbax save onto a file, or onto a folder that is
-        not an Orbax checkpoint (an existing checkpoint is replaced; after a
-        failure midway the previous one loads as before).
+        not a finished Orbax checkpoint (an existing checkpoint is replaced; after
+        a failure midway the previous one loads as before).
       FileNotFoundError: If the target's folder does not exist.
 
     A path that is a symlink is written through: its target gets the new
-    content (atomically), the link stays.
+    content (atomically), the link stays. An Orbax folder may be a URL
+    (``gs://bucket/ckpt``); in a multi-process job every process calls ``save``
+    and one checkpoint is written (a failure on any process outside Orbax's own
+    collective write is raised on all, and the previous checkpoint is kept).
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
@@ -124,6 +136,14 @@ def _like_key_data(like: PyTree, impls: Mapping[str, str]) -> PyTree:
         return x
 
     return map_with_path(like, to_data)
+
+
+def _has(tree: PyTree, path: str) -> bool:
+    try:
+        get(tree, path)
+    except (KeyError, IndexError, TypeError):
+        return False
+    return True
 
 
 def _data_to_keys(tree: PyTree, impls: Any, path: str) -> PyTree:
@@ -221,8 +241,8 @@ def load(
         shape and dtype is checked, and arrays are placed with its shardings.
       cast: Convert each array to the dtype of ``like`` instead of raising on
         a dtype mismatch (the same rule for every format).
-      step: For an Orbax ``CheckpointManager`` folder, the step to read (the
-        latest by default); a step folder or a single checkpoint works too.
+      step: For an Orbax ``CheckpointManager`` folder, the step to read (an
+        int; the latest by default); a step folder or a single checkpoint works too.
       select: A pattern (glob, ``re.Pattern`` or a list): only the matching
         leaves, as nested dicts. A safetensors file is memory-mapped, so only
         the selected tensors are read from disk (safetensors: memory-mapped;
@@ -245,6 +265,12 @@ def load(
       StructureError: If it does not match ``like`` (naming every path).
       PathError: If ``select`` matches no leaf (naming the nearest).
       ValueError: For ``select`` with ``like``.
+      TypeError: For a ``step`` that is not an int (``'2'``, ``True``).
+
+    An Orbax folder (also a URL such as ``gs://bucket/ckpt``, read through Orbax
+    and ``etils.epath``) is read as one checkpoint: if another process replaces it
+    meanwhile, it is read again. In a multi-process job every process calls
+    ``load``; arrays go onto ``like``'s shardings, else onto this process's devices.
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
@@ -253,8 +279,25 @@ def load(
       >>> ptp.load(path, like={'w': jnp.zeros(3)})['w'].tolist()
       [0.0, 1.0, 2.0]
     """
+    # An Orbax folder that another process replaces while it is read is read again:
+    # the metadata and the arrays always come from one checkpoint.
+    for attempt in range(_READ_TRIES):
+        try:
+            return _load_once(path, like, cast, step, select)
+        except (CheckpointChanged, FileNotFoundError, FormatError) as e:
+            last = attempt == _READ_TRIES - 1
+            if last or not (isinstance(e, CheckpointChanged) or save_in_flight(os.fspath(path))):
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError('unreachable')  # pragma: no cover
+
+
+_READ_TRIES = 5
+
+
+def _load_once(path: Any, like: PyTree | None, cast: bool, step: Any, select: Any) -> PyTree:
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not scheme_of(path) and not os.path.exists(path):
         raise FileNotFoundError(f'no such checkpoint: {path!r}')
     fmt = format_of(path)
     if fmt == 'safetensors':
@@ -283,13 +326,15 @@ def load(
         like = _like_key_data(like, impls)
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
-        tree = load_orbax(path, like, cast, meta.get('structure'), select)
+        tree = load_orbax(path, like, cast, meta, select)
     if like is not None:
         foreign = fmt in ('safetensors', 'npz') and (
             not meta or any('.' in p for p in flatten(tree))
         )
         tree = _check_like(tree, like, path, cast, 'torch' if foreign else True)
     if impls:
+        if select is not None and isinstance(impls, dict):  # only the selected keys were read
+            impls = {p: v for p, v in impls.items() if not isinstance(v, str) or _has(tree, p)}
         tree = _data_to_keys(tree, impls, path)
     if select is not None:
         flat = flatten(tree)
