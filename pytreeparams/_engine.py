@@ -25,9 +25,11 @@
 
 - **Sharded arrays** are reduced shard by shard where each shard lives (the
   two routes above, replicas counted once) and the shards' partials merged
-  on the host with the same merge: an array is never gathered. An array not
-  fully addressable from this process (multi-host) is reduced by the jitted
-  algorithm on the global array (XLA partitions the reductions).
+  on the host with the same merge: an array is never gathered. Arrays not
+  fully addressable from this process (multi-host, ``_global``): each process
+  reduces the shards it owns by the same routes, and the partials of all such
+  leaves are exchanged in one all-gather per call (collective), or, with
+  ``local=True``, only this process's shards are reduced (no exchange).
 
 ``count_device_work()`` counts XLA compilations, executable dispatches and
 device-to-host fetches of this module (``benchmarks/summary.py --device-path``
@@ -52,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
+from ._global import exchange, shard_plan
 from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
 from ._moments import N_PARTIAL, Partial, finalize, merge
@@ -215,13 +218,6 @@ def _kernel_impl(table: jax.Array, xpad: jax.Array, n: jax.Array, i: jax.Array) 
 _kernel = jax.jit(_kernel_impl, donate_argnums=0)
 
 
-def _global_impl(x: jax.Array) -> jax.Array:
-    return jnp.stack(jax_partials(x))
-
-
-_global = jax.jit(_global_impl)
-
-
 def _table_dtype() -> Any:
     return np.float64 if jax.config.read('jax_enable_x64') else np.float32
 
@@ -359,12 +355,33 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
     return out
 
 
-def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _piece_partials(pieces: list[jax.Array]) -> list[Any]:
+    """Partials of single-device arrays: host ones by NumPy, others on their device."""
+    on_host = [not _FORCE and _where(p) == 'host' for p in pieces]
+    parts: list[Any] = [None] * len(pieces)
+    host_idx = [j for j, h in enumerate(on_host) if h]
+    dev_idx = [j for j, h in enumerate(on_host) if not h]
+    if host_idx:
+        for j, p in zip(host_idx, host_partials_many([pieces[j] for j in host_idx])):
+            parts[j] = p
+    if dev_idx:
+        for j, p in zip(dev_idx, _device_partials([pieces[j] for j in dev_idx])):
+            parts[j] = p
+    return parts
+
+
+def leaf_table(
+    leaves: list[Any], local: bool = False, what: str = 'ptp.summary'
+) -> tuple[np.ndarray, np.ndarray]:
     """Merged partial moments of each concrete array leaf, where it lives.
 
     Args:
       leaves: Concrete leaves (NumPy or jax arrays, scalars); None entries
         are skipped.
+      local: Arrays sharded over several processes: only this process's
+        shards (replicas once), no exchange; by default the statistics of the
+        whole array, from one exchange with every other process (collective).
+      what: The call, named in the warning of a process left waiting.
 
     Returns:
       ``(table, has)``: a float64 ``(len(leaves), N_PARTIAL)`` table of merged
@@ -375,6 +392,7 @@ def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     host: list[int] = []
     pieces: list[jax.Array] = []
     owner: list[int] = []
+    glob: list[int] = []
     for i, x in enumerate(leaves):
         if x is None:
             continue
@@ -385,37 +403,44 @@ def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         elif where == 'device':
             pieces.append(x)
             owner.append(i)
-        elif where == 'sharded':
+        elif where == 'sharded' or local:
             for piece in _pieces(x):
                 pieces.append(piece)
                 owner.append(i)
         else:
-            table[i] = np.asarray(_global(x), np.float64)
-            _count('dispatches')
-            _count('fetches')
-            _count('fetched_arrays')
+            glob.append(i)
+    plan = shard_plan([leaves[i] for i in glob]) if glob else None
+    if plan is not None:  # this process's shards of global leaves: partials kept apart
+        pieces.extend(plan.pieces)
+        owner.extend(-1 - j for j in range(len(plan.pieces)))
     if host:
         table[host] = host_table([leaves[i] for i in host])
-    if pieces:
-        on_host = [not _FORCE and _where(p) == 'host' for p in pieces]
-        parts: list[Any] = [None] * len(pieces)
-        host_idx = [j for j, h in enumerate(on_host) if h]
-        dev_idx = [j for j, h in enumerate(on_host) if not h]
-        for j, p in zip(host_idx, host_partials_many([pieces[j] for j in host_idx])):
-            parts[j] = p
-        for j, p in zip(dev_idx, _device_partials([pieces[j] for j in dev_idx])):
-            parts[j] = p
-        grouped: dict[int, list[Partial]] = {}
-        for i, p in zip(owner, parts):
+    parts = _piece_partials(pieces)
+    grouped: dict[int, list[Partial]] = {}
+    for i, p in zip(owner, parts):
+        if i >= 0:
             grouped.setdefault(i, []).append(p)
-        for i, ps in grouped.items():
-            stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
-            table[i] = np.asarray(ps[0] if len(ps) == 1 else merge(stacked, np), np.float64)
+    for i, ps in grouped.items():
+        stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
+        table[i] = np.asarray(ps[0] if len(ps) == 1 else merge(stacked, np), np.float64)
+    if plan is not None:
+        own = np.zeros((len(plan.pieces), N_PARTIAL))
+        for i, p in zip(owner, parts):
+            if i < 0:
+                own[-1 - i] = np.asarray(p, np.float64)
+        table[glob] = exchange(plan, own, what)
+        _count('dispatches')
+        _count('fetches')
+        _count('fetched_arrays')
     return table, has
 
 
-def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
+def leaf_rows(
+    leaves: list[Any], local: bool = False, what: str = 'ptp.summary'
+) -> list[np.ndarray | None]:
     """``STAT_NAMES`` rows (float64 NumPy) of concrete leaves; None for None.
+
+    ``local`` and ``what`` as :func:`leaf_table` takes them.
 
     Example:
       >>> import numpy as np
@@ -423,6 +448,6 @@ def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
       >>> leaf_rows([np.array([3.0, 4.0]), None])[0].tolist()
       [3.5, 0.5, 3.0, 4.0, 5.0, 0.0, 0.0]
     """
-    table, has = leaf_table(leaves)
+    table, has = leaf_table(leaves, local, what)
     stats = finalize(Partial(*table.T), np)
     return [row if h else None for row, h in zip(stats, has)]

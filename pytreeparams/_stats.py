@@ -89,13 +89,17 @@ def readable(leaves: list[Any]) -> list[Any]:
     return leaves
 
 
-def eager_leaf_stats(leaves: list[Any]) -> list[np.ndarray | None]:
+def eager_leaf_stats(
+    leaves: list[Any], local: bool = False, what: str = 'ptp.summary'
+) -> list[np.ndarray | None]:
     """Statistics of concrete leaves, each computed where it lives (``_engine``).
 
-    Non-array leaves and abstract leaves give None.
+    Non-array leaves and abstract leaves give None. Arrays sharded over several
+    processes: ``local`` and ``what`` as ``_engine.leaf_table`` takes them
+    (by default a collective call).
     """
     keep = [x if _concrete_array(x) else None for x in leaves]
-    return leaf_rows(keep)
+    return leaf_rows(keep, local, what)
 
 
 def _concrete_array(x: Any) -> bool:
@@ -146,7 +150,7 @@ class Stats:
         }
 
 
-def stats(tree: PyTree) -> Stats:
+def stats(tree: PyTree, *, local: bool = False) -> Stats:
     """Computes per-leaf statistics of ``tree`` as device arrays. Jittable.
 
     For every array leaf: mean, std, min, max, L2 norm, the number of
@@ -174,8 +178,15 @@ def stats(tree: PyTree) -> Stats:
     A value beyond float32's range (an L2 norm above 3.4e38) shows ``inf`` in
     the float32 table.
 
+    An array sharded over several processes (multi-host) is reduced by each
+    process on the shards it holds and the partials of all leaves exchanged
+    once: a collective call, made by every process (``local=True``: this
+    process's shards alone, no communication).
+
     Args:
       tree: Any pytree of arrays (boxes are transparent).
+      local: For arrays sharded over several processes: the statistics of this
+        process's shards only (replicas once), without communication.
 
     Returns:
       A :class:`Stats` with the paths of the array leaves and their table.
@@ -200,7 +211,9 @@ def stats(tree: PyTree) -> Stats:
         return Stats(table=jnp.zeros((0, len(STAT_NAMES)), dtype), paths=())
     # concrete leaves (also NumPy constants under jit) are computed where they
     # live, in float64 on the host; traced ones in the traced program
-    host = leaf_rows([None if isinstance(x, jax.core.Tracer) else x for x in xs])
+    host = leaf_rows(
+        [None if isinstance(x, jax.core.Tracer) else x for x in xs], local, 'ptp.stats'
+    )
     if all(h is not None for h in host):
         table = jnp.asarray(np.stack([h for h in host if h is not None]), dtype)
     else:
