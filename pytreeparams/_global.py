@@ -30,12 +30,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ._moments import N_PARTIAL, Partial, merge
 
@@ -47,6 +48,7 @@ __all__ = [
     'fetch_replicated',
     'is_global',
     'not_addressable_message',
+    'on_auto_axes',
     'shard_plan',
 ]
 
@@ -189,6 +191,24 @@ def as_auto(x: Any) -> Any:
         auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(types))
         _AUTO_MESH[mesh] = auto
     return jax.device_put(x, NamedSharding(auto, sharding.spec))
+
+
+def on_auto_axes(fn: Callable[[Any], Any], x: Any) -> Any:
+    """``fn(x)`` for a traced ``x`` whose mesh axes are ``Explicit``, run with
+    ``Auto`` axes (``jax.sharding.auto_axes``) so that XLA partitions its
+    reshapes and reductions as on a ``Mesh``; replicated result. ``fn(x)`` otherwise.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> jax.jit(lambda x: on_auto_axes(jnp.sum, x))(jnp.ones(3)).tolist()
+      3.0
+    """
+    aval = jax.typeof(x) if isinstance(x, jax.core.Tracer) else None
+    mesh = getattr(getattr(aval, 'sharding', None), 'mesh', None)
+    if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, 'axis_types', ())):
+        return fn(x)
+    with jax.sharding.use_abstract_mesh(mesh):
+        return jax.sharding.auto_axes(fn, out_sharding=PartitionSpec())(x)
 
 
 def fetch_replicated(x: jax.Array) -> np.ndarray:

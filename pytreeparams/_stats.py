@@ -17,6 +17,7 @@ from flax import struct
 
 from ._engine import leaf_rows
 from ._flatten import flatten_with_paths
+from ._global import on_auto_axes
 from ._jax_moments import jax_partials
 from ._keys import unbox
 from ._messages import did_you_mean
@@ -218,7 +219,7 @@ def stats(tree: PyTree, *, local: bool = False) -> Stats:
         table = jnp.asarray(np.stack([h for h in host if h is not None]), dtype)
     else:
         rows = [
-            jnp.asarray(h, dtype) if h is not None else leaf_stats(x).astype(dtype)
+            jnp.asarray(h, dtype) if h is not None else on_auto_axes(leaf_stats, x).astype(dtype)
             for x, h in zip(xs, host)
         ]
         table = jnp.stack(rows)

@@ -20,7 +20,7 @@ from flax import linen as nn
 from ._calls import Call, assign_calls, is_module, module_calls, module_variables
 from ._errors import PathError
 from ._flatten import flatten_with_paths
-from ._global import is_global
+from ._global import as_auto, is_global
 from ._keys import logical_axes, unbox, unbox_all
 from ._messages import no_match_message
 from ._patterns import compile_pattern, map_with_path, pattern_texts
@@ -245,6 +245,7 @@ def _split_layers(
             out.extend(jax.ShapeDtypeStruct(shape, x.dtype) for _ in range(n))
         else:
             xp = np if isinstance(x, np.ndarray) else jnp
+            x = as_auto(x)  # a gather along an Explicit mesh axis needs its out_sharding
             out.extend(xp.take(x, i, axis=sp[1]) for i in range(n))
         names.extend(layer_paths(p, sp[0], n))
     return out, tuple(names), origin
