@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from ._global import exchange, shard_plan
+from ._global import STATS_CALL, exchange, shard_plan
 from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
 from ._moments import N_PARTIAL, Partial, finalize, merge
@@ -371,7 +371,7 @@ def _piece_partials(pieces: list[jax.Array]) -> list[Any]:
 
 
 def leaf_table(
-    leaves: list[Any], local: bool = False, what: str = 'ptp.summary'
+    leaves: list[Any], local: bool = False, what: str = STATS_CALL
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merged partial moments of each concrete array leaf, where it lives.
 
@@ -436,7 +436,7 @@ def leaf_table(
 
 
 def leaf_rows(
-    leaves: list[Any], local: bool = False, what: str = 'ptp.summary'
+    leaves: list[Any], local: bool = False, what: str = STATS_CALL
 ) -> list[np.ndarray | None]:
     """``STAT_NAMES`` rows (float64 NumPy) of concrete leaves; None for None.
 

@@ -41,6 +41,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from ._moments import N_PARTIAL, Partial, merge
 
 __all__ = [
+    'STATS_CALL',
     'WAIT_WARNING_S',
     'GlobalPlan',
     'as_auto',
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 WAIT_WARNING_S = 20.0  # a process waiting this long in the exchange warns
+STATS_CALL = 'a statistics call (ptp.summary, ptp.stats, ptp.find_nonfinite, ptp.find_ties)'
 
 
 def is_global(x: Any) -> bool:
@@ -132,7 +134,7 @@ def _warn_waiting(what: str) -> None:
     )
 
 
-def exchange(plan: GlobalPlan, partials: np.ndarray, what: str = 'ptp.summary') -> np.ndarray:
+def exchange(plan: GlobalPlan, partials: np.ndarray, what: str = STATS_CALL) -> np.ndarray:
     """Merged partial moments of each leaf of ``plan``, from every process's shards.
 
     One all-gather for all leaves (collective: every process calls it).

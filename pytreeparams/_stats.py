@@ -17,7 +17,7 @@ from flax import struct
 
 from ._engine import leaf_rows
 from ._flatten import flatten_with_paths
-from ._global import on_auto_axes
+from ._global import STATS_CALL, on_auto_axes
 from ._jax_moments import jax_partials
 from ._keys import unbox
 from ._messages import did_you_mean
@@ -91,7 +91,7 @@ def readable(leaves: list[Any]) -> list[Any]:
 
 
 def eager_leaf_stats(
-    leaves: list[Any], local: bool = False, what: str = 'ptp.summary'
+    leaves: list[Any], local: bool = False, what: str = STATS_CALL
 ) -> list[np.ndarray | None]:
     """Statistics of concrete leaves, each computed where it lives (``_engine``).
 

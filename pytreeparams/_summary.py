@@ -385,7 +385,7 @@ def summary(
     concrete = stats and any(
         is_array(x) and not isinstance(x, jax.ShapeDtypeStruct) for x in leaves
     )
-    st = eager_leaf_stats(leaves, local) if concrete else [None] * len(leaves)
+    st = eager_leaf_stats(leaves, local, 'ptp.summary') if concrete else [None] * len(leaves)
     notes = dict(notes or {})
     aliases: dict[str, str] = ties.notes(tree) if ties is not None else {}
     notes.update(aliases)

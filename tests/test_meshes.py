@@ -68,6 +68,10 @@ for kind in ('explicit', 'auto'):
     check(new['twod'].sharding == tree['twod'].sharding, new['twod'].sharding)
     want = jax.random.normal(ptp.path_key(jax.random.key(0), 'twod'), (8, 4))
     check(np.allclose(np.asarray(new['twod']), np.asarray(want), atol=1e-6), kind)
+    if kind == 'auto':  # grad_stats (inside inspect) on Explicit axes: another item of issue 25
+        ins = ptp.inspect(lambda p: jnp.sum(p['twod'] ** 2), tree)
+        norm = dict(ins.table.rows[-1].extra)['grad_norm']
+        check(np.isclose(norm, 2 * np.linalg.norm(ref['twod'].astype(np.float64)), rtol=1e-5), kind)
 print('OK')
 """
 
