@@ -102,6 +102,12 @@ def test_summary_shows_logical_axes_and_bytes_per_device():
     assert '160 B' in text.splitlines()[-1]
     assert html.escape("('embed', 'mlp')") in s._repr_html_()
     assert s.to_dict()['dense/kernel/device_bytes'] == 128.0
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(s)
+    shown = console.export_text()
+    assert 'per device' in shown and "('embed', 'mlp')" in shown, shown
     assert ptp.summary(_logical_params()).rows[1].logical_axes is None  # only with sharding=
 
 
