@@ -71,6 +71,10 @@ for r in s.rows:
     check(r.size == REF[r.path].size and r.nonfinite == 0, r)
 check(s.totals.size == sum(v.size for v in REF.values()), s.totals)
 check(ptp.count(TREE) == s.totals.size and ptp.nbytes(TREE) == 4 * s.totals.size, 'count')
+layers = ptp.summary({'layers': {'w': TREE['minor']}}, stacked={'layers': 0})
+check([r.path for r in layers.rows] == [f'layers/{i}/w' for i in range(3)], layers.rows)
+for i, r in enumerate(layers.rows):
+    check(np.isclose(r.mean, REF['minor'][i].astype(np.float64).mean(), atol=1e-6), r)
 st = ptp.stats(TREE)
 check(np.allclose(np.asarray(st['mean']), [REF[p].astype(np.float64).mean() for p in st.paths],
                   rtol=1e-6, atol=1e-6), 'stats')
