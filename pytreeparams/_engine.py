@@ -355,21 +355,6 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
     return out
 
 
-def _piece_partials(pieces: list[jax.Array]) -> list[Any]:
-    """Partials of single-device arrays: host ones by NumPy, others on their device."""
-    on_host = [not _FORCE and _where(p) == 'host' for p in pieces]
-    parts: list[Any] = [None] * len(pieces)
-    host_idx = [j for j, h in enumerate(on_host) if h]
-    dev_idx = [j for j, h in enumerate(on_host) if not h]
-    if host_idx:
-        for j, p in zip(host_idx, host_partials_many([pieces[j] for j in host_idx])):
-            parts[j] = p
-    if dev_idx:
-        for j, p in zip(dev_idx, _device_partials([pieces[j] for j in dev_idx])):
-            parts[j] = p
-    return parts
-
-
 def leaf_table(
     leaves: list[Any], local: bool = False, what: str = STATS_CALL
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -409,30 +394,38 @@ def leaf_table(
                 owner.append(i)
         else:
             glob.append(i)
-    plan = shard_plan([leaves[i] for i in glob]) if glob else None
-    if plan is not None:  # this process's shards of global leaves: partials kept apart
-        pieces.extend(plan.pieces)
-        owner.extend(-1 - j for j in range(len(plan.pieces)))
     if host:
         table[host] = host_table([leaves[i] for i in host])
-    parts = _piece_partials(pieces)
-    grouped: dict[int, list[Partial]] = {}
-    for i, p in zip(owner, parts):
-        if i >= 0:
-            grouped.setdefault(i, []).append(p)
-    for i, ps in grouped.items():
-        stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
-        table[i] = np.asarray(ps[0] if len(ps) == 1 else merge(stacked, np), np.float64)
-    if plan is not None:
-        own = np.zeros((len(plan.pieces), N_PARTIAL))
+    if pieces:
+        on_host = [not _FORCE and _where(p) == 'host' for p in pieces]
+        parts: list[Any] = [None] * len(pieces)
+        host_idx = [j for j, h in enumerate(on_host) if h]
+        dev_idx = [j for j, h in enumerate(on_host) if not h]
+        for j, p in zip(host_idx, host_partials_many([pieces[j] for j in host_idx])):
+            parts[j] = p
+        for j, p in zip(dev_idx, _device_partials([pieces[j] for j in dev_idx])):
+            parts[j] = p
+        grouped: dict[int, list[Partial]] = {}
         for i, p in zip(owner, parts):
-            if i < 0:
-                own[-1 - i] = np.asarray(p, np.float64)
-        table[glob] = exchange(plan, own, what)
-        _count('dispatches')
-        _count('fetches')
-        _count('fetched_arrays')
+            grouped.setdefault(i, []).append(p)
+        for i, ps in grouped.items():
+            stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
+            table[i] = np.asarray(ps[0] if len(ps) == 1 else merge(stacked, np), np.float64)
+    if glob:
+        table[glob] = _global_table([leaves[i] for i in glob], what)
     return table, has
+
+
+def _global_table(leaves: list[jax.Array], what: str) -> np.ndarray:
+    """Merged partials of arrays sharded over several processes (collective): this
+    process reduces the shards it owns by the routes above, then one exchange."""
+    plan = shard_plan(leaves)
+    own = leaf_table(list(plan.pieces))[0]
+    table = exchange(plan, own, what)
+    _count('dispatches')
+    _count('fetches')
+    _count('fetched_arrays')
+    return table
 
 
 def leaf_rows(
