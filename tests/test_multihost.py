@@ -116,7 +116,9 @@ if PROCESS == 0:
 WAITING = """
 # the usual idiom without local=: the process left waiting says why, then proceeds
 import pytreeparams._global as g
+from jax.experimental import multihost_utils
 g.WAIT_WARNING_S = 1.0
+multihost_utils.sync_global_devices('waiting')  # both here; process 0 then waits ~4 s
 if PROCESS == 1:
     time.sleep(4)
 with warnings.catch_warnings(record=True) as caught:
