@@ -6,11 +6,13 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._flatten import flatten
 from ._keys import describe
 from ._leaves import is_array, is_key_array
+from ._moments import as_auto, fetch_replicated, is_global
 from ._render import html_table, treescope_repr
 from ._typing import PyTree
 
@@ -97,7 +99,9 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
     Returns:
       A :class:`DiffReport`: paths only in ``a`` / only in ``b``, changed shape
       or dtype, and the relative change ``||a-b|| / ||a||`` of common leaves
-      (computed in float64 on the host).
+      (computed in float64 on the host; for arrays sharded over several
+      processes by one jitted reduction where they lie, in float32 or better,
+      which makes the call collective: every process calls it).
 
     Raises:
       StructureError: If two leaves of a tree would get the same path string.
@@ -113,6 +117,7 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
     only_b = tuple(p for p in fb if p not in fa)
     changed: dict[str, tuple[str, str]] = {}
     rel: dict[str, float] = {}
+    sharded: dict[str, tuple[Any, Any]] = {}  # pairs of global arrays, reduced together
     for p, xa in fa.items():
         if p not in fb:
             continue
@@ -127,6 +132,10 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
         if not (is_array(xa) and is_array(xb)):
             rel[p] = 0.0 if xa == xb else float('inf')
             continue
+        if is_global(xa) or is_global(xb):
+            rel[p] = float('nan')  # placeholder that keeps flatten order
+            sharded[p] = (xa, xb)
+            continue
         va = np.asarray(jax.device_get(xa)).astype(np.float64)
         vb = np.asarray(jax.device_get(xb)).astype(np.float64)
         if np.array_equal(va, vb, equal_nan=True):  # NaN in the same places is no change
@@ -135,4 +144,46 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
         num = float(np.linalg.norm((va - vb).ravel()))
         den = float(np.linalg.norm(va.ravel()))
         rel[p] = num / den if den > 0 else (0.0 if num == 0 else float('inf'))
+    if sharded:
+        rel.update(_global_changes(sharded))
     return DiffReport(only_a, only_b, changed, rel)
+
+
+def _pair_change(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``[equal, ||a - b||, ||a||]`` of one pair, scaled so that no square overflows."""
+    dtype = jnp.float64 if jax.config.read('jax_enable_x64') else jnp.float32
+    a, b = a.astype(dtype), b.astype(dtype)
+    equal = jnp.all((a == b) | (jnp.isnan(a) & jnp.isnan(b)))
+    d = a - b
+
+    def norm(x: jax.Array) -> jax.Array:
+        m = jnp.max(jnp.abs(x), initial=0.0)
+        s = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+        return s * jnp.sqrt(jnp.sum(jnp.square(x / s)))
+
+    return jnp.stack([equal.astype(dtype), norm(d), norm(a)])
+
+
+@jax.jit
+def _pair_changes(pairs: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
+    return jnp.stack([_pair_change(a, b) for a, b in pairs])
+
+
+def _global_changes(pairs: dict[str, tuple[Any, Any]]) -> dict[str, float]:
+    """Relative changes of pairs of arrays sharded over several processes: one
+    jitted program (XLA reduces each shard where it lies), one small result."""
+    args = []
+    for xa, xb in pairs.values():
+        xa, xb = as_auto(xa), as_auto(xb)
+        if getattr(xa, 'sharding', None) != getattr(xb, 'sharding', None):
+            xb = jax.device_put(xb, xa.sharding) if is_global(xa) else xb
+            xa = jax.device_put(xa, xb.sharding) if not is_global(xa) else xa
+        args.append((xa, xb))
+    table = fetch_replicated(_pair_changes(args)).astype(np.float64)
+    out = {}
+    for p, (equal, num, den) in zip(pairs, table):
+        if equal:
+            out[p] = 0.0
+        else:
+            out[p] = float(num / den) if den > 0 else (0.0 if num == 0 else float('inf'))
+    return out

@@ -50,6 +50,22 @@ def _sharding_of(x: Any) -> Any:
     return getattr(x, 'sharding', None)
 
 
+def _sharded_value(
+    init: Initializer, key: chex.PRNGKey, shape: tuple[int, ...], dtype: Any, sharding: Any
+) -> jax.Array:
+    """``init``'s value made where its shards lie: one jitted call with
+    ``out_shardings``, so that no device (or process) holds the whole leaf."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    impl = jax.random.key_impl(key) if typed else None
+    data = np.asarray(jax.random.key_data(key) if typed else key)  # the same on every process
+
+    def make(data: jax.Array) -> jax.Array:
+        k = jax.random.wrap_key_data(data, impl=impl) if typed else data
+        return jnp.asarray(init(k, shape, dtype), dtype)
+
+    return jax.jit(make, out_shardings=sharding)(data)
+
+
 def reinit(params: PyTree, key: chex.PRNGKey, rules: Any) -> PyTree:
     """Re-initializes the leaves matching each rule's pattern. Jittable.
 
@@ -64,7 +80,10 @@ def reinit(params: PyTree, key: chex.PRNGKey, rules: Any) -> PyTree:
 
     Returns:
       A new tree with ``params``' containers, shapes, dtypes and (for concrete
-      arrays or ``ShapeDtypeStruct`` with a sharding) shardings.
+      arrays or ``ShapeDtypeStruct`` with a sharding) shardings. A sharded
+      leaf is made by one jitted call with ``out_shardings``, each shard on
+      its device (no device or process ever holds the whole leaf); for arrays
+      sharded over several processes every process calls ``reinit``.
 
     Raises:
       PathError: If a rule matches no leaf.
@@ -86,13 +105,18 @@ def reinit(params: PyTree, key: chex.PRNGKey, rules: Any) -> PyTree:
         old = unbox(x)
         shape = tuple(np.shape(old))
         dtype = getattr(old, 'dtype', None) or jnp.asarray(old).dtype
-        value = jnp.asarray(init(path_key(key, p), shape, dtype), dtype)
+        k = path_key(key, p)
+        sharding = _sharding_of(old)
+        value = jax.eval_shape(lambda k: init(k, shape, dtype), k)  # noqa: B023
         if value.shape != shape:
             raise ValueError(
                 f'reinit: the initializer for {p!r} returned shape {value.shape}, expected {shape}'
             )
-        sharding = _sharding_of(old)
-        if sharding is not None and not isinstance(value, jax.core.Tracer):
-            value = jax.device_put(value, sharding)
+        if sharding is None or isinstance(k, jax.core.Tracer):
+            value = jnp.asarray(init(k, shape, dtype), dtype)
+        elif len(sharding.device_set) > 1:
+            value = _sharded_value(init, k, shape, dtype, sharding)
+        else:
+            value = jax.device_put(jnp.asarray(init(k, shape, dtype), dtype), sharding)
         new.append(rebox(x, value))
     return jax.tree_util.tree_unflatten(treedef, new)

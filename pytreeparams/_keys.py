@@ -79,6 +79,35 @@ def unbox_all(leaves: list[Any]) -> list[Any]:
     return leaves
 
 
+def logical_axes(x: Any) -> tuple[str | None, ...] | None:
+    """The logical axis names a metadata box gives its array, or None.
+
+    ``nn.with_logical_partitioning`` (an ``nn.LogicallyPartitioned`` box) and an
+    NNX ``Variable``'s sharding metadata (``out_sharding``, ``sharding_names`` or
+    ``sharding`` in older flax) name each axis (``('embed', 'mlp')``), as maxtext
+    and t5x print them; ``nn.Partitioned`` names mesh axes (the partition spec).
+
+    Example:
+      >>> import flax.linen as nn, jax
+      >>> init = nn.with_logical_partitioning(nn.initializers.ones, ('embed', 'mlp'))
+      >>> logical_axes(init(jax.random.key(0), (2, 3)))
+      ('embed', 'mlp')
+    """
+    if not is_box(x):
+        return None
+    if hasattr(x, 'rules') and hasattr(x, 'names'):  # nn.LogicallyPartitioned
+        names = x.names
+    elif hasattr(x, 'get_metadata'):  # an NNX Variable
+        meta = x.get_metadata()
+        keys = ('out_sharding', 'sharding_names', 'sharding')
+        names = next((meta[k] for k in keys if meta.get(k)), None)
+    else:
+        return None
+    if not isinstance(names, (tuple, list)):
+        return None
+    return tuple(n if n is None or isinstance(n, str) else str(n) for n in names)
+
+
 def rebox(old: Any, value: Any) -> Any:
     """``value`` in a copy of ``old``'s box; ``value`` if ``old`` is no box."""
     if not is_box(old) or is_box(value):

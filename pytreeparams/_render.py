@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 __all__ = [
+    'axes_text',
     'fmt_bytes',
     'fmt_float',
     'fmt_int',
@@ -40,6 +41,16 @@ def fmt_bytes(n: float) -> str:
             return f'{n} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
         n /= 1000
     return str(n)  # pragma: no cover
+
+
+def axes_text(names: tuple[str | None, ...] | None) -> str:
+    """Logical axis names as maxtext and t5x print them: ``('embed', 'mlp')``; '' for None.
+
+    Example:
+      >>> axes_text(('embed', None)), axes_text(None)
+      ("('embed', None)", '')
+    """
+    return '' if names is None else repr(tuple(names))
 
 
 def fmt_float(v: float | None) -> str:

@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from ._keys import describe
@@ -35,6 +36,11 @@ class Row:
       note: Free text, e.g. ``'alias of ...'`` for tied leaves.
       alias: Whether the leaf is an alias of ``ties`` (stored once: not in the totals).
       extra: Further ``(column, value)`` pairs, e.g. gradient statistics.
+      device_bytes: With ``sharding``: the bytes of the largest shard this
+        process's devices hold (a group's or the total's: their sum); None
+        for leaves that are not jax arrays.
+      logical_axes: With ``sharding``: the logical axis names of the leaf's
+        metadata (``nn.with_logical_partitioning``, NNX sharding metadata), or None.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -60,6 +66,8 @@ class Row:
     note: str = ''
     alias: bool = False
     extra: tuple[tuple[str, float | None], ...] = ()
+    device_bytes: int | None = None
+    logical_axes: tuple[str | None, ...] | None = None
 
     @property
     def type(self) -> str:
@@ -80,6 +88,23 @@ def sharding_str(x: Any) -> str | None:
     spec = getattr(s, 'spec', None)
     n = len(s.device_set)
     return f'{spec} on {n} devices' if spec is not None else f'{type(s).__name__} ({n})'
+
+
+def device_bytes(x: Any) -> int | None:
+    """The bytes of the largest shard of a jax array on this process's devices.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> device_bytes(jnp.zeros((4, 8))), device_bytes(1.0)
+      (128, None)
+    """
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        return None
+    shards = x.addressable_shards
+    if not shards:  # none of its devices is this process's
+        return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    sizes = (math.prod(len(range(*i.indices(d))) for i, d in zip(s.index, x.shape)) for s in shards)
+    return max(sizes) * x.dtype.itemsize
 
 
 _FIELDS = ('mean', 'std', 'min', 'max', 'l2', 'nonfinite', 'zero_frac')
@@ -104,6 +129,7 @@ def leaf_row(path: str, x: Any, st: np.ndarray | None, sharding: bool, note: str
         fields['nonfinite'] = int(fields['nonfinite'])
     if sharding:
         fields['sharding'] = sharding_str(x)
+        fields['device_bytes'] = device_bytes(x)
     if note:
         fields['note'] = note
     return make_row(fields)
@@ -132,6 +158,9 @@ def combine_rows(path: str, rows: Sequence[Row]) -> Row:
         size,
         sum(r.nbytes for r in rows),
         leaves=sum(r.leaves for r in rows),
+        device_bytes=sum(r.device_bytes for r in rows if r.device_bytes is not None)
+        if any(r.device_bytes is not None for r in rows)
+        else None,
     )
     # one pass over the rows: (size, mean, std, min, max, l2, zero_frac, nonfinite)
     cols = [

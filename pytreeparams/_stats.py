@@ -17,7 +17,7 @@ from ._flatten import flatten_with_paths
 from ._keys import unbox
 from ._leaves import is_array, readable
 from ._messages import did_you_mean, quote_list
-from ._moments import STAT_NAMES, finalize, jax_partials, leaf_rows
+from ._moments import STAT_NAMES, finalize, jax_partials, leaf_rows, on_auto_axes
 from ._render import stats_text
 from ._typing import PyTree
 
@@ -85,7 +85,7 @@ class Stats:
         }
 
 
-def stats(tree: PyTree) -> Stats:
+def stats(tree: PyTree, *, local: bool = False) -> Stats:
     """Computes per-leaf statistics of ``tree`` as device arrays. Jittable.
 
     For every array leaf: mean, std, min, max, L2 norm, the number of
@@ -113,8 +113,15 @@ def stats(tree: PyTree) -> Stats:
     A value beyond float32's range (an L2 norm above 3.4e38) shows ``inf`` in
     the float32 table.
 
+    An array sharded over several processes (multi-host) is reduced by each
+    process on the shards it holds and the partials of all leaves exchanged
+    once: a collective call, made by every process (``local=True``: this
+    process's shards alone, no communication).
+
     Args:
       tree: Any pytree of arrays (boxes are transparent).
+      local: For arrays sharded over several processes: the statistics of this
+        process's shards only (replicas once), without communication.
 
     Returns:
       A :class:`Stats` with the paths of the array leaves and their table.
@@ -139,12 +146,14 @@ def stats(tree: PyTree) -> Stats:
         return Stats(table=jnp.zeros((0, len(STAT_NAMES)), dtype), paths=())
     # concrete leaves (also NumPy constants under jit) are computed where they
     # live, in float64 on the host; traced ones in the traced program
-    host = leaf_rows([None if isinstance(x, jax.core.Tracer) else x for x in xs])
+    host = leaf_rows(
+        [None if isinstance(x, jax.core.Tracer) else x for x in xs], local, 'ptp.stats'
+    )
     if all(h is not None for h in host):
         table = jnp.asarray(np.stack([h for h in host if h is not None]), dtype)
     else:
         rows = [
-            jnp.asarray(h, dtype) if h is not None else leaf_stats(x).astype(dtype)
+            jnp.asarray(h, dtype) if h is not None else on_auto_axes(leaf_stats, x).astype(dtype)
             for x, h in zip(xs, host)
         ]
         table = jnp.stack(rows)

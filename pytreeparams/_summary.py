@@ -20,12 +20,13 @@ from flax import linen as nn
 from ._calls import Call, assign_calls, is_module, module_calls, module_variables
 from ._errors import PathError
 from ._flatten import flatten_with_paths
-from ._keys import unbox, unbox_all
+from ._keys import logical_axes, unbox, unbox_all
 from ._leaves import dtype_info, is_array, is_key_array, readable
 from ._messages import no_match_message
-from ._moments import leaf_rows
+from ._moments import as_auto, is_global, leaf_rows
 from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._render import (
+    axes_text,
     fmt_bytes,
     fmt_float,
     fmt_int,
@@ -61,6 +62,8 @@ class Summary:
       calls: For ``summary(module, *inputs)``: one :class:`Call` per module
         call (module type, input and output types, the statistics of the
         variables it owns), which the tables then show; else empty.
+      local: Whether the statistics of arrays sharded over several processes
+        cover this process's shards only (``summary(..., local=True)``).
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -76,6 +79,7 @@ class Summary:
     has_stats: bool = True
     show_sharding: bool = False
     calls: tuple[Call, ...] = ()
+    local: bool = False
 
     def _columns(self) -> list[tuple[str, Any]]:
         cols: list[tuple[str, Any]] = [
@@ -99,6 +103,10 @@ class Summary:
                 )
         if self.show_sharding:
             cols.append(('sharding', lambda r: r.sharding or ''))
+            if any(r.logical_axes is not None for r in self.rows):
+                cols.append(('logical', lambda r: axes_text(r.logical_axes)))
+            if any(r.device_bytes is not None for r in self.rows):
+                cols.append(('per device', lambda r: _maybe(fmt_bytes, r.device_bytes)))
         if any(r.note for r in self.rows):
             cols.append(('note', lambda r: r.note))
         return cols
@@ -135,10 +143,19 @@ class Summary:
     def _title(self) -> str:
         if self.calls:
             return 'Module calls' + (f' (depth {self.depth})' if self.depth else '')
-        return 'Parameters' + (f' by module (depth {self.depth})' if self.depth else '')
+        title = 'Parameters' + (f' by module (depth {self.depth})' if self.depth else '')
+        return title + (f" (process {jax.process_index()}'s shards only)" if self.local else '')
 
     def __str__(self) -> str:
-        return text_table(*self._table())
+        return text_table(*self._table()) + self._local_note()
+
+    def _local_note(self) -> str:
+        if not self.local:
+            return ''
+        return (
+            f"\nstatistics of process {jax.process_index()}'s shards only (local=True); "
+            'sizes and bytes are of the whole arrays'
+        )
 
     def rich_table(self, width: int = 80) -> Any:
         """A ``rich.table.Table`` that fits ``width`` columns with no cut cell.
@@ -163,7 +180,7 @@ class Summary:
         yield self.rich_table(options.max_width)
 
     def _repr_html_(self) -> str:
-        return html_table(*self._table())
+        return html_table(*self._table()) + self._local_note().replace('\n', '<p>')
 
     def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
         attributes = {'totals': self.totals, 'groups': self.groups, 'rows': self.rows}
@@ -194,6 +211,8 @@ class Summary:
         for r in (*body, totals):
             out[f'{r.path}/size'] = float(r.size)
             out[f'{r.path}/nbytes'] = float(r.nbytes)
+            if r.device_bytes is not None:
+                out[f'{r.path}/device_bytes'] = float(r.device_bytes)
             if self.has_stats and r.mean is not None:
                 for k, v in r.stats().items():
                     out[f'{r.path}/{k}'] = float('nan') if v is None else float(v)
@@ -224,6 +243,7 @@ def _split_layers(
             out.extend(jax.ShapeDtypeStruct(shape, x.dtype) for _ in range(n))
         else:
             xp = np if isinstance(x, np.ndarray) else jnp
+            x = as_auto(x)  # a gather along an Explicit mesh axis needs its out_sharding
             out.extend(xp.take(x, i, axis=sp[1]) for i in range(n))
         names.extend(layer_paths(p, sp[0], n))
     return out, tuple(names), origin
@@ -244,6 +264,7 @@ def summary(
     rngs: Any = None,
     call_kwargs: Mapping[str, Any] | None = None,
     method: str | None = None,
+    local: bool = False,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
 
@@ -257,7 +278,10 @@ def summary(
 
     Statistics are computed where each array lives (see ``ptp.stats``), in
     float32 or better for every dtype; a sharded array is reduced shard by
-    shard and never gathered. Abstract trees (``jax.ShapeDtypeStruct``
+    shard and never gathered; an array sharded over several processes
+    (multi-host) is reduced by each process on the shards it holds, the
+    partials of all leaves exchanged once per call: a collective call
+    (``local=True`` for one process alone). Abstract trees (``jax.ShapeDtypeStruct``
     leaves) give names, shapes, counts and bytes instantly. Counts are exact
     Python ints. A leaf holding NaN shows NaN mean/std/min/max/L2 and its
     exact ``nonfinite`` count.
@@ -273,7 +297,12 @@ def summary(
         elements, min/max, L2 as the root of summed squares). With a module's
         calls: show calls at most ``depth`` modules deep, as tabulate does.
       select: Only leaves whose path matches this pattern.
-      sharding: Add a column describing each array's sharding.
+      sharding: Add columns for sharded models: each array's sharding (its
+        partition spec), the logical axis names of its metadata
+        (``nn.with_logical_partitioning``, NNX sharding metadata) and the bytes
+        of its largest shard on this process's devices (``Row.device_bytes``;
+        the total: the sum, what one device holds of the tree when it is
+        sharded evenly).
       notes: Optional ``{path: text}`` shown in a ``note`` column.
       ties: Optional ``ptp.Ties``: aliases are marked ``alias of ...`` and
         counted once in the totals.
@@ -291,6 +320,11 @@ def summary(
       call_kwargs: Keyword arguments of the module's call (``{'train': False}``).
       method: The module's method to call instead of ``__call__`` (its name),
         as ``nn.tabulate`` and ``nnx.tabulate`` take it.
+      local: Arrays sharded over several processes (multi-host): statistics of
+        the shards this process holds (replicas once), no communication; the
+        table says so. By default statistics of whole arrays, which makes the
+        call collective: every process calls it, one prints
+        (``s = ptp.summary(tree)``, then ``if jax.process_index() == 0: print(s)``).
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
@@ -332,6 +366,7 @@ def summary(
         tree = module_variables(tree, inputs, kwargs, variables, key, stats)
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     stacked = resolve_stacked(stacked, paths_, leaves)
+    logical = [logical_axes(x) for x in leaves] if sharding else []
     leaves = readable(unbox_all(leaves))
     origin = list(range(len(leaves)))  # the tree's leaf of each row
     tree_paths = paths_
@@ -348,7 +383,7 @@ def summary(
     concrete = stats and any(
         is_array(x) and not isinstance(x, jax.ShapeDtypeStruct) for x in leaves
     )
-    st = leaf_rows(leaves) if concrete else [None] * len(leaves)
+    st = leaf_rows(leaves, local, 'ptp.summary') if concrete else [None] * len(leaves)
     notes = dict(notes or {})
     aliases: dict[str, str] = ties.notes(tree) if ties is not None else {}
     notes.update(aliases)
@@ -357,6 +392,8 @@ def summary(
     )
     if aliases:
         rows = tuple(dataclasses.replace(r, alias=True) if r.path in aliases else r for r in rows)
+    if any(n is not None for n in logical):
+        rows = _with_logical(rows, [logical[j] for j in origin])
     groups: tuple[Row, ...] = ()
     calls: tuple[Call, ...] = ()
     if raw_calls is not None:
@@ -370,7 +407,23 @@ def summary(
     counted = [r for r in rows if not r.alias]
     # the tree's leaves: a stacked leaf split into layer rows is one leaf
     totals = dataclasses.replace(combine_rows('total', counted), leaves=len(set(origin)))
-    return Summary(rows, groups, totals, depth, concrete, sharding, calls)
+    local_note = local and concrete and any(is_global(x) for x in leaves)
+    return Summary(rows, groups, totals, depth, concrete, sharding, calls, local_note)
+
+
+def _maybe(fmt: Callable[[Any], str], v: Any) -> str:
+    return '' if v is None else fmt(v)
+
+
+def _with_logical(rows: tuple[Row, ...], names: list[Any]) -> tuple[Row, ...]:
+    """Rows with the logical axis names of their leaves (a layer row of a stacked
+    leaf has one axis fewer than the names: none shown)."""
+    return tuple(
+        dataclasses.replace(r, logical_axes=n)
+        if n is not None and r.shape is not None and len(n) == len(r.shape)
+        else r
+        for r, n in zip(rows, names)
+    )
 
 
 def _wants_calls(

@@ -53,6 +53,7 @@ from ._keys import describe, unbox
 from ._leaves import from_torch
 from ._load import LoadReport
 from ._messages import did_you_mean, nearest, quote_list
+from ._moments import not_addressable_message
 from ._patterns import capture_pattern
 from ._typing import PyTree
 
@@ -299,6 +300,8 @@ def to_torch_state_dict(
     Raises:
       StructureError: If two Flax paths map to one torch key, a tie's source
         is not produced, or an ``after_flatten`` shape does not fit.
+        Also for a leaf sharded over several processes (multi-host): the error
+        names the Orbax route (``ptp.save`` to a folder from every process).
       PathError: If an ``after_flatten`` module has no Dense kernel.
 
     Example:
@@ -313,6 +316,8 @@ def to_torch_state_dict(
     flat_rows = _flatten_shapes(after_flatten or {}, [m[0] for m in mapping])
     parts: dict[str, dict[int, tuple[str, np.ndarray, int]]] = {}
     for path, name, perm, leaf in mapping:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            raise StructureError(not_addressable_message('to_torch_state_dict', path))
         arr = np.asarray(jax.device_get(leaf))
         if path in flat_rows:
             arr = _flax_rows_to_torch(arr, flat_rows[path], path)

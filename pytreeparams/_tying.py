@@ -26,6 +26,7 @@ from ._flatten import children, flatten_with_paths
 from ._keys import is_box, path_str, path_tuple, rebox, unbox
 from ._leaves import dtype_name, type_str
 from ._messages import quote_list
+from ._moments import as_auto, fetch_replicated, is_global
 from ._paths import get, set
 from ._typing import FlatTree, PyTree
 
@@ -309,16 +310,7 @@ def untie(
         if check and not _traced((src, ali)):
             want = jax.tree_util.tree_leaves(_apply(fn, src))
             have = jax.tree_util.tree_leaves(ali)
-            if not all(
-                np.allclose(
-                    np.asarray(x, np.float64),
-                    np.asarray(y, np.float64),
-                    rtol=rtol,
-                    atol=atol,
-                    equal_nan=True,  # NaN where the source holds NaN is the same value
-                )
-                for x, y in zip(want, have)
-            ):
+            if not all(_close(x, y, rtol, atol) for x, y in zip(want, have)):
                 bad.append(a)
     if bad:
         raise StructureError(
@@ -329,6 +321,32 @@ def untie(
     for a in ties.aliases:
         compact = _remove(compact, a)
     return compact
+
+
+@jax.jit
+def _allclose(x: jax.Array, y: jax.Array, rtol: Any, atol: Any) -> jax.Array:
+    x, y = (
+        jnp.asarray(x, jnp.result_type(x, y, float)),
+        jnp.asarray(y, jnp.result_type(x, y, float)),
+    )
+    close = (x == y) | (jnp.abs(x - y) <= atol + rtol * jnp.abs(y))
+    return jnp.all(close | (jnp.isnan(x) & jnp.isnan(y)))
+
+
+def _close(x: Any, y: Any, rtol: float, atol: float) -> bool:
+    """``np.allclose(x, y, equal_nan=True)``: in float64 on the host, or for
+    arrays sharded over several processes by a jitted reduction where they lie."""
+    if is_global(x) or is_global(y):
+        return bool(fetch_replicated(_allclose(as_auto(x), as_auto(y), rtol, atol)))
+    return bool(
+        np.allclose(
+            np.asarray(x, np.float64),
+            np.asarray(y, np.float64),
+            rtol=rtol,
+            atol=atol,
+            equal_nan=True,  # NaN where the source holds NaN is the same value
+        )
+    )
 
 
 def tie(compact: PyTree, ties: Ties) -> PyTree:

@@ -1,6 +1,7 @@
 """The statistics core: one algorithm (``_moments``), in NumPy (``_host_moments``)
 and in traceable JAX (``_jax_moments``), and the engine that runs it where each leaf
-lives (``_engine``). The rest of the package enters through the names below."""
+lives (``_engine``), and over
+several processes (``_global``). The rest of the package enters through the names below."""
 
 from ._engine import DeviceWork as DeviceWork
 from ._engine import clear_programs as clear_programs
@@ -8,20 +9,32 @@ from ._engine import count_device_work as count_device_work
 from ._engine import force_device_path as force_device_path
 from ._engine import leaf_rows as leaf_rows
 from ._engine import wait_compiled as wait_compiled
+from ._global import STATS_CALL as STATS_CALL
+from ._global import as_auto as as_auto
+from ._global import fetch_replicated as fetch_replicated
+from ._global import is_global as is_global
+from ._global import not_addressable_message as not_addressable_message
+from ._global import on_auto_axes as on_auto_axes
 from ._jax_moments import jax_grad_partials as jax_grad_partials
 from ._jax_moments import jax_partials as jax_partials
 from ._moments import STAT_NAMES as STAT_NAMES
 from ._moments import finalize as finalize
 
 __all__ = [
+    'STATS_CALL',
     'STAT_NAMES',
     'DeviceWork',
+    'as_auto',
     'clear_programs',
     'count_device_work',
+    'fetch_replicated',
     'finalize',
     'force_device_path',
+    'is_global',
     'jax_grad_partials',
     'jax_partials',
     'leaf_rows',
+    'not_addressable_message',
+    'on_auto_axes',
     'wait_compiled',
 ]

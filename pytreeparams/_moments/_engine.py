@@ -25,9 +25,11 @@
 
 - **Sharded arrays** are reduced shard by shard where each shard lives (the
   two routes above, replicas counted once) and the shards' partials merged
-  on the host with the same merge: an array is never gathered. An array not
-  fully addressable from this process (multi-host) is reduced by the jitted
-  algorithm on the global array (XLA partitions the reductions).
+  on the host with the same merge: an array is never gathered. Arrays not
+  fully addressable from this process (multi-host, ``_global``): each process
+  reduces the shards it owns by the same routes, and the partials of all such
+  leaves are exchanged in one all-gather per call (collective), or, with
+  ``local=True``, only this process's shards are reduced (no exchange).
 
 ``count_device_work()`` counts XLA compilations, executable dispatches and
 device-to-host fetches of this module (``benchmarks/summary.py --device-path``
@@ -53,6 +55,7 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 
 from .._leaves import is_concrete_array
+from ._global import STATS_CALL, exchange, shard_plan
 from ._host_moments import host_partials_many, host_table
 from ._jax_moments import JAX_BLOCK, jax_partials
 from ._moments import N_PARTIAL, Partial, finalize, merge
@@ -216,13 +219,6 @@ def _kernel_impl(table: jax.Array, xpad: jax.Array, n: jax.Array, i: jax.Array) 
 _kernel = jax.jit(_kernel_impl, donate_argnums=0)
 
 
-def _global_impl(x: jax.Array) -> jax.Array:
-    return jnp.stack(jax_partials(x))
-
-
-_global = jax.jit(_global_impl)
-
-
 def _table_dtype() -> Any:
     return np.float64 if jax.config.read('jax_enable_x64') else np.float32
 
@@ -378,12 +374,18 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
     return out
 
 
-def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+def leaf_table(
+    leaves: list[Any], local: bool = False, what: str = STATS_CALL
+) -> tuple[np.ndarray, np.ndarray]:
     """Merged partial moments of each concrete array leaf, where it lives.
 
     Args:
       leaves: Concrete leaves (NumPy or jax arrays, scalars); None entries
         are skipped.
+      local: Arrays sharded over several processes: only this process's
+        shards (replicas once), no exchange; by default the statistics of the
+        whole array, from one exchange with every other process (collective).
+      what: The call, named in the warning of a process left waiting.
 
     Returns:
       ``(table, has)``: a float64 ``(len(leaves), N_PARTIAL)`` table of merged
@@ -394,6 +396,7 @@ def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     host: list[int] = []
     pieces: list[jax.Array] = []
     owner: list[int] = []
+    glob: list[int] = []
     for i, x in enumerate(leaves):
         if x is None:
             continue
@@ -404,15 +407,12 @@ def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         elif where == 'device':
             pieces.append(x)
             owner.append(i)
-        elif where == 'sharded':
+        elif where == 'sharded' or local:
             for piece in _pieces(x):
                 pieces.append(piece)
                 owner.append(i)
         else:
-            table[i] = np.asarray(_global(x), np.float64)
-            _count('dispatches')
-            _count('fetches')
-            _count('fetched_arrays')
+            glob.append(i)
     if host:
         table[host] = host_table([leaves[i] for i in host])
     if pieces:
@@ -430,12 +430,30 @@ def leaf_table(leaves: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         for i, ps in grouped.items():
             stacked = Partial(*(np.asarray(c, np.float64) for c in zip(*ps)))
             table[i] = np.asarray(ps[0] if len(ps) == 1 else merge(stacked, np), np.float64)
+    if glob:
+        table[glob] = _global_table([leaves[i] for i in glob], what)
     return table, has
 
 
-def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
+def _global_table(leaves: list[jax.Array], what: str) -> np.ndarray:
+    """Merged partials of arrays sharded over several processes (collective): this
+    process reduces the shards it owns by the routes above, then one exchange."""
+    plan = shard_plan(leaves)
+    own = leaf_table(list(plan.pieces))[0]
+    table = exchange(plan, own, what)
+    _count('dispatches')
+    _count('fetches')
+    _count('fetched_arrays')
+    return table
+
+
+def leaf_rows(
+    leaves: list[Any], local: bool = False, what: str = STATS_CALL
+) -> list[np.ndarray | None]:
     """``STAT_NAMES`` rows (float64 NumPy) of concrete array leaves; None for the
     other leaves (None, non-arrays, tracers, ``ShapeDtypeStruct``).
+
+    ``local`` and ``what`` as :func:`leaf_table` takes them.
 
     Example:
       >>> import numpy as np
@@ -443,6 +461,6 @@ def leaf_rows(leaves: list[Any]) -> list[np.ndarray | None]:
       >>> leaf_rows([np.array([3.0, 4.0]), None])[0].tolist()
       [3.5, 0.5, 3.0, 4.0, 5.0, 0.0, 0.0]
     """
-    table, has = leaf_table([x if is_concrete_array(x) else None for x in leaves])
+    table, has = leaf_table([x if is_concrete_array(x) else None for x in leaves], local, what)
     stats = finalize(Partial(*table.T), np)
     return [row if h else None for row, h in zip(stats, has)]
