@@ -188,7 +188,7 @@ def _blocks(a: np.ndarray, lo: int, hi: int, inv: float) -> np.ndarray:
     pages of a memory-mapped leaf are released block by block, once read."""
     buf = np.empty(HOST_BLOCK)
     wide = np.empty(HOST_BLOCK, np.float32)
-    mapped = _mapping_of(a) is not None
+    mapped = _releasable(a) is not None
     rows = []
     with np.errstate(all='ignore'):  # non-finite data: replaced in finalize
         for i in range(lo, hi, HOST_BLOCK):
@@ -208,16 +208,34 @@ def _mapping_of(a: np.ndarray) -> mmap.mmap | None:
     return base if isinstance(base, mmap.mmap) else None
 
 
-def release_pages(a: np.ndarray, lo: int, hi: int) -> None:
-    """Drops the resident pages of ``a[lo:hi]`` if ``a`` is a contiguous view of a
-    read-only memory map (a loaded safetensors file): they were read once, and a
-    later read maps them again from the file (or the OS cache). A summary of a
-    file then holds a few blocks at a time, not every page it has read. Pages
-    shared with the neighbouring blocks are kept (only whole pages inside the
-    range are dropped). Does nothing where ``madvise`` is missing.
-    """
+def _releasable(a: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` that ``a`` views if dropping its pages cannot change what ``a``
+    holds: a read-only mapping (``ACCESS_READ``, as ``np.load(mmap_mode='r')``
+    and a loaded safetensors file map), whose pages always come back from the
+    file. A copy-on-write map (``mmap_mode='c'``) may hold the user's edits only
+    in its private pages, and a writable one is the user's to manage: None."""
     mapping = _mapping_of(a) if a.flags.c_contiguous else None
     if mapping is None or not hasattr(mapping, 'madvise') or not hasattr(mmap, 'MADV_DONTNEED'):
+        return None
+    try:
+        with memoryview(mapping) as view:  # read-only exactly for ACCESS_READ maps
+            return mapping if view.readonly else None
+    except (TypeError, ValueError):  # a closed map
+        return None
+
+
+def release_pages(a: np.ndarray, lo: int, hi: int) -> None:
+    """Drops the resident pages of ``a[lo:hi]`` if ``a`` is a contiguous view of a
+    read-only memory map (a loaded safetensors file, ``np.load(f, mmap_mode='r')``):
+    they were read once, and a later read maps them again from the file (or the
+    OS cache). A summary of a file then holds a few blocks at a time, not every
+    page it has read. Pages shared with the neighbouring blocks are kept (only
+    whole pages inside the range are dropped). Copy-on-write (``mmap_mode='c'``)
+    and writable maps are left alone: their pages may hold edits the file does
+    not. Does nothing where ``madvise`` is missing.
+    """
+    mapping = _releasable(a)
+    if mapping is None:
         return
     origin = np.frombuffer(mapping, np.uint8).ctypes.data
     start = a.ctypes.data - origin + lo * a.itemsize
