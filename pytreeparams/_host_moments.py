@@ -30,13 +30,24 @@ __all__ = ['HOST_BLOCK', 'host_array', 'host_partials_many', 'host_table']
 HOST_BLOCK = 1 << 16  # elements per block: 256 KiB of float32, 512 KiB of float64
 _SMALL = 4096  # leaves up to this size are stacked with others of their size
 _EMPTY = Partial(*np.array([0.0, 0.0, 0.0, 1.0, np.nan, np.nan, 0.0, 0.0, 0.0]))
+_WORKERS = min(8, os.cpu_count() or 1)  # threads of the pool that reads large leaves
 _POOL: list[concurrent.futures.ThreadPoolExecutor] = []
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
     if not _POOL:
-        _POOL.append(concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)))
+        _POOL.append(concurrent.futures.ThreadPoolExecutor(_WORKERS, 'pytreeparams-host'))
     return _POOL[0]
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool came along without its threads (its
+    tasks would wait forever); the child makes its own on first use."""
+    _POOL.clear()
+
+
+if hasattr(os, 'register_at_fork'):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 _PLANS: dict[Any, str] = {}
@@ -299,7 +310,7 @@ def host_table(xs: list[Any]) -> np.ndarray:
     arrays = [host_array(x) for x in xs]
     groups: dict[tuple[int, Any], list[int]] = {}
     tasks: list[tuple[int, Any]] = []
-    workers = _pool()._max_workers
+    workers = _WORKERS
     for i, a in enumerate(arrays):
         n = a.size
         if n == 0:

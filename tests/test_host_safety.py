@@ -4,6 +4,11 @@ and keep their range (issue 23: items 2, 6, 7, 10, 15)."""
 from __future__ import annotations
 
 import mmap
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -58,3 +63,127 @@ def test_read_only_maps_are_still_released(tmp_path, monkeypatch):
     assert _host_moments._releasable(ro) is not None
     assert _host_moments._releasable(np.load(f, mmap_mode='c')) is None
     assert _host_moments._releasable(np.load(f, mmap_mode='r+')) is None
+
+
+def _script(code: str, timeout: float = 60) -> str:
+    """Runs ``code`` in a fresh interpreter (its own process group, killed whole
+    on a timeout, forked workers too): a hang is a failure, not a stuck run."""
+    proc = subprocess.Popen(
+        [sys.executable, '-c', textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # pragma: no cover - the bug this guards against
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f'the script hung ({timeout} s)')
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_forked_workers_summarize_large_arrays():
+    """The parent's host pool (and a queued compilation) do not hang a fork child."""
+    out = _script(
+        """
+        import multiprocessing, time, warnings
+        import numpy as np, pytreeparams as ptp
+        from pytreeparams import _engine
+
+        warnings.simplefilter('ignore')  # jax warns about fork; the host route is NumPy
+        def slow(key):
+            time.sleep(0.5)
+            return key
+        _engine._compile = slow
+        ptp.summary(np.ones(2**20))  # the parent's pool has threads now
+        _engine._compile_later([('parent', 1)])  # and a compilation in the background
+
+        def work(i):
+            _engine._compile_later([('child', i)])
+            _engine.wait_compiled()
+            return float(ptp.stats({'a': np.full(2**20, float(i))})['mean'][0])
+
+        with multiprocessing.get_context('fork').Pool(2) as pool:
+            print(pool.map(work, [1, 2, 3]))
+        """
+    )
+    assert out.strip() == '[1.0, 2.0, 3.0]'
+
+
+def test_exit_does_not_wait_for_queued_compilations():
+    """Compilations queued for a next call that never comes are dropped at exit:
+    counted as compilations started after the script's last line (the one
+    running then may finish; a slow exit may let one more start)."""
+    out = _script(
+        """
+        import os, time
+        from pytreeparams import _engine
+
+        def slow(key):
+            os.write(1, b'compiled\\n')
+            time.sleep(0.2)
+            return key
+        _engine._compile = slow
+        _engine._compile_later([('k', i) for i in range(20)])
+        os.write(1, b'last line\\n')
+        """
+    )
+    lines = out.splitlines()
+    after = lines[lines.index('last line') + 1 :]
+    assert len(after) <= 2, f'{len(after)} of 20 queued compilations ran after the last line'
+
+
+def test_a_dropped_compilation_is_compiled_by_whoever_needs_it(monkeypatch):
+    from pytreeparams import _engine
+
+    monkeypatch.setattr(_engine, '_compile', lambda key: ('program', key))
+    future = _engine._COMPILER.submit(lambda: None)
+    future.cancel()  # as the queue leaves it at exit
+    key = ('dropped',)
+    with _engine._LOCK:
+        _engine._PENDING[key] = future
+    try:
+        assert _engine._program(key) == ('program', key) == _engine._PROGRAMS[key]
+    finally:
+        with _engine._LOCK:
+            _engine._PENDING.pop(key, None)
+            _engine._PROGRAMS.pop(key, None)
+
+
+def test_force_device_path_holds_in_its_own_thread_only():
+    """One thread's forcing does not send another thread's leaves down the device route."""
+    import threading
+
+    import jax.numpy as jnp
+
+    from pytreeparams import _engine
+
+    x = jnp.ones(3)
+    inside, other = threading.Event(), threading.Event()
+    seen = {}
+
+    def forcing():
+        with _engine.force_device_path():
+            seen['forcing'] = _engine._where(x)
+            inside.set()
+            other.wait(10)
+
+    def plain():
+        inside.wait(10)
+        seen['plain'] = _engine._where(x)
+        other.set()
+
+    threads = [threading.Thread(target=forcing), threading.Thread(target=plain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {'forcing': 'device', 'plain': 'host'}
+    with _engine.force_device_path(host_first=True):
+        with _engine.force_device_path():
+            assert _engine._FORCE.get() == (True, False)
+        assert _engine._FORCE.get() == (True,)
+    assert _engine._FORCE.get() == () and _engine._where(x) == 'host'
