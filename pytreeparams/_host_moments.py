@@ -120,8 +120,16 @@ def _inv_scale(a: np.ndarray) -> float:
     """``1 / scale``: 1 unless squares could leave float64's range (float64 data)."""
     if a.dtype != np.float64 or a.size == 0:
         return 1.0
-    with np.errstate(invalid='ignore'):
-        amax = float(np.max(np.abs(a)))
+    amax = 0.0  # block by block, with no temporary: a mapped leaf is never copied whole
+    releasable = _releasable(a) is not None
+    for i in range(0, a.size, HOST_BLOCK):
+        block = a[i : i + HOST_BLOCK]
+        lo, hi = float(block.min()), float(block.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return 1.0
+        amax = max(amax, -lo, hi)
+        if releasable:
+            release_pages(a, i, i + HOST_BLOCK)
     if not math.isfinite(amax) or 1e-140 < amax < 1e140:
         return 1.0
     return float(1.0 / scale_of(np.float64(amax), np, -1020, 1020))
@@ -173,7 +181,7 @@ def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list
         shift = float(np.dot(w64, ones))
         if not math.isfinite(shift):
             shift = float(work[0]) if math.isfinite(float(work[0])) else 0.0
-        d = np.subtract(work, shift, out=buf[:m], casting='unsafe')
+        d = np.subtract(work, shift, out=buf[:m], dtype=np.float64)  # never in float32
         sd = float(np.dot(d, _ONES64[:m]))
         sdd = float(np.dot(d, d))
         mean = shift + sd / m

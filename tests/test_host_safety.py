@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -187,3 +188,72 @@ def test_force_device_path_holds_in_its_own_thread_only():
             assert _engine._FORCE.get() == (True, False)
         assert _engine._FORCE.get() == (True,)
     assert _engine._FORCE.get() == () and _engine._where(x) == 'host'
+
+
+_EXTREMES = [
+    (np.float32, 3e38, 1e-12),
+    (ml_dtypes.bfloat16, 3e38, 1e-12),
+    (np.float16, 65000.0, 1e-6),  # float32 deviations (63 eps bound), as for all float16
+    (np.float64, 1e305, 1e-12),  # squares beyond float64: scaled by a power of two
+    (np.float64, 1e-305, 1e-12),
+]
+
+
+@pytest.mark.parametrize('dtype, big, rtol', _EXTREMES)
+@pytest.mark.parametrize('n', [100, 8192, 3 * 65536 + 64])  # stacked, one block, pooled blocks
+def test_host_statistics_keep_their_range_near_the_top_of_each_dtype(dtype, big, rtol, n):
+    """Finite data near float32's (bfloat16's, float16's) top once overflowed in
+    float32 deviations: mean -inf, std and l2 NaN."""
+    from pytreeparams._engine import leaf_rows
+
+    x = np.full(n, big, dtype)
+    x[::10] = -big
+    x[3] = 0
+    row = leaf_rows([x])[0]
+    x64 = x.astype(np.float64)
+    s = 2.0 ** -(np.frexp(float(np.max(np.abs(x64))))[1])  # exact: references in range too
+    ref = [
+        np.mean(x64 * s) / s,
+        np.std(x64 * s) / s,
+        x64.min(),
+        x64.max(),
+        np.linalg.norm(x64 * s) / s,
+        0.0,
+        1.0 / n,
+    ]
+    np.testing.assert_allclose(row, ref, rtol=rtol)
+    summary_row = ptp.summary({'x': x}).rows[0]
+    assert summary_row.nonfinite == 0
+    np.testing.assert_allclose([summary_row.mean, summary_row.std], ref[:2], rtol=max(rtol, 1e-6))
+
+
+def test_a_float64_leaf_is_scanned_for_its_range_block_by_block(tmp_path):
+    """``np.max(np.abs(a))`` once copied a whole float64 leaf (twice its size
+    in memory for a memory-mapped one); NumPy reports its buffers to tracemalloc."""
+    import tracemalloc
+
+    n = 1 << 22  # 32 MiB; scratch buffers are a few per thread, whatever the size
+    f = tmp_path / 'a.npy'
+    np.save(f, np.linspace(-1e200, 1e200, n))  # squares beyond float64: scaled
+    a = np.load(f, mmap_mode='r')
+    ptp.stats({'a': a})  # warm: caches, the pool
+    tracemalloc.start()
+    try:
+        rows = ptp.summary({'a': a}).rows
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < a.nbytes // 4, peak
+    np.testing.assert_allclose(rows[0].std, np.std(a / 1e200) * 1e200, rtol=1e-12)
+
+
+@pytest.mark.parametrize('dtype', [ml_dtypes.int4, ml_dtypes.uint4])
+@pytest.mark.parametrize('n', [100, 4096, 3 * 65536 + 7])
+def test_int4_host_statistics_are_exact(dtype, n):
+    from pytreeparams._engine import leaf_rows
+
+    info = ml_dtypes.iinfo(dtype)
+    x = np.random.default_rng(0).integers(int(info.min), int(info.max) + 1, n).astype(dtype)
+    x64 = x.astype(np.float64)
+    ref = [x64.mean(), x64.std(), x64.min(), x64.max(), np.linalg.norm(x64), 0, np.mean(x64 == 0)]
+    np.testing.assert_allclose(leaf_rows([x, x[::-1].copy()])[0], ref, rtol=1e-13, atol=1e-15)
