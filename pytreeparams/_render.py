@@ -4,6 +4,7 @@ notebook HTML, and the one number format they share."""
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ __all__ = [
     'fmt_float',
     'fmt_int',
     'html_table',
+    'json_safe',
     'rich_table',
     'stats_text',
     'text_table',
@@ -40,6 +42,25 @@ def fmt_bytes(n: float) -> str:
             return f'{n} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
         n /= 1000
     return str(n)  # pragma: no cover
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` for strict JSON parsers: NaN and infinities as the strings
+    ``'NaN'``, ``'Infinity'`` and ``'-Infinity'`` (proto3's JSON mapping of
+    floats, which TensorBoard's and Google's JSON use; ``float()`` reads them
+    back), through dicts, lists and tuples; everything else as it is.
+
+    Example:
+      >>> json_safe({'a': [1.0, float('inf')], 'b': float('nan')})
+      {'a': [1.0, 'Infinity'], 'b': 'NaN'}
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return 'NaN' if obj != obj else ('Infinity' if obj > 0 else '-Infinity')
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def fmt_float(v: float | None) -> str:

@@ -178,29 +178,51 @@ class Summary:
             f'{fmt_bytes(self.totals.nbytes)})'
         )
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(
+        self, prefix: str = '', *, stat_first: bool = False, drop_nan: bool = False
+    ) -> dict[str, float]:
         """Flat ``{'path/stat': float}`` (groups with ``depth``), plus ``total/...``
         (``_total/...`` when the tree has a top-level key ``total`` of its own).
+
+        Args:
+          prefix: Put before every key (e.g. ``'train/'``).
+          stat_first: Keys ``'mean/dense/kernel'`` (grouped by statistic, as
+            TensorBoard and W&B group by the first part) instead of
+            ``'dense/kernel/mean'``.
+          drop_nan: Leave out entries that are not finite (NaN or infinite);
+            ``nonfinite`` still counts NaN/Inf values.
 
         Returns:
           Sizes, bytes and (with statistics) every statistic, for loggers such as
           TensorBoard.
+
+        Example:
+          >>> import numpy as np, pytreeparams as ptp
+          >>> s = ptp.summary({'w': np.array([1.0, np.nan])})
+          >>> d = s.to_dict(stat_first=True, drop_nan=True)
+          >>> d['size/w'], d['nonfinite/total'], 'mean/w' in d
+          (2.0, 1.0, False)
         """
         out: dict[str, float] = {}
+
+        def put(path: str, stat: str, v: float) -> None:
+            if not (drop_nan and not math.isfinite(v)):
+                out[prefix + (f'{stat}/{path}' if stat_first else f'{path}/{stat}')] = v
+
         body = self.groups if self.depth is not None else self.rows
         total = 'total'
         while any(r.path == total or r.path.startswith(total + '/') for r in body):
             total = '_' + total  # a tree with its own 'total' keeps it; the totals move aside
         totals = dataclasses.replace(self.totals, path=total)
         for r in (*body, totals):
-            out[f'{r.path}/size'] = float(r.size)
-            out[f'{r.path}/nbytes'] = float(r.nbytes)
+            put(r.path, 'size', float(r.size))
+            put(r.path, 'nbytes', float(r.nbytes))
             if self.has_stats and r.mean is not None:
                 for k, v in r.stats().items():
-                    out[f'{r.path}/{k}'] = float('nan') if v is None else float(v)
+                    put(r.path, k, float('nan') if v is None else float(v))
             for k, v in r.extra:
                 if v is not None:
-                    out[f'{r.path}/{k}'] = float(v)
+                    put(r.path, k, float(v))
         return out
 
 
