@@ -144,10 +144,12 @@ class Summary:
     def rich_table(self, width: int = 80) -> Any:
         """A ``rich.table.Table`` that fits ``width`` columns with no cut cell.
 
-        Numbers are never cut: long paths fold onto further lines, and when the
-        table is still too wide whole columns are left out (first ``l2``,
-        ``zeros``, ``nonfinite``, ``bytes``, ``min``/``max``), named in the
-        caption. ``print(summary)`` or ``summary.to_dict()`` give everything.
+        Numbers are never cut: long paths fold onto further lines at a '/'
+        (types, inputs and outputs at a shape's '[' or ','), and when the table
+        is still too wide whole columns are left out (first ``l2``, ``zeros``,
+        ``nonfinite``, ``bytes``, ``min``/``max``; ``mean`` and ``std`` last),
+        named in the caption. ``print(summary)`` or ``summary.to_dict()`` give
+        everything.
 
         Args:
           width: The console width.
