@@ -19,7 +19,7 @@ from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
 from ._io import load
-from ._render import json_safe
+from ._render import fmt_count, json_safe
 from ._rows import parameter_count
 from ._summary import summary
 
@@ -131,8 +131,8 @@ def _run(args: argparse.Namespace) -> int:
                 n_params, n_state = parameter_count(full.rows)
                 state = f', {n_state:,} values of other state (running statistics, counters)'
                 print(
-                    f'{args.file}: {s.totals.leaves} leaves, {n_params:,} parameters'
-                    + (state if n_state else '')
+                    f'{args.file}: {fmt_count(s.totals.leaves, "leaf", "leaves")}, '
+                    f'{fmt_count(n_params, "parameter", "parameters")}' + (state if n_state else '')
                 )
                 _print_table(s, args)
             return 0

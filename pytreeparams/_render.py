@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     'fmt_bytes',
+    'fmt_count',
     'fmt_float',
     'fmt_int',
     'html_table',
@@ -41,6 +42,16 @@ LEFT = ('path', 'type', 'sharding', 'note')  # left-aligned columns; numbers go 
 def fmt_int(n: int) -> str:
     """``1,234,567``."""
     return f'{n:,}'
+
+
+def fmt_count(n: int, one: str, many: str) -> str:
+    """``1 leaf``, ``20,000 leaves``: a count with its noun in number.
+
+    Example:
+      >>> fmt_count(1, 'leaf', 'leaves'), fmt_count(20000, 'leaf', 'leaves')
+      ('1 leaf', '20,000 leaves')
+    """
+    return f'{fmt_int(n)} {one if n == 1 else many}'
 
 
 def fmt_bytes(n: float) -> str:
@@ -73,10 +84,13 @@ def json_safe(obj: Any) -> Any:
 
 def fmt_float(v: float | None) -> str:
     """Four significant digits; exponent form below 1e-3 and from 1e5; '' for None.
+    From 1e4 whole numbers with thousands separators (a count reads ``20,000``).
 
     Example:
       >>> [fmt_float(v) for v in (0.0, 0.123456, 123456.0, 1e-5, float('nan'), None)]
       ['0', '0.1235', '1.23e+05', '1.00e-05', 'nan', '']
+      >>> fmt_float(20000.0), fmt_float(12345.6)
+      ('20,000', '12,346')
     """
     if v is None:
         return ''
@@ -86,6 +100,8 @@ def fmt_float(v: float | None) -> str:
         return '0'
     if abs(v) >= 1e5 or abs(v) < 1e-3:
         return f'{v:.2e}'
+    if abs(v) >= 1e4:  # .4g would give '2e+04'
+        return f'{v:,.0f}'
     return f'{v:.4g}'
 
 
@@ -132,8 +148,14 @@ def stats_text(paths: Sequence[str], columns: Sequence[str], table: Any) -> str:
     if isinstance(table, jax.core.Tracer):
         return f'<{len(paths)} x {len(columns)} statistics, traced>'
     t = np.asarray(jax.device_get(table), np.float64)
+    counts = [c.endswith('nonfinite') for c in columns]  # exact counts: 123,456, not 1.23e+05
+
+    def cell(v: float, count: bool) -> str:
+        return fmt_int(int(v)) if count and np.isfinite(v) else fmt_float(v)
+
     return text_table(
-        ['path', *columns], [[p, *(fmt_float(v) for v in t[i])] for i, p in enumerate(paths)]
+        ['path', *columns],
+        [[p, *(cell(v, c) for v, c in zip(t[i], counts))] for i, p in enumerate(paths)],
     )
 
 

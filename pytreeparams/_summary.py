@@ -25,6 +25,7 @@ from ._messages import no_match_message
 from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._render import (
     fmt_bytes,
+    fmt_count,
     fmt_float,
     fmt_int,
     html_table,
@@ -86,11 +87,13 @@ class Summary:
             ('bytes', lambda r: fmt_bytes(r.nbytes)),
         ]
         if self.depth is not None:
-            cols.insert(2, ('leaves', lambda r: str(r.leaves)))
+            cols.insert(2, ('leaves', lambda r: fmt_int(r.leaves)))
         if self.has_stats:
             for name in ('mean', 'std', 'min', 'max', 'l2'):
                 cols.append((name, lambda r, n=name: fmt_float(getattr(r, n))))
-            cols.append(('nonfinite', lambda r: '' if r.nonfinite is None else str(r.nonfinite)))
+            cols.append(
+                ('nonfinite', lambda r: '' if r.nonfinite is None else fmt_int(r.nonfinite))
+            )
             cols.append(('zeros', lambda r: fmt_float(r.zero_frac)))
         body = self.groups if self.depth is not None else self.rows
         if body and body[0].extra:
@@ -119,7 +122,8 @@ class Summary:
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         if self.calls:
             call_cols = self._call_columns()
-            totals = Call('total', f'{self.totals.leaves} leaves', '__call__', '', '', self.totals)
+            leaves = fmt_count(self.totals.leaves, 'leaf', 'leaves')
+            totals = Call('total', leaves, '__call__', '', '', self.totals)
             return (
                 [c for c, _ in call_cols],
                 [[f(c) for _, f in call_cols] for c in self.calls],
@@ -130,7 +134,7 @@ class Summary:
         header = [c for c, _ in cols]
         cells = [[f(r) for _, f in cols] for r in body]
         total = [f(self.totals) for _, f in cols]
-        total[1] = f'{self.totals.leaves} leaves'
+        total[1] = fmt_count(self.totals.leaves, 'leaf', 'leaves')
         return header, cells, total
 
     def _title(self) -> str:
@@ -176,7 +180,8 @@ class Summary:
 
     def __repr__(self) -> str:
         return (
-            f'Summary({self.totals.leaves} leaves, {fmt_int(self.totals.size)} parameters, '
+            f'Summary({fmt_count(self.totals.leaves, "leaf", "leaves")}, '
+            f'{fmt_count(self.totals.size, "parameter", "parameters")}, '
             f'{fmt_bytes(self.totals.nbytes)})'
         )
 

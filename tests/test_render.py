@@ -180,3 +180,18 @@ def test_fold_breaks_paths_at_slashes_and_types_in_shapes():
         42,
     )
     assert dropped == ['l2'] and [widths[i] for i in keep] == [19, 6, 4, 4]
+
+
+def test_counts_read_as_counts_and_leaves_agree_in_number():
+    """'1 leaves' and counts printed as '2e+04' (issue 26.18)."""
+    one = ptp.summary({'w': jnp.ones(3)})
+    assert repr(one) == 'Summary(1 leaf, 3 parameters, 12 B)'
+    assert '1 leaf ' in str(one) + ' ' and '1 leaves' not in str(one)
+    bad = jnp.full(20000, jnp.nan).at[0].set(1.0)
+    s = ptp.summary({'a': {'w': bad}, 'b': jnp.ones(1)}, depth=1)
+    text = str(s)
+    assert '19,999' in text and '2 leaves' in text and 'e+04' not in text
+    stats_text = str(ptp.stats({'w': jnp.full(123456, jnp.inf), 'v': jnp.full(5, 20000.0)}))
+    assert '123,456' in stats_text and '20,000' in stats_text and 'e+04' not in stats_text
+    grads_text = str(ptp.grad_stats({'w': jnp.full(20000, jnp.nan)}))
+    assert '20,000' in grads_text
