@@ -19,6 +19,7 @@ from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
 from ._files import abstract_orbax, format_of, load, scheme_of
+from ._render import fmt_count, json_safe
 from ._rows import parameter_count
 from ._summary import summary
 
@@ -47,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument('--select', default=None, help="only paths matching this glob, e.g. '**/kernel'")
     s.add_argument('--no-stats', action='store_true', help='names, shapes and counts only')
-    s.add_argument('--json', action='store_true', help='print {path/stat: value} as JSON')
+    s.add_argument(
+        '--json',
+        action='store_true',
+        help="print {path/stat: value} as strict JSON (NaN, inf: 'NaN', 'Infinity', '-Infinity')",
+    )
     look = s.add_mutually_exclusive_group()
     look.add_argument(
         '--rich', action='store_true', help='a rich table even when not on a terminal'
@@ -61,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser('diff', help='print what differs between two checkpoint files')
     d.add_argument('a', help='the reference checkpoint (file or Orbax directory)')
     d.add_argument('b', help='the checkpoint compared with it')
-    d.add_argument('--json', action='store_true', help='print the report as JSON')
+    d.add_argument(
+        '--json',
+        action='store_true',
+        help="print the report as strict JSON (NaN, inf: 'NaN', 'Infinity', '-Infinity')",
+    )
     return p
 
 
@@ -129,30 +138,27 @@ def _run(args: argparse.Namespace) -> int:
             if args.depth == 0:
                 s = dataclasses.replace(s, rows=(), groups=(), depth=None)
             if args.json:
-                print(json.dumps(s.to_dict(), indent=1, allow_nan=True))
+                print(json.dumps(json_safe(s.to_dict()), indent=1, allow_nan=False))
             else:
                 n_params, n_state = parameter_count(full.rows)
                 state = f', {n_state:,} values of other state (running statistics, counters)'
                 print(
-                    f'{args.file}: {s.totals.leaves} leaves, {n_params:,} parameters'
-                    + (state if n_state else '')
+                    f'{args.file}: {fmt_count(s.totals.leaves, "leaf", "leaves")}, '
+                    f'{fmt_count(n_params, "parameter", "parameters")}' + (state if n_state else '')
                 )
                 _print_table(s, args)
             return 0
         if args.command == 'diff':
             r = diff(load(args.a), load(args.b))
             if args.json:
-                print(
-                    json.dumps(
-                        {
-                            'only_a': r.only_a,
-                            'only_b': r.only_b,
-                            'changed': r.changed,
-                            'rel_change': r.rel_change,
-                        },
-                        indent=1,
-                    )
-                )
+                report = {
+                    'only_a': r.only_a,
+                    'only_b': r.only_b,
+                    'changed': r.changed,
+                    'rel_change': r.rel_change,
+                    'abs_change': r.abs_change,
+                }
+                print(json.dumps(json_safe(report), indent=1, allow_nan=False))
             else:
                 print(r)
             return 0 if r.same else 1

@@ -29,6 +29,8 @@ class DiffReport:
       changed: ``{path: (type in a, type in b)}`` where shape or dtype differ.
       rel_change: ``{path: ||a - b|| / ||a||}`` for common leaves of equal type
         (``inf`` where ``a`` is zero and ``b`` is not).
+      abs_change: ``{path: ||a - b||}`` for the common numeric leaves of
+        ``rel_change`` (computed in float64; not for PRNG keys).
 
     Example:
       >>> import pytreeparams as ptp
@@ -41,6 +43,7 @@ class DiffReport:
     only_b: tuple[str, ...]
     changed: dict[str, tuple[str, str]]
     rel_change: dict[str, float]
+    abs_change: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def same(self) -> bool:
@@ -60,7 +63,9 @@ class DiffReport:
         cells = [[p, 'only in a', ''] for p in self.only_a]
         cells += [[p, 'only in b', ''] for p in self.only_b]
         cells += [[p, 'changed type', f'{ta} -> {tb}'] for p, (ta, tb) in self.changed.items()]
-        cells += [[p, 'changed value', f'{v:.3e}'] for p, v in self.rel_change.items() if v != 0]
+        cells += [
+            [p, 'changed value', self._change(p, v)] for p, v in self.rel_change.items() if v != 0
+        ]
         return html_table(
             ['path', 'difference', 'detail'], cells, [str(self).splitlines()[-1], '', '']
         )
@@ -68,6 +73,13 @@ class DiffReport:
     def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
         attributes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return treescope_repr(self, attributes, path, subtree_renderer)
+
+    def _change(self, path: str, rel: float) -> str:
+        """``relative change 5.000e-01, absolute 1.000e+00`` (absolute where known)."""
+        text = f'relative change {rel:.3e}'
+        if path in self.abs_change:
+            text += f', absolute {self.abs_change[path]:.3e}'
+        return text
 
     def __str__(self) -> str:
         lines = []
@@ -79,7 +91,7 @@ class DiffReport:
             lines.append(f'~ {p}  {ta} -> {tb}')
         for p, v in self.rel_change.items():
             if v != 0:
-                lines.append(f'  {p}  relative change {v:.3e}')
+                lines.append(f'  {p}  {self._change(p, v)}')
         same = sum(1 for v in self.rel_change.values() if v == 0)
         lines.append(
             f'{len(self.only_a)} only in a, {len(self.only_b)} only in b, '
@@ -118,6 +130,7 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
     changed: dict[str, tuple[str, str]] = {}
     rel: dict[str, float] = {}
     sharded: dict[str, tuple[Any, Any]] = {}  # pairs of global arrays, reduced together
+    absolute: dict[str, float] = {}
     for p, xa in fa.items():
         if p not in fb:
             continue
@@ -139,14 +152,14 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
         va = np.asarray(jax.device_get(xa)).astype(np.float64)
         vb = np.asarray(jax.device_get(xb)).astype(np.float64)
         if np.array_equal(va, vb, equal_nan=True):  # NaN in the same places is no change
-            rel[p] = 0.0
+            rel[p] = absolute[p] = 0.0
             continue
-        num = float(np.linalg.norm((va - vb).ravel()))
+        num = absolute[p] = float(np.linalg.norm((va - vb).ravel()))
         den = float(np.linalg.norm(va.ravel()))
         rel[p] = num / den if den > 0 else (0.0 if num == 0 else float('inf'))
-    if sharded:
-        rel.update(_global_changes(sharded))
-    return DiffReport(only_a, only_b, changed, rel)
+    for p, (r, a_change) in _global_changes(sharded).items() if sharded else ():
+        rel[p], absolute[p] = r, a_change
+    return DiffReport(only_a, only_b, changed, rel, absolute)
 
 
 def _pair_change(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -169,8 +182,8 @@ def _pair_changes(pairs: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
     return jnp.stack([_pair_change(a, b) for a, b in pairs])
 
 
-def _global_changes(pairs: dict[str, tuple[Any, Any]]) -> dict[str, float]:
-    """Relative changes of pairs of arrays sharded over several processes: one
+def _global_changes(pairs: dict[str, tuple[Any, Any]]) -> dict[str, tuple[float, float]]:
+    """Relative and absolute changes of pairs of arrays sharded over several processes: one
     jitted program (XLA reduces each shard where it lies), one small result."""
     args = []
     for xa, xb in pairs.values():
@@ -180,10 +193,11 @@ def _global_changes(pairs: dict[str, tuple[Any, Any]]) -> dict[str, float]:
             xa = jax.device_put(xa, xb.sharding) if not is_global(xa) else xa
         args.append((xa, xb))
     table = fetch_replicated(_pair_changes(args)).astype(np.float64)
-    out = {}
+    out: dict[str, tuple[float, float]] = {}
     for p, (equal, num, den) in zip(pairs, table):
         if equal:
-            out[p] = 0.0
+            out[p] = (0.0, 0.0)
         else:
-            out[p] = float(num / den) if den > 0 else (0.0 if num == 0 else float('inf'))
+            r = float(num / den) if den > 0 else (0.0 if num == 0 else float('inf'))
+            out[p] = (r, float(num))
     return out

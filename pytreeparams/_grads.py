@@ -105,8 +105,10 @@ class GradStats:
           stat_first: Keys ``'grad_norm/h_0/fc'`` (grouped by statistic, as
             TensorBoard and W&B group by the first part) instead of
             ``'h_0/fc/grad_norm'``.
-          drop_nan: Leave out NaN entries (the parameter and update columns
-            when those trees were not given).
+          drop_nan: Leave out entries that are not finite: NaN (the parameter
+            and update columns when those trees were not given) and infinite
+            (a ratio to a parameter that is all zeros, such as a freshly
+            initialised bias); ``grad_nonfinite`` still counts NaN/Inf gradients.
 
         Returns:
           ``{key: float}`` with ``prefix + 'global_norm'`` too.
@@ -123,7 +125,7 @@ class GradStats:
         for i, p in enumerate(self.paths):
             for j, s in enumerate(GRAD_STAT_NAMES):
                 v = float(table[i, j])
-                if drop_nan and v != v:
+                if drop_nan and not math.isfinite(v):
                     continue
                 out[prefix + (f'{s}/{p}' if stat_first else f'{p}/{s}')] = v
         out[prefix + 'global_norm'] = float(gn)

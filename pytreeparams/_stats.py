@@ -8,6 +8,8 @@ arrays). Under ``jit`` the traceable form runs in the traced program.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,14 +77,39 @@ class Stats:
     def __str__(self) -> str:
         return stats_text(self.paths, STAT_NAMES, self.table)
 
-    def to_dict(self) -> dict[str, float]:
-        """``{'path/stat': float}`` on the host (one transfer)."""
+    def to_dict(
+        self, prefix: str = '', *, stat_first: bool = False, drop_nan: bool = False
+    ) -> dict[str, float]:
+        """``{'path/stat': float}`` on the host (one transfer), for metric loggers.
+
+        Args:
+          prefix: Put before every key (e.g. ``'train/'``).
+          stat_first: Keys ``'mean/dense/kernel'`` (grouped by statistic, as
+            TensorBoard and W&B group by the first part) instead of
+            ``'dense/kernel/mean'``.
+          drop_nan: Leave out entries that are not finite (NaN or infinite:
+            the statistics of a leaf holding NaN or Inf, an empty leaf's);
+            ``nonfinite`` still counts them.
+
+        Returns:
+          ``{key: float}``.
+
+        Example:
+          >>> import jax.numpy as jnp, pytreeparams as ptp
+          >>> s = ptp.stats({'w': jnp.array([1.0, jnp.inf])})
+          >>> s.to_dict('train/', stat_first=True, drop_nan=True)['train/nonfinite/w']
+          1.0
+          >>> 'train/mean/w' in s.to_dict('train/', stat_first=True, drop_nan=True)
+          False
+        """
         t = np.asarray(jax.device_get(self.table))
-        return {
-            f'{p}/{s}': float(t[i, j])
-            for i, p in enumerate(self.paths)
-            for j, s in enumerate(STAT_NAMES)
-        }
+        out = {}
+        for i, p in enumerate(self.paths):
+            for j, s in enumerate(STAT_NAMES):
+                v = float(t[i, j])
+                if not (drop_nan and not math.isfinite(v)):
+                    out[prefix + (f'{s}/{p}' if stat_first else f'{p}/{s}')] = v
+        return out
 
 
 def stats(tree: PyTree, *, local: bool = False) -> Stats:

@@ -28,6 +28,7 @@ from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._render import (
     axes_text,
     fmt_bytes,
+    fmt_count,
     fmt_float,
     fmt_int,
     html_table,
@@ -89,11 +90,13 @@ class Summary:
             ('bytes', lambda r: fmt_bytes(r.nbytes)),
         ]
         if self.depth is not None:
-            cols.insert(2, ('leaves', lambda r: str(r.leaves)))
+            cols.insert(2, ('leaves', lambda r: fmt_int(r.leaves)))
         if self.has_stats:
             for name in ('mean', 'std', 'min', 'max', 'l2'):
                 cols.append((name, lambda r, n=name: fmt_float(getattr(r, n))))
-            cols.append(('nonfinite', lambda r: '' if r.nonfinite is None else str(r.nonfinite)))
+            cols.append(
+                ('nonfinite', lambda r: '' if r.nonfinite is None else fmt_int(r.nonfinite))
+            )
             cols.append(('zeros', lambda r: fmt_float(r.zero_frac)))
         body = self.groups if self.depth is not None else self.rows
         if body and body[0].extra:
@@ -126,7 +129,8 @@ class Summary:
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         if self.calls:
             call_cols = self._call_columns()
-            totals = Call('total', f'{self.totals.leaves} leaves', '__call__', '', '', self.totals)
+            leaves = fmt_count(self.totals.leaves, 'leaf', 'leaves')
+            totals = Call('total', leaves, '__call__', '', '', self.totals)
             return (
                 [c for c, _ in call_cols],
                 [[f(c) for _, f in call_cols] for c in self.calls],
@@ -137,7 +141,7 @@ class Summary:
         header = [c for c, _ in cols]
         cells = [[f(r) for _, f in cols] for r in body]
         total = [f(self.totals) for _, f in cols]
-        total[1] = f'{self.totals.leaves} leaves'
+        total[1] = fmt_count(self.totals.leaves, 'leaf', 'leaves')
         return header, cells, total
 
     def _title(self) -> str:
@@ -160,10 +164,12 @@ class Summary:
     def rich_table(self, width: int = 80) -> Any:
         """A ``rich.table.Table`` that fits ``width`` columns with no cut cell.
 
-        Numbers are never cut: long paths fold onto further lines, and when the
-        table is still too wide whole columns are left out (first ``l2``,
-        ``zeros``, ``nonfinite``, ``bytes``, ``min``/``max``), named in the
-        caption. ``print(summary)`` or ``summary.to_dict()`` give everything.
+        Numbers are never cut: long paths fold onto further lines at a '/'
+        (types, inputs and outputs at a shape's '[' or ','), and when the table
+        is still too wide whole columns are left out (first ``l2``, ``zeros``,
+        ``nonfinite``, ``bytes``, ``min``/``max``; ``mean`` and ``std`` last),
+        named in the caption. ``print(summary)`` or ``summary.to_dict()`` give
+        everything.
 
         Args:
           width: The console width.
@@ -190,35 +196,58 @@ class Summary:
 
     def __repr__(self) -> str:
         return (
-            f'Summary({self.totals.leaves} leaves, {fmt_int(self.totals.size)} parameters, '
+            f'Summary({fmt_count(self.totals.leaves, "leaf", "leaves")}, '
+            f'{fmt_count(self.totals.size, "parameter", "parameters")}, '
             f'{fmt_bytes(self.totals.nbytes)})'
         )
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(
+        self, prefix: str = '', *, stat_first: bool = False, drop_nan: bool = False
+    ) -> dict[str, float]:
         """Flat ``{'path/stat': float}`` (groups with ``depth``), plus ``total/...``
         (``_total/...`` when the tree has a top-level key ``total`` of its own).
+
+        Args:
+          prefix: Put before every key (e.g. ``'train/'``).
+          stat_first: Keys ``'mean/dense/kernel'`` (grouped by statistic, as
+            TensorBoard and W&B group by the first part) instead of
+            ``'dense/kernel/mean'``.
+          drop_nan: Leave out entries that are not finite (NaN or infinite);
+            ``nonfinite`` still counts NaN/Inf values.
 
         Returns:
           Sizes, bytes and (with statistics) every statistic, for loggers such as
           TensorBoard.
+
+        Example:
+          >>> import numpy as np, pytreeparams as ptp
+          >>> s = ptp.summary({'w': np.array([1.0, np.nan])})
+          >>> d = s.to_dict(stat_first=True, drop_nan=True)
+          >>> d['size/w'], d['nonfinite/total'], 'mean/w' in d
+          (2.0, 1.0, False)
         """
         out: dict[str, float] = {}
+
+        def put(path: str, stat: str, v: float) -> None:
+            if not (drop_nan and not math.isfinite(v)):
+                out[prefix + (f'{stat}/{path}' if stat_first else f'{path}/{stat}')] = v
+
         body = self.groups if self.depth is not None else self.rows
         total = 'total'
         while any(r.path == total or r.path.startswith(total + '/') for r in body):
             total = '_' + total  # a tree with its own 'total' keeps it; the totals move aside
         totals = dataclasses.replace(self.totals, path=total)
         for r in (*body, totals):
-            out[f'{r.path}/size'] = float(r.size)
-            out[f'{r.path}/nbytes'] = float(r.nbytes)
+            put(r.path, 'size', float(r.size))
+            put(r.path, 'nbytes', float(r.nbytes))
             if r.device_bytes is not None:
-                out[f'{r.path}/device_bytes'] = float(r.device_bytes)
+                put(r.path, 'device_bytes', float(r.device_bytes))
             if self.has_stats and r.mean is not None:
                 for k, v in r.stats().items():
-                    out[f'{r.path}/{k}'] = float('nan') if v is None else float(v)
+                    put(r.path, k, float('nan') if v is None else float(v))
             for k, v in r.extra:
                 if v is not None:
-                    out[f'{r.path}/{k}'] = float(v)
+                    put(r.path, k, float(v))
         return out
 
 

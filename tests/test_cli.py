@@ -152,3 +152,29 @@ def test_summary_counts_parameters_apart_from_running_statistics(tmp_path, capsy
     assert main(['summary', path, '--plain', '--no-stats']) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert f', {n_params:,} parameters, {n_state:,} values of other state' in first
+
+
+def _strict_json(text: str):
+    """Parses as strict JSON parsers do (no NaN, Infinity)."""
+
+    def refuse(name):
+        raise ValueError(f'not JSON: {name}')
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_with_non_finite_values_as_strings(tmp_path, capsys):
+    """NaN and Infinity are not JSON; they come as proto3's strings, which float() reads."""
+    a = {'bias': np.zeros(3, np.float32), 'w': np.array([1.0, np.nan], np.float32)}
+    b = {'bias': np.ones(3, np.float32), 'w': np.array([1.0, np.nan], np.float32)}
+    pa, pb = tmp_path / 'a.safetensors', tmp_path / 'b.safetensors'
+    ptp.save(pa, a)
+    ptp.save(pb, b)
+    assert main(['summary', str(pa), '--json']) == 0
+    d = _strict_json(capsys.readouterr().out)
+    assert d['w/mean'] == 'NaN' and d['w/nonfinite'] == 1.0 and d['bias/mean'] == 0.0
+    assert main(['diff', str(pa), str(pb), '--json']) == 1
+    d = _strict_json(capsys.readouterr().out)
+    assert d['rel_change'] == {'bias': 'Infinity', 'w': 0.0}
+    assert float(d['rel_change']['bias']) == float('inf')
+    np.testing.assert_allclose(d['abs_change']['bias'], np.sqrt(3.0))

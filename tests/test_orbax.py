@@ -201,7 +201,7 @@ def test_orbax_checkpoint_manager_folders(tmp_path):
         text=True,
         timeout=300,
     )
-    assert r.returncode == 0 and '1 leaves, 3 parameters' in r.stdout, r.stderr
+    assert r.returncode == 0 and '1 leaf, 3 parameters' in r.stdout, r.stderr
 
 
 def test_load_select_is_an_orbax_partial_restore(tmp_path, monkeypatch):

@@ -106,3 +106,92 @@ def test_treescope_renders_summary_grad_stats_and_diff():
     diff_html = objects['DiffReport']._repr_html_()
     assert '<td>c</td><td>only in b</td>' in diff_html
     assert '<td>b</td><td>only in a</td>' in diff_html
+
+
+def _cnn():
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(16, (3, 3))(x)
+            x = nn.BatchNorm(use_running_average=True)(x)
+            return nn.Dense(10, name='lm_head')(x.reshape(x.shape[0], -1))
+
+    x = jnp.ones((2, 8, 8, 3))
+    return CNN(), x, CNN().init(jax.random.key(0), x)
+
+
+def _rendered(obj, width):
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(obj)
+    return console.export_text()
+
+
+def _whole_keys(path: str) -> str:
+    """A regex: the keys of ``path`` in order, each whole, folded only after a '/'
+    (the rest of a line, other columns, between two lines)."""
+    import re
+
+    keys = path.split('/')
+    between = r'/(?:[^\n]*\n\s*)?'
+    return between.join(re.escape(k) for k in keys)
+
+
+@pytest.mark.parametrize('width', [80, 120])
+def test_paths_fold_at_slashes_and_statistics_stay_at_ordinary_widths(width):
+    """At 80 columns paths wrapped mid-key ('batch_stats/BatchNorm_0/m' / 'ean')
+    and summary(model, x) left out every statistic."""
+    import re
+
+    module, x, v = _cnn()
+    s = ptp.summary(v)
+    text = _rendered(s, width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    for r in s.rows:
+        assert re.search(_whole_keys(r.path), text), (r.path, text)
+    header = text.splitlines()[2].split()
+    assert {'path', 'type', 'size', 'mean', 'std'} <= set(header)
+    calls = _rendered(ptp.summary(module, x), width)
+    assert max(len(line) for line in calls.splitlines()) <= width
+    assert {'path', 'module', 'size', 'mean', 'std'} <= set(calls.splitlines()[2].split())
+    assert 'lm_head' in calls and 'BatchNorm_0' in calls and '10,250' in calls
+    if width >= 120:
+        assert {'min', 'max', 'bytes'} <= set(header)
+        assert 'float32[2,8,8,16]' in calls  # nothing folds where there is room
+
+
+def test_fold_breaks_paths_at_slashes_and_types_in_shapes():
+    from pytreeparams._render import fit_columns, fold
+
+    assert fold('params/lm_head/kernel', 'path', 16) == 'params/lm_head/\nkernel'
+    assert fold('batch_stats/BatchNorm_0/mean', 'path', 24) == 'batch_stats/BatchNorm_0/\nmean'
+    assert fold('a_key_longer_than_the_width', 'path', 10).split('\n') == [
+        'a_key_long',
+        'er_than_th',
+        'e_width',
+    ]
+    assert fold('float32[2,8,8,16]', 'outputs', 8) == 'float32\n[2,8,8,\n16]'
+    keep, widths, dropped = fit_columns(
+        ['path', 'type', 'size', 'mean', 'l2'],
+        [['params/dense/kernel', 'f32[3]', '3', '1', '2']],
+        42,
+    )
+    assert dropped == ['l2'] and [widths[i] for i in keep] == [19, 6, 4, 4]
+
+
+def test_counts_read_as_counts_and_leaves_agree_in_number():
+    """'1 leaves' and counts printed as '2e+04' (issue 26.18)."""
+    one = ptp.summary({'w': jnp.ones(3)})
+    assert repr(one) == 'Summary(1 leaf, 3 parameters, 12 B)'
+    assert '1 leaf ' in str(one) + ' ' and '1 leaves' not in str(one)
+    bad = jnp.full(20000, jnp.nan).at[0].set(1.0)
+    s = ptp.summary({'a': {'w': bad}, 'b': jnp.ones(1)}, depth=1)
+    text = str(s)
+    assert '19,999' in text and '2 leaves' in text and 'e+04' not in text
+    stats_text = str(ptp.stats({'w': jnp.full(123456, jnp.inf), 'v': jnp.full(5, 20000.0)}))
+    assert '123,456' in stats_text and '20,000' in stats_text and 'e+04' not in stats_text
+    grads_text = str(ptp.grad_stats({'w': jnp.full(20000, jnp.nan)}))
+    assert '20,000' in grads_text

@@ -41,10 +41,13 @@ device route, so that it can be measured and tested on a CPU-only machine;
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import math
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -98,13 +101,81 @@ class DeviceWork:
 
 
 _ACTIVE: list[DeviceWork] = []
-_FORCE: list[bool] = []  # force_device_path's host_first flags
+# force_device_path's host_first flags, innermost last: per thread (and asyncio
+# task), so that one thread's forcing never changes another thread's route
+_FORCE: contextvars.ContextVar[tuple[bool, ...]] = contextvars.ContextVar(
+    'pytreeparams_force_device_path', default=()
+)
 _PROGRAMS: dict[tuple, Any] = {}  # compiled pack and kernel programs, by shape, class, device
 _PENDING: dict[tuple, concurrent.futures.Future] = {}  # programs compiling in the background
 _LOCK = threading.Lock()
-_COMPILER: concurrent.futures.ThreadPoolExecutor | None = None
 _COMPILER_NAME = 'pytreeparams-compile'
 _LISTENING: list[bool] = []
+
+
+class _Background:
+    """Jobs run in order on one thread of their own, started when a job is queued
+    and ended when the queue is empty (so an idle process holds no thread).
+
+    Once the main thread has finished (the interpreter is exiting) queued jobs
+    are dropped, their futures cancelled: exit waits for the one job running,
+    never for compilations nobody will use. A forked child starts afresh (see
+    ``_after_fork``): it inherits the queue but not the thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.jobs: collections.deque[tuple[concurrent.futures.Future, Any, tuple]] = (
+            collections.deque()
+        )
+        self.thread: threading.Thread | None = None
+
+    def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self.lock:
+            self.jobs.append((future, fn, args))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name=self.name)
+                self.thread.start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.jobs:
+                    self.thread = None
+                    return
+                future, fn, args = self.jobs.popleft()
+            if not threading.main_thread().is_alive():  # exiting: nobody will use it
+                future.cancel()
+            elif future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the waiter
+                    future.set_exception(e)
+
+    def reset(self) -> None:
+        """Forgets the queue and the thread (in a forked child, which has neither)."""
+        self.lock = threading.Lock()
+        self.jobs = collections.deque()
+        self.thread = None
+
+
+_COMPILER = _Background(_COMPILER_NAME)
+
+
+def _after_fork() -> None:
+    """In a forked child: locks and queued compilations of the parent's threads
+    are not the child's (they would wait forever); the programs are kept."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    _PENDING.clear()
+    _COMPILER.reset()
+
+
+if hasattr(os, 'register_at_fork'):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _on_compile(event: str, duration_secs: float, **_: str | int) -> None:
@@ -148,12 +219,15 @@ def force_device_path(host_first: bool = False) -> Iterator[None]:
       host_first: Whether large leaves whose programs are not compiled yet are
         fetched while they compile in the background, as on an accelerator
         (default: compiled at once, so that compilations can be counted).
+
+    The forcing holds in the calling thread (and ``contextvars`` context) only:
+    other threads keep their routes.
     """
-    _FORCE.append(host_first)
+    token = _FORCE.set((*_FORCE.get(), host_first))
     try:
         yield
     finally:
-        _FORCE.pop()
+        _FORCE.reset(token)
 
 
 def _count(what: str, k: int = 1) -> None:
@@ -177,7 +251,7 @@ def _where(x: Any) -> str:
         else:
             kind = 'host' if all(getattr(d, 'platform', '') == 'cpu' for d in devices) else 'device'
         _KIND[sharding] = kind
-    return 'device' if (kind == 'host' and _FORCE) else kind
+    return 'device' if (kind == 'host' and _FORCE.get()) else kind
 
 
 def _pieces(x: jax.Array) -> list[jax.Array]:
@@ -265,7 +339,8 @@ def _program(key: PackKey | KernelKey) -> Any:
     if program is not None:
         return program
     if pending is not None:
-        return pending.result()
+        with contextlib.suppress(concurrent.futures.CancelledError):
+            return pending.result()  # cancelled: dropped at exit, compiled here
     program = _compile(key)
     with _LOCK:
         _PROGRAMS[key] = program
@@ -274,7 +349,6 @@ def _program(key: PackKey | KernelKey) -> Any:
 
 def _compile_later(keys: list[PackKey | KernelKey]) -> None:
     """Compiles ``keys`` on a background thread (each once), for the next call."""
-    global _COMPILER
 
     def job(key: PackKey | KernelKey) -> Any:
         try:
@@ -287,8 +361,6 @@ def _compile_later(keys: list[PackKey | KernelKey]) -> None:
                 _PENDING.pop(key, None)
 
     with _LOCK:
-        if _COMPILER is None:
-            _COMPILER = concurrent.futures.ThreadPoolExecutor(1, _COMPILER_NAME)
         for key in keys:
             if key not in _PROGRAMS and key not in _PENDING:
                 _PENDING[key] = _COMPILER.submit(job, key)
@@ -317,7 +389,7 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
     fetching a gigabyte, so a first call compiles nothing and the next call
     reduces on the device.
     """
-    host_first = _FORCE[-1] if _FORCE else True
+    host_first = _FORCE.get()[-1] if _FORCE.get() else True
     staged: list[int] = []
     large: dict[Any, list[int]] = {}
     for j, x in enumerate(pieces):
@@ -416,7 +488,7 @@ def leaf_table(
     if host:
         table[host] = host_table([leaves[i] for i in host])
     if pieces:
-        on_host = [not _FORCE and _where(p) == 'host' for p in pieces]
+        on_host = [not _FORCE.get() and _where(p) == 'host' for p in pieces]
         parts: list[Any] = [None] * len(pieces)
         host_idx = [j for j, h in enumerate(on_host) if h]
         dev_idx = [j for j, h in enumerate(on_host) if not h]

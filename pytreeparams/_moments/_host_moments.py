@@ -30,13 +30,24 @@ __all__ = ['HOST_BLOCK', 'host_array', 'host_partials_many', 'host_table']
 HOST_BLOCK = 1 << 16  # elements per block: 256 KiB of float32, 512 KiB of float64
 _SMALL = 4096  # leaves up to this size are stacked with others of their size
 _EMPTY = Partial(*np.array([0.0, 0.0, 0.0, 1.0, np.nan, np.nan, 0.0, 0.0, 0.0]))
+_WORKERS = min(8, os.cpu_count() or 1)  # threads of the pool that reads large leaves
 _POOL: list[concurrent.futures.ThreadPoolExecutor] = []
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
     if not _POOL:
-        _POOL.append(concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)))
+        _POOL.append(concurrent.futures.ThreadPoolExecutor(_WORKERS, 'pytreeparams-host'))
     return _POOL[0]
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool came along without its threads (its
+    tasks would wait forever); the child makes its own on first use."""
+    _POOL.clear()
+
+
+if hasattr(os, 'register_at_fork'):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 _PLANS: dict[Any, str] = {}
@@ -109,8 +120,16 @@ def _inv_scale(a: np.ndarray) -> float:
     """``1 / scale``: 1 unless squares could leave float64's range (float64 data)."""
     if a.dtype != np.float64 or a.size == 0:
         return 1.0
-    with np.errstate(invalid='ignore'):
-        amax = float(np.max(np.abs(a)))
+    amax = 0.0  # block by block, with no temporary: a mapped leaf is never copied whole
+    releasable = _releasable(a) is not None
+    for i in range(0, a.size, HOST_BLOCK):
+        block = a[i : i + HOST_BLOCK]
+        lo, hi = float(block.min()), float(block.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return 1.0
+        amax = max(amax, -lo, hi)
+        if releasable:
+            release_pages(a, i, i + HOST_BLOCK)
     if not math.isfinite(amax) or 1e-140 < amax < 1e140:
         return 1.0
     return float(1.0 / scale_of(np.float64(amax), np, -1020, 1020))
@@ -162,7 +181,7 @@ def _block(c: np.ndarray, inv: float, buf: np.ndarray, wide: np.ndarray) -> list
         shift = float(np.dot(w64, ones))
         if not math.isfinite(shift):
             shift = float(work[0]) if math.isfinite(float(work[0])) else 0.0
-        d = np.subtract(work, shift, out=buf[:m], casting='unsafe')
+        d = np.subtract(work, shift, out=buf[:m], dtype=np.float64)  # never in float32
         sd = float(np.dot(d, _ONES64[:m]))
         sdd = float(np.dot(d, d))
         mean = shift + sd / m
@@ -188,7 +207,7 @@ def _blocks(a: np.ndarray, lo: int, hi: int, inv: float) -> np.ndarray:
     pages of a memory-mapped leaf are released block by block, once read."""
     buf = np.empty(HOST_BLOCK)
     wide = np.empty(HOST_BLOCK, np.float32)
-    mapped = _mapping_of(a) is not None
+    mapped = _releasable(a) is not None
     rows = []
     with np.errstate(all='ignore'):  # non-finite data: replaced in finalize
         for i in range(lo, hi, HOST_BLOCK):
@@ -208,16 +227,34 @@ def _mapping_of(a: np.ndarray) -> mmap.mmap | None:
     return base if isinstance(base, mmap.mmap) else None
 
 
-def release_pages(a: np.ndarray, lo: int, hi: int) -> None:
-    """Drops the resident pages of ``a[lo:hi]`` if ``a`` is a contiguous view of a
-    read-only memory map (a loaded safetensors file): they were read once, and a
-    later read maps them again from the file (or the OS cache). A summary of a
-    file then holds a few blocks at a time, not every page it has read. Pages
-    shared with the neighbouring blocks are kept (only whole pages inside the
-    range are dropped). Does nothing where ``madvise`` is missing.
-    """
+def _releasable(a: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` that ``a`` views if dropping its pages cannot change what ``a``
+    holds: a read-only mapping (``ACCESS_READ``, as ``np.load(mmap_mode='r')``
+    and a loaded safetensors file map), whose pages always come back from the
+    file. A copy-on-write map (``mmap_mode='c'``) may hold the user's edits only
+    in its private pages, and a writable one is the user's to manage: None."""
     mapping = _mapping_of(a) if a.flags.c_contiguous else None
     if mapping is None or not hasattr(mapping, 'madvise') or not hasattr(mmap, 'MADV_DONTNEED'):
+        return None
+    try:
+        with memoryview(mapping) as view:  # read-only exactly for ACCESS_READ maps
+            return mapping if view.readonly else None
+    except (TypeError, ValueError):  # a closed map
+        return None
+
+
+def release_pages(a: np.ndarray, lo: int, hi: int) -> None:
+    """Drops the resident pages of ``a[lo:hi]`` if ``a`` is a contiguous view of a
+    read-only memory map (a loaded safetensors file, ``np.load(f, mmap_mode='r')``):
+    they were read once, and a later read maps them again from the file (or the
+    OS cache). A summary of a file then holds a few blocks at a time, not every
+    page it has read. Pages shared with the neighbouring blocks are kept (only
+    whole pages inside the range are dropped). Copy-on-write (``mmap_mode='c'``)
+    and writable maps are left alone: their pages may hold edits the file does
+    not. Does nothing where ``madvise`` is missing.
+    """
+    mapping = _releasable(a)
+    if mapping is None:
         return
     origin = np.frombuffer(mapping, np.uint8).ctypes.data
     start = a.ctypes.data - origin + lo * a.itemsize
@@ -281,7 +318,7 @@ def host_table(xs: list[Any]) -> np.ndarray:
     arrays = [host_array(x) for x in xs]
     groups: dict[tuple[int, Any], list[int]] = {}
     tasks: list[tuple[int, Any]] = []
-    workers = _pool()._max_workers
+    workers = _WORKERS
     for i, a in enumerate(arrays):
         n = a.size
         if n == 0:
