@@ -7,6 +7,7 @@ import os
 
 from ._errors import FormatError
 
+SHARD_INDEX = '.safetensors.index.json'  # Hugging Face's sharded checkpoints (``_shards``)
 PICKLE_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.pkl', '.pickle')
 PICKLE_MESSAGE = (
     '{path!r} is a pickle file (PyTorch .pt/.pth/.bin): it is not read, as unpickling can run '
@@ -17,7 +18,8 @@ PICKLE_MESSAGE = (
 
 
 def format_of(path: str) -> str:
-    """'safetensors', 'msgpack', 'npz' or 'orbax', from the path (suffixes in any case).
+    """'safetensors', 'msgpack', 'npz', 'orbax' or 'shards' (a ``*.safetensors.index.json``,
+    or a folder holding one or ``model.safetensors``), from the path (suffixes in any case).
 
     Raises:
       FormatError: For a pickle file (with how to convert it safely) or an
@@ -31,6 +33,8 @@ def format_of(path: str) -> str:
         return 'msgpack'
     if low.endswith('.npz'):
         return 'npz'
+    if low.endswith(SHARD_INDEX) or (os.path.isdir(p) and is_hf_folder(p)):
+        return 'shards'
     if low.endswith(PICKLE_SUFFIXES):
         raise FormatError(PICKLE_MESSAGE.format(path=p))
     if p.endswith(os.sep) or os.path.isdir(p) or not os.path.splitext(p)[1]:
@@ -39,3 +43,10 @@ def format_of(path: str) -> str:
         f'cannot tell the format of {p!r}: use a .safetensors or .msgpack file, '
         'or a directory (no suffix) for an Orbax checkpoint'
     )
+
+
+def is_hf_folder(folder: str) -> bool:
+    """Whether ``folder`` holds a Hugging Face checkpoint (a safetensors index or
+    ``model.safetensors``) rather than an Orbax one."""
+    names = os.listdir(folder)
+    return 'model.safetensors' in names or any(n.endswith(SHARD_INDEX) for n in names)

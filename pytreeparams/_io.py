@@ -24,6 +24,7 @@ from flax.core import FrozenDict
 from ._errors import FormatError, PathError, StructureError
 from ._flatten import flatten, flatten_with_paths, unflatten
 from ._formats import format_of
+from ._gather import gather_global, written_by_process_0
 from ._keys import describe, is_key_dtype, unbox
 from ._messages import like_mismatch, no_match_message
 from ._msgpack import load_msgpack, save_msgpack
@@ -35,23 +36,40 @@ from ._safetensors import (
     load_safetensors,
     nest_names,
     read_npz,
-    read_state_dict,
     save_safetensors,
 )
+from ._shards import load_shards, read_state_dict, save_shards, shards_meta, writes_shards
 from ._tying import Ties, tie, untie
 from ._typing import PyTree
 
 __all__ = ['load', 'read_state_dict', 'save']
 
 
-def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> None:
+def save(
+    path: str | os.PathLike[str],
+    tree: PyTree,
+    *,
+    ties: Any = None,
+    max_shard_size: int | str | None = None,
+    gather: bool = False,
+) -> None:
     """Saves ``tree``; the format follows the path (see the module docstring).
 
     Args:
-      path: ``*.safetensors``, ``*.msgpack`` or a directory (Orbax).
+      path: ``*.safetensors``, ``*.msgpack`` or a directory (Orbax); a
+        ``*.safetensors.index.json`` or a Hugging Face folder for a sharded
+        safetensors checkpoint.
       tree: The tree to save (arrays are fetched to the host for single files).
       ties: Optional ``ptp.Ties``: each shared array is stored once and the ties
         are recorded, so :func:`load` gives the tied tree back.
+      max_shard_size: Write a sharded safetensors checkpoint as transformers
+        and huggingface_hub do (``'5GB'``, ``'500MB'`` or bytes; shards of at
+        most this size and ``model.safetensors.index.json``) into the folder
+        ``path``, or beside the index file ``path``.
+      gather: For global arrays of a multi-process job saved to a single file:
+        gather each to every host and write from process 0 (every process
+        calls ``save``). Without it such an array raises ``FormatError``; an
+        Orbax folder needs neither (each process writes its own shards).
 
     Returns:
       None; the file (or directory) is in place when it returns.
@@ -64,6 +82,8 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
         not an Orbax checkpoint (an existing checkpoint is replaced; after a
         failure midway the previous one loads as before).
       FileNotFoundError: If the target's folder does not exist.
+      FormatError: For a global array spanning other processes' devices saved to
+        a single file without ``gather`` (naming the Orbax route).
 
     A path that is a symlink is written through: its target gets the new
     content (atomically), the link stays.
@@ -90,12 +110,21 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     tree, keys = _keys_to_data(tree)
     if keys:
         extra['prng_keys'] = keys
-    if fmt == 'safetensors':
-        save_safetensors(path, tree, extra)
-    elif fmt == 'msgpack':
-        save_msgpack(path, tree, extra)
-    else:
-        save_orbax(path, tree, extra)
+    sharded = writes_shards(path, fmt, max_shard_size)
+    gathered = False
+    if sharded or fmt != 'orbax':  # one process writes a file
+        tree, gathered = gather_global(tree, path, gather)
+    with written_by_process_0(gathered, path) as here:
+        if not here:
+            pass  # process 0 writes the gathered tree
+        elif sharded:
+            save_shards(path, tree, extra, max_shard_size)
+        elif fmt == 'safetensors':
+            save_safetensors(path, tree, extra)
+        elif fmt == 'msgpack':
+            save_msgpack(path, tree, extra)
+        else:
+            save_orbax(path, tree, extra)
 
 
 def _keys_to_data(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
@@ -262,6 +291,8 @@ def load(
         tree, meta = load_msgpack(path)
     elif fmt == 'npz':
         tree, meta = nest_names(read_npz(path), path), {}
+    elif fmt == 'shards':  # read below, after like is adjusted (as Orbax)
+        meta = shards_meta(path)
     else:
         path = orbax_item(path, step)
         meta = orbax_meta(path)
@@ -283,8 +314,10 @@ def load(
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
         tree = load_orbax(path, like, cast, meta.get('structure'), select)
+    elif fmt == 'shards':  # only the shards select= needs; like's slices per process
+        tree = load_shards(path, like, cast, select)
     if like is not None:
-        foreign = fmt in ('safetensors', 'npz') and (
+        foreign = fmt in ('safetensors', 'npz', 'shards') and (
             not meta or any('.' in p for p in flatten(tree))
         )
         tree = _check_like(tree, like, path, cast, 'torch' if foreign else True)
