@@ -23,20 +23,26 @@ def _is_global(x: Any) -> bool:
     return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
+def _is_split(x: Any) -> bool:
+    """A global array no process holds whole (a replicated one each holds)."""
+    return _is_global(x) and not x.is_fully_replicated
+
+
 def gather_global(tree: PyTree, path: str, gather: bool) -> tuple[PyTree, bool]:
-    """``(tree, gathered)``: ``tree`` as it is when every array is addressable
-    here; else, with ``gather``, each global array gathered whole to the host
-    of every process (``process_allgather``; a collective: every process calls).
+    """``(tree, one_writer)``: ``tree`` as it is when every array is addressable
+    here; else its global arrays on the host (a replicated one from this
+    process's copy; with ``gather``, a split one gathered whole to every
+    process by ``process_allgather``, a collective), written by process 0.
 
     Raises:
-      FormatError: For a global array without ``gather``, naming the leaf, its
-        devices and the two routes; before anything is written.
+      FormatError: For a split global array without ``gather``, naming the
+        leaf, its devices and the two routes; before anything is written.
     """
     leaves, _, paths = flatten_with_paths(tree)
-    spread = [(p, unbox(x)) for p, x in zip(paths, leaves) if _is_global(unbox(x))]
-    if not spread:
+    if not any(_is_global(unbox(x)) for x in leaves):
         return tree, False
-    if not gather:
+    spread = [(p, unbox(x)) for p, x in zip(paths, leaves) if _is_split(unbox(x))]
+    if spread and not gather:
         p, x = spread[0]
         here = len(x.sharding.addressable_devices)
         raise FormatError(
@@ -51,8 +57,9 @@ def gather_global(tree: PyTree, path: str, gather: bool) -> tuple[PyTree, bool]:
     from jax.experimental import multihost_utils
 
     def fetch(_: str, x: Any) -> Any:
-        x = unbox(x)
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True)) if _is_global(x) else x
+        if _is_split(x):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x.addressable_data(0)) if _is_global(x) else x
 
     return map_with_path(tree, fetch), True
 
