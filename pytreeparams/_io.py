@@ -243,7 +243,10 @@ def load(
     """Loads a tree saved by :func:`save` (or by another safetensors writer).
 
     Args:
-      path: ``*.safetensors``, ``*.msgpack`` or an Orbax checkpoint directory.
+      path: ``*.safetensors``, ``*.msgpack`` or an Orbax checkpoint directory;
+        a sharded Hugging Face checkpoint (``*.safetensors.index.json`` or its
+        folder: only the shards ``select`` needs are opened, and a ``like`` of
+        sharded arrays reads only the slices this process's devices hold).
       like: Optional tree (concrete, or ``jax.ShapeDtypeStruct`` leaves, with
         shardings): the result takes its structure and container types, each
         shape and dtype is checked, and arrays are placed with its shardings.
