@@ -145,8 +145,8 @@ def _open(path: str, select: Any = None) -> tuple[dict[str, np.ndarray], dict[st
     holding a tensor it matches are opened."""
     folder, name = _locate(path)
     if name == SINGLE_FILE:
-        arrays, meta = read_safetensors(os.path.join(folder, name))
-        return arrays, meta or {}
+        single, recorded = read_safetensors(os.path.join(folder, name))
+        return single, recorded or {}
     index_file = os.path.join(folder, name)
     weight_map, metadata = read_index(index_file)
     meta = _pytreeparams_meta(metadata, repr(index_file))
@@ -248,6 +248,7 @@ def place(tensor: np.ndarray, target: Any, cast: bool) -> Any:
     read: dict[tuple[Any, ...], np.ndarray] = {}
     buffers = []
     for device, index in sharding.addressable_devices_indices_map(tensor.shape).items():
+        index = tuple(index or ())  # a slice per dimension
         key = tuple((s.start, s.stop, s.step) for s in index)
         if key not in read:
             read[key] = read_slice(tensor, index).astype(dtype, copy=False)
@@ -345,9 +346,11 @@ def save_shards(
     for i, names in enumerate(shards):
         file = f'{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors'
         part = {n: arrays[n] for n in names}
-        atomic_write_path(
-            os.path.join(folder, file), lambda tmp, part=part: save_file(part, tmp, metadata=header)
-        )
+
+        def write(tmp: str, part: dict[str, np.ndarray] = part) -> None:
+            save_file(part, tmp, metadata=header)
+
+        atomic_write_path(os.path.join(folder, file), write)
         weight_map.update(dict.fromkeys(names, file))
     total = sum(a.nbytes for a in arrays.values())
     index = {'metadata': {'total_size': total, META_KEY: meta}, 'weight_map': weight_map}
