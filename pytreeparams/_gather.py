@@ -65,12 +65,12 @@ def gather_global(tree: PyTree, path: str, gather: bool) -> tuple[PyTree, bool]:
 
 
 @contextlib.contextmanager
-def written_by_process_0(gathered: bool, path: str) -> Iterator[bool]:
-    """Yields whether this process writes; with ``gathered``, only process 0 does,
+def written_by_process_0(one_writer: bool, path: str) -> Iterator[bool]:
+    """Yields whether this process writes; with ``one_writer``, only process 0 does,
     and at the end every process learns whether it succeeded (one broadcast), so
     that a failure on process 0 raises everywhere instead of leaving the others
     waiting."""
-    if not gathered:
+    if not one_writer:
         yield True
         return
     from jax.experimental import multihost_utils

@@ -76,7 +76,8 @@ def save(
 
     Raises:
       ValueError: If a leaf cannot be stored in the format (e.g. complex in
-        safetensors), before anything is written.
+        safetensors), before anything is written; for a ``max_shard_size`` that
+        is not a size, or given with a single-file path.
       StructureError: If an alias of ``ties`` differs from its source.
       FileExistsError: For an Orbax save onto a file, or onto a folder that is
         not an Orbax checkpoint (an existing checkpoint is replaced; after a
@@ -111,10 +112,10 @@ def save(
     if keys:
         extra['prng_keys'] = keys
     sharded = writes_shards(path, fmt, max_shard_size)
-    gathered = False
-    if sharded or fmt != 'orbax':  # one process writes a file
-        tree, gathered = gather_global(tree, path, gather)
-    with written_by_process_0(gathered, path) as here:
+    one_writer = False
+    if sharded or fmt != 'orbax':  # a file: global arrays gathered, process 0 writes
+        tree, one_writer = gather_global(tree, path, gather)
+    with written_by_process_0(one_writer, path) as here:
         if not here:
             pass  # process 0 writes the gathered tree
         elif sharded:

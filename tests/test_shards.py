@@ -281,3 +281,16 @@ print('OK')
 def test_a_sharded_like_reads_each_distinct_slice_once(tmp_path):
     out = run_on_8_devices(_GLOBAL_LIKE, str(tmp_path / 'ckpt'))
     assert out.strip().endswith('OK')
+
+
+def test_an_index_path_always_gets_its_index_and_names_the_shards(tmp_path):
+    path = str(tmp_path / 'unet.safetensors.index.json')
+    tree = {'w': np.arange(6, dtype=np.float32)}
+    ptp.save(path, tree)  # 5GB by default: one shard, still indexed
+    assert sorted(os.listdir(tmp_path)) == [
+        'unet-00001-of-00001.safetensors',
+        'unet.safetensors.index.json',
+    ]
+    chex.assert_trees_all_equal(ptp.load(str(tmp_path)), tree)  # the folder's only index
+    with pytest.raises(FileNotFoundError, match='does not exist; create it first'):
+        ptp.save(str(tmp_path / 'no' / 'm.safetensors.index.json'), tree, max_shard_size=8)
