@@ -19,7 +19,7 @@ PICKLE_MESSAGE = (
 
 def format_of(path: str) -> str:
     """'safetensors', 'msgpack', 'npz', 'orbax' or 'shards' (a ``*.safetensors.index.json``,
-    or a folder holding one or ``model.safetensors``), from the path (suffixes in any case).
+    or a folder holding one or a ``.safetensors`` file), from the path (suffixes in any case).
 
     Raises:
       FormatError: For a pickle file (with how to convert it safely) or an
@@ -46,7 +46,8 @@ def format_of(path: str) -> str:
 
 
 def is_hf_folder(folder: str) -> bool:
-    """Whether ``folder`` holds a Hugging Face checkpoint (a safetensors index or
-    ``model.safetensors``) rather than an Orbax one."""
+    """Whether ``folder`` holds a Hugging Face checkpoint (a safetensors index,
+    ``model.safetensors`` or one ``.safetensors`` file) rather than an Orbax one."""
     names = os.listdir(folder)
-    return 'model.safetensors' in names or any(n.endswith(SHARD_INDEX) for n in names)
+    files = sum(n.endswith('.safetensors') for n in names)
+    return 'model.safetensors' in names or files == 1 or any(n.endswith(SHARD_INDEX) for n in names)

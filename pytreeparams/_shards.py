@@ -72,7 +72,9 @@ def writes_shards(path: str, fmt: str, max_shard_size: int | str | None) -> bool
 
 
 def _locate(path: str) -> tuple[str, str]:
-    """``(folder, file)``: the index of a sharded checkpoint, or ``model.safetensors``."""
+    """``(folder, file)``: the index of a sharded checkpoint, or its one file
+    (``model.safetensors``, or a folder's only ``.safetensors`` file, as
+    huggingface_hub's ``load_torch_model`` takes it)."""
     if path.lower().endswith(SHARD_INDEX):
         return os.path.dirname(path) or '.', os.path.basename(path)
     names = os.listdir(path)
@@ -81,9 +83,12 @@ def _locate(path: str) -> tuple[str, str]:
     indexes = sorted(n for n in names if n.endswith(SHARD_INDEX))
     if DEFAULT_INDEX in indexes or len(indexes) == 1:
         return path, DEFAULT_INDEX if DEFAULT_INDEX in indexes else indexes[0]
+    files = sorted(n for n in names if n.endswith('.safetensors'))
+    if not indexes and len(files) == 1:
+        return path, files[0]
     raise FormatError(
-        f'{path!r} holds {len(indexes)} safetensors indexes ({", ".join(indexes)}); '
-        'give the path of the one to read'
+        f'{path!r} holds {len(indexes)} safetensors indexes and {len(files)} .safetensors '
+        f'files ({", ".join(indexes + files)}); give the path of the one to read'
     )
 
 
@@ -135,7 +140,7 @@ def _pytreeparams_meta(metadata: Mapping[str, Any], where: str) -> dict[str, Any
 def shards_meta(path: str) -> dict[str, Any]:
     """What pytreeparams recorded beside the tensors (structure, ties, PRNG keys), or {}."""
     folder, name = _locate(path)
-    if name == SINGLE_FILE:
+    if not name.endswith(SHARD_INDEX):
         return read_safetensors(os.path.join(folder, name))[1] or {}
     return _pytreeparams_meta(read_index(os.path.join(folder, name))[1], repr(path))
 
@@ -144,7 +149,7 @@ def _open(path: str, select: Any = None) -> tuple[dict[str, np.ndarray], dict[st
     """``({name: memory-mapped tensor}, meta)``; with ``select``, only the shards
     holding a tensor it matches are opened."""
     folder, name = _locate(path)
-    if name == SINGLE_FILE:
+    if not name.endswith(SHARD_INDEX):
         single, recorded = read_safetensors(os.path.join(folder, name))
         return single, recorded or {}
     index_file = os.path.join(folder, name)

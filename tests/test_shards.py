@@ -294,3 +294,12 @@ def test_an_index_path_always_gets_its_index_and_names_the_shards(tmp_path):
     chex.assert_trees_all_equal(ptp.load(str(tmp_path)), tree)  # the folder's only index
     with pytest.raises(FileNotFoundError, match='does not exist; create it first'):
         ptp.save(str(tmp_path / 'no' / 'm.safetensors.index.json'), tree, max_shard_size=8)
+
+
+def test_a_folder_with_one_safetensors_file_is_read_as_huggingface_hub_does(tmp_path):
+    save_file({'net.w': np.ones(3, np.float32)}, str(tmp_path / 'weights.safetensors'))
+    (tmp_path / 'config.json').write_text('{}')
+    chex.assert_trees_all_equal(ptp.load(str(tmp_path)), {'net': {'w': np.ones(3, np.float32)}})
+    save_file({'v': np.ones(1, np.float32)}, str(tmp_path / 'other.safetensors'))
+    with pytest.raises(ptp.FormatError, match='is not an Orbax checkpoint'):
+        ptp.load(str(tmp_path))  # two files, no index: which one is not guessed
