@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import run_on_8_devices
 from flax.core import FrozenDict
+from hypothesis import given, settings
+from io_helpers import assert_bit_exact, file_trees
 from safetensors.numpy import save_file
 
 import pytreeparams as ptp
@@ -303,3 +305,13 @@ def test_a_folder_with_one_safetensors_file_is_read_as_huggingface_hub_does(tmp_
     save_file({'v': np.ones(1, np.float32)}, str(tmp_path / 'other.safetensors'))
     with pytest.raises(ptp.FormatError, match='is not an Orbax checkpoint'):
         ptp.load(str(tmp_path))  # two files, no index: which one is not guessed
+
+
+@settings(max_examples=25, deadline=None)
+@given(file_trees())
+def test_sharded_round_trip_bit_exact(tmp_path_factory, tree):
+    folder = str(tmp_path_factory.mktemp('s') / 'ckpt')
+    ptp.save(folder, tree, max_shard_size=64)
+    back = ptp.load(folder)
+    assert_bit_exact(back, tree)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(tree)
