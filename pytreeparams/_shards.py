@@ -145,13 +145,14 @@ def shards_meta(path: str) -> dict[str, Any]:
     return _pytreeparams_meta(read_index(os.path.join(folder, name))[1], repr(path))
 
 
-def _open(path: str, select: Any = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``({name: memory-mapped tensor}, meta)``; with ``select``, only the shards
-    holding a tensor it matches are opened."""
+def _open(path: str, select: Any = None) -> tuple[dict[str, np.ndarray], dict[str, Any], set[str]]:
+    """``({name: memory-mapped tensor}, meta, unopened)``; with ``select``, only
+    the shards holding a tensor it matches are opened (``unopened``: the names
+    in the others)."""
     folder, name = _locate(path)
     if not name.endswith(SHARD_INDEX):
         single, recorded = read_safetensors(os.path.join(folder, name))
-        return single, recorded or {}
+        return single, recorded or {}, set()
     index_file = os.path.join(folder, name)
     weight_map, metadata = read_index(index_file)
     meta = _pytreeparams_meta(metadata, repr(index_file))
@@ -173,7 +174,7 @@ def _open(path: str, select: Any = None) -> tuple[dict[str, np.ndarray], dict[st
         if lost:
             raise FormatError(f'{index_file!r} puts {lost[0]!r} in {file!r}, which lacks it')
         arrays.update(held)
-    return arrays, meta
+    return arrays, meta, {n for n, f in weight_map.items() if f not in files}
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -219,17 +220,17 @@ def _selected_names(names: list[str], meta: dict[str, Any], select: Any) -> set[
     return chosen or None
 
 
-def _placeholders(spec: Any, path: str, arrays: dict[str, Any]) -> None:
+def _placeholders(spec: Any, path: str, arrays: dict[str, Any], unopened: set[str]) -> None:
     """Stands in for the tensors of unopened shards: zero-strided uint32 arrays of
     their recorded shape (no memory; uint32 so that PRNG key data still wraps);
     ``load`` drops them with everything ``select`` does not match."""
     t = spec.get('t') if isinstance(spec, dict) else None
-    if t == 'array' and path not in arrays:
+    if t == 'array' and path in unopened:
         arrays[path] = np.broadcast_to(np.zeros((), np.uint32), tuple(spec.get('s', ())))
     for k, child in spec.get('k', ()) if t in ('dict', 'frozen') else ():
-        _placeholders(child, f'{path}/{k}' if path else str(k), arrays)
+        _placeholders(child, f'{path}/{k}' if path else str(k), arrays, unopened)
     for i, child in enumerate(spec.get('c', ())) if t in ('list', 'tuple') else ():
-        _placeholders(child, f'{path}/{i}' if path else str(i), arrays)
+        _placeholders(child, f'{path}/{i}' if path else str(i), arrays, unopened)
 
 
 def read_slice(tensor: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
@@ -245,6 +246,7 @@ def place(tensor: np.ndarray, target: Any, cast: bool) -> Any:
     dtype = np.dtype(target.dtype) if hasattr(target, 'dtype') else None
     if (
         not isinstance(sharding, jax.sharding.Sharding)
+        or dtype is None
         or not isinstance(tensor, np.ndarray)
         or tuple(target.shape) != tensor.shape
         or (dtype != tensor.dtype and not cast)
@@ -264,12 +266,13 @@ def place(tensor: np.ndarray, target: Any, cast: bool) -> Any:
 def load_shards(path: str, like: PyTree | None, cast: bool, select: Any) -> PyTree:
     """The tree of a sharded checkpoint (``load``'s route for it): memory-mapped
     tensors, or with ``like``, arrays placed with its shardings slice by slice."""
-    arrays, meta = _open(path, select)
+    arrays, meta, unopened = _open(path, select)
     if not meta:  # written by another program: nest by '/' or '.'
         tree = nest_names(arrays, path)
     else:
         arrays = dict(arrays)
-        _placeholders(meta.get('structure'), '', arrays)
+        if unopened:
+            _placeholders(meta.get('structure'), '', arrays, unopened)
         try:
             tree = decode_structure(meta['structure'], '', arrays)
         except FormatError as e:

@@ -315,3 +315,22 @@ def test_sharded_round_trip_bit_exact(tmp_path_factory, tree):
     back = ptp.load(folder)
     assert_bit_exact(back, tree)
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(tree)
+
+
+def test_a_tensor_the_structure_names_but_no_shard_holds_is_an_error(tmp_path):
+    folder = str(tmp_path / 'ckpt')
+    ptp.save(
+        folder, {'a': np.ones(40, np.float32), 'b': np.zeros(40, np.float32)}, max_shard_size=200
+    )
+    path = os.path.join(folder, INDEX)
+    with open(path) as f:
+        index = json.load(f)
+    meta = json.loads(index['metadata']['pytreeparams'])
+    meta['structure']['k'].append(['c', {'t': 'array', 's': [3]}])
+    index['metadata']['pytreeparams'] = json.dumps(meta)
+    with open(path, 'w') as f:
+        json.dump(index, f)
+    with pytest.raises(ptp.FormatError, match="names a tensor 'c' the file does not hold"):
+        ptp.load(folder)
+    with pytest.raises(ptp.FormatError, match="names a tensor 'c' the file does not hold"):
+        ptp.load(folder, select='a')
