@@ -5,6 +5,7 @@ Run: python benchmarks/io.py [--rounds N]
      python benchmarks/io.py --lazy --dtype float16   (the summary of a 1 GB float16 file)
      python benchmarks/io.py --lazy --orbax-only --tensors 20   (an Orbax folder of 400 MB:
          select= and `pytreeparams summary FOLDER --no-stats`, peak RSS against the interpreter's)
+     python benchmarks/io.py --sharded   (the same reads of a sharded checkpoint; --no-stats)
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ elif sys.argv[2] == 'orbax_full_no_stats':  # what the command line did before: 
 elif sys.argv[2] == 'summary':
     s = ptp.summary(ptp.load(sys.argv[1]))  # what `pytreeparams summary FILE` does
     assert s.totals.size == 100 * 2048 * 2560
+elif sys.argv[2] == 'summary_nostats':
+    s = ptp.summary(ptp.load(sys.argv[1]), stats=False)
+    assert s.totals.size == 100 * 2048 * 2560
+elif sys.argv[2] == 'cli_nostats':
+    import contextlib, io
+    from pytreeparams._cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        assert main(['summary', sys.argv[1], '--no-stats', '--plain']) == 0
+    assert '524,288,000 parameters' in text.getvalue()
 else:
     out = ptp.load(sys.argv[1])
     total = sum(float(v.sum()) for v in out.values())  # every byte read once
@@ -165,10 +176,41 @@ def lazy(dtype: str = 'float32') -> None:
     shutil.rmtree(folder)
 
 
+def sharded() -> None:
+    """The reads of :func:`lazy` from a sharded Hugging Face checkpoint of the same
+    tensors (``max_shard_size='500MB'``: 5 shards and an index), and the summaries
+    without statistics (``--no-stats``) of it and of the single file."""
+    folder = tempfile.mkdtemp(prefix='ptp-sharded-')
+    hf, single = os.path.join(folder, 'hf'), os.path.join(folder, 'big.safetensors')
+    tree = _big_tree()
+    ptp.save(hf, tree, max_shard_size='500MB')
+    ptp.save(single, tree)
+    del tree
+    size = os.path.getsize(single)
+    print(f'{size / 2**30:.2f} GiB; {len(os.listdir(hf)) - 1} shards and an index')
+    print('| read | peak RSS growth | / file size |')
+    print('|---|---|---|')
+    rows = [
+        (hf, 'select', "sharded: load(folder, select='t_042') (1 tensor)"),
+        (hf, 'load_into', 'sharded: load_into(folder, like={1 tensor}, strict=False)'),
+        (hf, 'summary', 'sharded: summary(load(folder)), statistics of every tensor'),
+        (hf, 'summary_nostats', 'sharded: summary(load(folder), stats=False)'),
+        (hf, 'cli_nostats', 'sharded: `pytreeparams summary folder --no-stats`'),
+        (single, 'summary', 'one file: summary(load(path)), statistics of every tensor'),
+        (single, 'summary_nostats', 'one file: summary(load(path), stats=False)'),
+        (single, 'cli_nostats', 'one file: `pytreeparams summary path --no-stats`'),
+    ]
+    for path, what, label in rows:
+        grown = _peak_growth(path, what)
+        print(f'| {label} | {grown / 2**20:.1f} MiB | {grown / size:.2%} |', flush=True)
+    shutil.rmtree(folder)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--lazy', action='store_true')
+    ap.add_argument('--sharded', action='store_true')
     ap.add_argument('--dtype', default='float32', help='with --lazy: the tensors dtype')
     ap.add_argument('--orbax-only', action='store_true', help='with --lazy: the Orbax rows only')
     ap.add_argument('--tensors', type=int, default=100, help='with --orbax-only: 20 MiB each')
@@ -177,6 +219,8 @@ def main() -> None:
         return orbax_lazy(args.tensors)
     if args.lazy:
         return lazy(args.dtype)
+    if args.sharded:
+        return sharded()
     tree = jax.tree.map(np.asarray, trees.make('gpt2'))
     flat = ptp.flatten(tree)
     folder = tempfile.mkdtemp(prefix='ptp-io-')

@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument('--out', default=None, help='folder for the plot (default: a temp dir)')
     demo.add_argument('--plain', action='store_true', help='plain text even if rich is installed')
     s = sub.add_parser('summary', help="print a checkpoint file's parameter summary")
-    s.add_argument('file', help='a .safetensors or .msgpack file, or an Orbax directory')
+    s.add_argument(
+        'file', help='a .safetensors or .msgpack file, an Orbax or Hugging Face (sharded) folder'
+    )
     s.add_argument(
         '--depth', type=int, default=None, help='group by the first N keys (0: totals only)'
     )

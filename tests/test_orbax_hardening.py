@@ -326,7 +326,7 @@ def test_cli_summary_of_an_orbax_folder_reads_metadata_or_only_the_selection(
     monkeypatch.setattr(ocp.PyTreeCheckpointer, 'restore', real)  # the partial restore only
     assert main(['summary', ck, '--select', 'enc/**', '--plain']) == 0
     out = capsys.readouterr().out
-    assert '1 leaves, 12 parameters' in out and 'enc/w' in out and 'dec/w' not in out
+    assert '1 leaf, 12 parameters' in out and 'enc/w' in out and 'dec/w' not in out
 
 
 def test_a_failed_save_says_where_what_it_could_not_clean_up_is(tmp_path, monkeypatch):

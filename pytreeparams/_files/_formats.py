@@ -10,6 +10,7 @@ from .._errors import FormatError
 
 _SCHEME = re.compile(r'([A-Za-z][A-Za-z0-9+.-]*)://')
 
+SHARD_INDEX = '.safetensors.index.json'  # Hugging Face's sharded checkpoints (``_shards``)
 PICKLE_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.pkl', '.pickle')
 PICKLE_MESSAGE = (
     '{path!r} is a pickle file (PyTorch .pt/.pth/.bin): it is not read, as unpickling can run '
@@ -26,7 +27,8 @@ def scheme_of(path: str) -> str | None:
 
 
 def format_of(path: str) -> str:
-    """'safetensors', 'msgpack', 'npz' or 'orbax', from the path (suffixes in any case).
+    """'safetensors', 'msgpack', 'npz', 'orbax' or 'shards' (a ``*.safetensors.index.json``,
+    or a folder holding one or a ``.safetensors`` file), from the path (suffixes in any case).
 
     Raises:
       FormatError: For a pickle file (with how to convert it safely) or an
@@ -45,6 +47,8 @@ def format_of(path: str) -> str:
         return 'msgpack'
     if low.endswith('.npz'):
         return 'npz'
+    if low.endswith(SHARD_INDEX) or (os.path.isdir(p) and is_hf_folder(p)):
+        return 'shards'
     if low.endswith(PICKLE_SUFFIXES):
         raise FormatError(PICKLE_MESSAGE.format(path=p))
     if scheme_of(p):  # a URL names an Orbax folder (Orbax reads and writes gs://, s3://)
@@ -55,3 +59,11 @@ def format_of(path: str) -> str:
         f'cannot tell the format of {p!r}: use a .safetensors or .msgpack file, '
         'or a directory (no suffix) for an Orbax checkpoint'
     )
+
+
+def is_hf_folder(folder: str) -> bool:
+    """Whether ``folder`` holds a Hugging Face checkpoint (a safetensors index,
+    ``model.safetensors`` or one ``.safetensors`` file) rather than an Orbax one."""
+    names = os.listdir(folder)
+    files = sum(n.endswith('.safetensors') for n in names)
+    return 'model.safetensors' in names or files == 1 or any(n.endswith(SHARD_INDEX) for n in names)

@@ -33,6 +33,7 @@ from .._patterns import map_with_path, match_flags, pattern_texts
 from .._tying import Ties, tie, untie
 from .._typing import PyTree
 from ._formats import format_of, scheme_of
+from ._gather import gather_global, written_by_process_0
 from ._msgpack import load_msgpack, save_msgpack
 from ._orbax import (
     CheckpointChanged,
@@ -46,34 +47,54 @@ from ._safetensors import (
     load_safetensors,
     nest_names,
     read_npz,
-    read_state_dict,
     save_safetensors,
 )
+from ._shards import load_shards, read_state_dict, save_shards, shards_meta, writes_shards
 
 __all__ = ['load', 'read_state_dict', 'save']
 
 
-def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> None:
+def save(
+    path: str | os.PathLike[str],
+    tree: PyTree,
+    *,
+    ties: Any = None,
+    max_shard_size: int | str | None = None,
+    gather: bool = False,
+) -> None:
     """Saves ``tree``; the format follows the path (see the module docstring).
 
     Args:
-      path: ``*.safetensors``, ``*.msgpack`` or a directory (Orbax).
+      path: ``*.safetensors``, ``*.msgpack`` or a directory (Orbax); a
+        ``*.safetensors.index.json`` or a Hugging Face folder for a sharded
+        safetensors checkpoint.
       tree: The tree to save (arrays are fetched to the host for single files).
       ties: Optional ``ptp.Ties``: each shared array is stored once and the ties
         are recorded, so :func:`load` gives the tied tree back.
+      max_shard_size: Write a sharded safetensors checkpoint as transformers
+        and huggingface_hub do (``'5GB'``, ``'500MB'`` or bytes; shards of at
+        most this size and ``model.safetensors.index.json``) into the folder
+        ``path``, or beside the index file ``path``.
+      gather: For global arrays of a multi-process job saved to a single file:
+        gather each to every host and write from process 0 (every process
+        calls ``save``). Without it such an array raises ``FormatError``; an
+        Orbax folder needs neither (each process writes its own shards).
 
     Returns:
       None; the file (or directory) is in place when it returns.
 
     Raises:
       ValueError: If a leaf cannot be stored in the format (e.g. complex in
-        safetensors), before anything is written.
+        safetensors), before anything is written; for a ``max_shard_size`` that
+        is not a size, or given with a single-file path.
       StructureError: If an alias of ``ties`` differs from its source, or two
         paths would share one name in an Orbax folder (``'a.b'`` beside ``'a'/'b'``).
       FileExistsError: For an Orbax save onto a file, or onto a folder that is
         not a finished Orbax checkpoint (an existing checkpoint is replaced; after
         a failure midway the previous one loads as before).
       FileNotFoundError: If the target's folder does not exist.
+      FormatError: For a global array spanning other processes' devices saved to
+        a single file without ``gather`` (naming the Orbax route).
 
     A path that is a symlink is written through: its target gets the new
     content (atomically), the link stays. An Orbax folder may be a URL
@@ -103,12 +124,21 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
     tree, keys = _keys_to_data(tree)
     if keys:
         extra['prng_keys'] = keys
-    if fmt == 'safetensors':
-        save_safetensors(path, tree, extra)
-    elif fmt == 'msgpack':
-        save_msgpack(path, tree, extra)
-    else:
-        save_orbax(path, tree, extra)
+    sharded = writes_shards(path, fmt, max_shard_size)
+    one_writer = False
+    if sharded or fmt != 'orbax':  # a file: global arrays gathered, process 0 writes
+        tree, one_writer = gather_global(tree, path, gather)
+    with written_by_process_0(one_writer, path) as here:
+        if not here:
+            pass  # process 0 writes the gathered tree
+        elif sharded:
+            save_shards(path, tree, extra, max_shard_size)
+        elif fmt == 'safetensors':
+            save_safetensors(path, tree, extra)
+        elif fmt == 'msgpack':
+            save_msgpack(path, tree, extra)
+        else:
+            save_orbax(path, tree, extra)
 
 
 def _keys_to_data(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
@@ -235,7 +265,10 @@ def load(
     """Loads a tree saved by :func:`save` (or by another safetensors writer).
 
     Args:
-      path: ``*.safetensors``, ``*.msgpack`` or an Orbax checkpoint directory.
+      path: ``*.safetensors``, ``*.msgpack`` or an Orbax checkpoint directory;
+        a sharded Hugging Face checkpoint (``*.safetensors.index.json`` or its
+        folder: only the shards ``select`` needs are opened, and a ``like`` of
+        sharded arrays reads only the slices this process's devices hold).
       like: Optional tree (concrete, or ``jax.ShapeDtypeStruct`` leaves, with
         shardings): the result takes its structure and container types, each
         shape and dtype is checked, and arrays are placed with its shardings.
@@ -306,6 +339,8 @@ def _load_once(path: Any, like: PyTree | None, cast: bool, step: Any, select: An
         tree, meta = load_msgpack(path)
     elif fmt == 'npz':
         tree, meta = nest_names(read_npz(path), path), {}
+    elif fmt == 'shards':  # read below, after like is adjusted (as Orbax)
+        meta = shards_meta(path)
     else:
         path = orbax_item(path, step)
         meta = orbax_meta(path)
@@ -327,8 +362,10 @@ def _load_once(path: Any, like: PyTree | None, cast: bool, step: Any, select: An
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
         tree = load_orbax(path, like, cast, meta, select)
+    elif fmt == 'shards':  # only the shards select= needs; like's slices per process
+        tree = load_shards(path, like, cast, select)
     if like is not None:
-        foreign = fmt in ('safetensors', 'npz') and (
+        foreign = fmt in ('safetensors', 'npz', 'shards') and (
             not meta or any('.' in p for p in flatten(tree))
         )
         tree = _check_like(tree, like, path, cast, 'torch' if foreign else True)
