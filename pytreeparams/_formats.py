@@ -4,6 +4,8 @@ pickle files are named and refused."""
 from __future__ import annotations
 
 import os
+import stat
+from typing import Any
 
 from ._errors import FormatError
 
@@ -39,3 +41,36 @@ def format_of(path: str) -> str:
         f'cannot tell the format of {p!r}: use a .safetensors or .msgpack file, '
         'or a directory (no suffix) for an Orbax checkpoint'
     )
+
+
+def regular_size(path: str, fd: int) -> int:
+    """The size of the open file ``fd``, which must be a regular file.
+
+    Raises:
+      FormatError: For a device, pipe or socket (``/dev/zero`` would be read
+        until memory runs out).
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(
+            f'{path!r} is not a regular file (a device, pipe, socket or folder); '
+            'checkpoints are read from files'
+        )
+    return st.st_size
+
+
+def read_regular_file(path: str) -> bytes:
+    """The bytes of a regular file, read up to the size it has when opened.
+
+    Raises:
+      FormatError: If ``path`` is not a regular file.
+    """
+    with open_regular(path) as f:
+        return f.read(regular_size(path, f.fileno()))
+
+
+def open_regular(path: str) -> Any:
+    """``path`` opened for binary reading without blocking on a FIFO (and a
+    folder opened too), so that :func:`regular_size` can refuse them."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    return os.fdopen(fd, 'rb')
