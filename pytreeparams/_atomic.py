@@ -30,9 +30,11 @@ def atomic_write_path(path: str, write: Callable[[str], None]) -> None:
     path = os.path.realpath(path)  # through a symlink to its target, the link kept
     folder = os.path.dirname(path)
     check_folder(folder)
-    tmp = _new_file(path)
+    tmp, mode = _new_file(path)
     try:
         write(tmp)
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that made its own file
+            os.chmod(tmp, mode)
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -71,9 +73,10 @@ def check_folder(folder: str) -> None:
     raise FileNotFoundError(f'save: the folder {folder!r} does not exist; create it first')
 
 
-def _new_file(path: str) -> str:
+def _new_file(path: str) -> tuple[str, int]:
     """A new empty file beside ``path``: created as ``open()`` creates one (the
-    umask applies), then given the mode of the file it will replace, if any."""
+    umask applies), then given the mode of the file it will replace, if any;
+    its name and that mode."""
     base = os.path.join(os.path.dirname(path), '.' + os.path.basename(path) + '.')
     while True:
         tmp = f'{base}{secrets.token_hex(4)}.tmp'
@@ -84,15 +87,16 @@ def _new_file(path: str) -> str:
             continue
     try:
         try:
-            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            os.fchmod(fd, mode)
         except FileNotFoundError:  # a new file: the umask decided
-            pass
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
     os.close(fd)
-    return tmp
+    return tmp, mode
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
