@@ -24,7 +24,7 @@ from flax.core import FrozenDict
 from ._errors import FormatError, PathError, StructureError
 from ._flatten import flatten, flatten_with_paths, unflatten
 from ._formats import format_of
-from ._keys import describe, is_key_dtype, unbox
+from ._keys import describe, is_key_dtype, jax_changes_dtype, unbox
 from ._messages import like_mismatch, no_match_message
 from ._msgpack import load_msgpack, save_msgpack
 from ._orbax import load_orbax, orbax_item, orbax_meta, save_orbax
@@ -264,7 +264,9 @@ def _check_like(
         if cast and hasattr(y, 'dtype') and hasattr(target, 'dtype'):
             y = y.astype(target.dtype)
         sharding = getattr(target, 'sharding', None)
-        if sharding is not None and hasattr(y, 'shape'):
+        if jax_changes_dtype(getattr(y, 'dtype', np.float32)):
+            pass  # 64-bit values without x64 stay NumPy rather than lose bits
+        elif sharding is not None and hasattr(y, 'shape'):
             y = jax.device_put(y, sharding)
         elif isinstance(target, jax.Array) and hasattr(y, 'shape'):
             y = jax.numpy.asarray(y)

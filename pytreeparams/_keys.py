@@ -170,6 +170,20 @@ def same_dtype(a: Any, b: Any) -> bool:
     return np.dtype(a) == np.dtype(b)
 
 
+def jax_changes_dtype(dtype: Any) -> bool:
+    """Whether JAX would store ``dtype`` as another (64-bit values without
+    ``jax_enable_x64``): such arrays stay NumPy rather than lose bits.
+
+    Example:
+      >>> import numpy as np
+      >>> jax_changes_dtype(np.float32)
+      False
+    """
+    import jax
+
+    return not is_key_dtype(dtype) and jax.dtypes.canonicalize_dtype(dtype) != np.dtype(dtype)
+
+
 def torch_as_numpy(x: Any) -> Any:
     """A torch tensor as a NumPy array (a CPU tensor without a copy; bfloat16
     and 8-bit floats through their bits, as ``ml_dtypes`` arrays); any other

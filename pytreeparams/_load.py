@@ -15,7 +15,7 @@ import numpy as np
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._io import load
-from ._keys import describe, rebox, same_dtype, torch_as_numpy, unbox
+from ._keys import describe, jax_changes_dtype, rebox, same_dtype, torch_as_numpy, unbox
 from ._messages import deprecated, joined_list, quote_list
 from ._patterns import capture_pattern, compile_pattern
 from ._typing import Pattern, PyTree
@@ -92,6 +92,8 @@ def _rename(path: str, rules: Sequence[tuple[Any, str | None]]) -> tuple[str | N
 
 
 def _put_like(value: Any, target: Any) -> Any:
+    if jax_changes_dtype(getattr(value, 'dtype', np.float32)):
+        return value  # 64-bit values without x64 stay NumPy rather than lose bits
     sharding = getattr(target, 'sharding', None)
     if sharding is not None and not isinstance(target, jax.core.Tracer):
         return jax.device_put(value, sharding)

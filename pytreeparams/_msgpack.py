@@ -111,7 +111,7 @@ def load_msgpack(path: str) -> tuple[PyTree, dict[str, Any]]:
     text = _record(raw)
     if text is None and isinstance(state, dict) and set(state) == {_WRAPPED, 'tree'}:
         text, state = state[_WRAPPED], state['tree']
-    _validate_state(state, path, 0, slash_ok=text is not None)
+    _validate_state(state, path, 0)
     extra: dict[str, Any] = {}
     if text is not None:
         try:
@@ -126,9 +126,8 @@ def load_msgpack(path: str) -> tuple[PyTree, dict[str, Any]]:
     return state, extra
 
 
-def _validate_state(node: Any, path: str, depth: int, slash_ok: bool) -> None:
-    """A Flax state dict: nested dicts with string keys over array/scalar leaves
-    (a key holding '/' only where ptp's record places it)."""
+def _validate_state(node: Any, path: str, depth: int) -> None:
+    """A Flax state dict: nested dicts with string keys over array/scalar leaves."""
     if depth > 100:
         raise FormatError(f'{path!r}: the msgpack tree nests more than 100 levels')
     if isinstance(node, dict):
@@ -138,12 +137,12 @@ def _validate_state(node: Any, path: str, depth: int, slash_ok: bool) -> None:
                     f'{path!r} is not a valid msgpack checkpoint: a key is {type(k).__name__} '
                     f'{k!r}, not a string'
                 )
-            if not k or ('/' in k and not slash_ok):
+            if not k or '/' in k:
                 raise FormatError(
                     f'{path!r} is not a valid msgpack checkpoint: the key {k!r} is empty or '
                     "contains '/', which no path can name"
                 )
-            _validate_state(v, path, depth + 1, slash_ok)
+            _validate_state(v, path, depth + 1)
     elif not (
         node is None or isinstance(node, (np.ndarray, np.generic, bool, int, float, str, bytes))
     ):

@@ -49,7 +49,7 @@ import numpy as np
 from ._errors import PathError, StructureError
 from ._flatten import flatten_with_paths, unflatten
 from ._io import read_state_dict
-from ._keys import describe, unbox
+from ._keys import describe, jax_changes_dtype, unbox
 from ._load import LoadReport
 from ._messages import nearest, quote_list
 from ._patterns import capture_pattern
@@ -389,7 +389,7 @@ def _placed(value: np.ndarray, leaf: Any) -> Any:
     """A converted array where ``leaf`` says: on its sharding, or a jax array;
     a NumPy array when JAX would change its dtype (64-bit values without
     ``jax_enable_x64``), as ``load_into`` keeps them."""
-    if jax.dtypes.canonicalize_dtype(value.dtype) != value.dtype:
+    if jax_changes_dtype(value.dtype):
         return value
     sharding = getattr(leaf, 'sharding', None)
     return jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)

@@ -575,3 +575,15 @@ def test_saved_files_get_the_umask_mode_and_keep_a_replaced_files_mode(tmp_path,
         assert oct(os.stat(tmp_path / f'private.{suffix}').st_mode & 0o777) == oct(0o600)
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize('suffix', ['safetensors', 'msgpack'])
+def test_64_bit_values_survive_like_with_a_sharding(tmp_path, suffix):
+    big = np.array([2**40 + 1, 3], np.int64)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = {'w': jax.ShapeDtypeStruct((2,), np.int64, sharding=sharding)}
+    path = tmp_path / f'b.{suffix}'
+    ptp.save(path, {'w': big})
+    assert ptp.load(path, like=like)['w'].tolist() == big.tolist()
+    assert ptp.load_into(path, like=like)[0]['w'].tolist() == big.tolist()
+    assert ptp.load_into({'w': big}, like=like)[0]['w'].tolist() == big.tolist()
