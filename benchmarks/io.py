@@ -47,7 +47,7 @@ elif sys.argv[2] == 'orbax_select':
     out = ptp.load(sys.argv[1], select='t_042')
     assert float(out['t_042'].sum()) != 0 and list(out) == ['t_042']
 elif sys.argv[2] == 'summary':
-    s = ptp.summary(ptp.load(sys.argv[1]))  # what `pytreeparams summary FILE` does
+    s = ptp.summary(ptp.load(sys.argv[1], mmap=True))  # what `pytreeparams summary FILE` does
     assert s.totals.size == 100 * 2048 * 2560
 else:
     out = ptp.load(sys.argv[1])
@@ -91,7 +91,7 @@ def lazy(dtype: str = 'float32') -> None:
     label = {
         'select': "load(path, select='t_042') (1 tensor)",
         'load_into': 'load_into(path, like={1 tensor}, strict=False)',
-        'summary': f'summary(load(path)), as the command line (largest tensor: {tensor:.0f} MiB)',
+        'summary': f'summary(load(path, mmap=True)), as the CLI (largest: {tensor:.0f} MiB)',
         'all': 'load(path), every tensor summed',
         'orbax_select': "Orbax folder: load(folder, select='t_042') (partial restore)",
     }

@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == 'summary':
             if args.depth is not None and args.depth < 0:
                 return _err(f'--depth must be 0 (totals only) or positive, got {args.depth}')
-            tree = load(args.file, step=args.step)
+            tree = load(args.file, step=args.step, mmap=True)  # read here, never handed out
             depth = args.depth or None
             s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select)
             full = s  # its leaf rows, also where --depth 0 leaves out the table
@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
                 _print_table(s, args)
             return 0
         if args.command == 'diff':
-            r = diff(load(args.a), load(args.b))
+            r = diff(load(args.a, mmap=True), load(args.b, mmap=True))
             if args.json:
                 print(
                     json.dumps(

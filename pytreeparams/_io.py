@@ -34,6 +34,7 @@ from ._patterns import map_with_path, match_flags, pattern_texts
 from ._safetensors import (
     load_safetensors,
     nest_names,
+    own_copy,
     read_npz,
     read_state_dict,
     save_safetensors,
@@ -193,10 +194,6 @@ def _check_names(tree: PyTree) -> None:
                 walk(v, f'{where}/{i}' if where else str(i))
 
     walk(tree, '')
-
-
-def _own(x: Any) -> Any:
-    return np.array(x) if isinstance(x, np.ndarray) else x
 
 
 def _aliases(flat: Mapping[str, Any], ties: Ties | None) -> dict[str, str]:
@@ -369,7 +366,7 @@ def load(
     if select is not None:
         tree, keep = _select(tree, select, ties)
     if fmt == 'safetensors' and not mmap:  # the process's own arrays, not views of the file
-        tree = jax.tree_util.tree_map(_own, tree)
+        tree = jax.tree_util.tree_map(own_copy, tree)
     if like is not None:
         foreign = fmt in ('safetensors', 'npz') and (
             not meta or any('.' in p for p in flatten(tree))

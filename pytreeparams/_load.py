@@ -18,6 +18,7 @@ from ._io import load
 from ._keys import describe, jax_changes_dtype, rebox, same_dtype, torch_as_numpy, unbox
 from ._messages import deprecated, joined_list, quote_list
 from ._patterns import capture_pattern, compile_pattern
+from ._safetensors import own_copy
 from ._typing import Pattern, PyTree
 
 __all__ = ['LoadReport', 'load_into']
@@ -231,7 +232,7 @@ def load_into(
             continue
         loaded.append(p)
         if from_file and isinstance(src, np.ndarray):
-            src = np.array(src)  # the process's own copy, not a view of the file
+            src = own_copy(src)  # the process's own copy, not a view of the file
         out.append(rebox(x, _put_like(src, tgt)))
     known = set(t_paths)
     unexpected = [origin[p] for p in provided if p not in known]

@@ -88,7 +88,7 @@ def read_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     fmt = format_of(path)
     if fmt == 'safetensors':
         arrays = read_safetensors(path)[0]
-        return arrays if mmap else {k: np.array(v) for k, v in arrays.items()}
+        return arrays if mmap else {k: own_copy(v) for k, v in arrays.items()}
     if fmt == 'npz':
         return read_npz(path)
     raise FormatError(f'{path!r}: a state dict is read from a .safetensors or .npz file')
@@ -248,6 +248,43 @@ def save_safetensors(path: str, tree: PyTree, extra: dict[str, Any]) -> None:
         )
     header[META_KEY] = json.dumps(meta)
     atomic_write_path(path, lambda tmp: save_file(arrays, tmp, metadata=header))
+
+
+_BLOCK = 8 << 20  # bytes copied between page releases
+
+
+def own_copy(x: Any) -> Any:
+    """A NumPy array's own copy; a view of a memory-mapped file is copied block
+    by block, each block's pages of the (read-only, shared) mapping released
+    once copied, so the copy does not also keep the file's pages resident.
+    Anything else comes back as it is."""
+    if not isinstance(x, np.ndarray):
+        return x
+    mm = _mapping_of(x)
+    out = np.empty(x.shape, x.dtype)
+    if mm is None or not x.flags.c_contiguous:
+        out[...] = x
+        return out
+    src, dst = x.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
+    start = x.ctypes.data - np.frombuffer(mm, np.uint8).ctypes.data
+    for i in range(0, src.size, _BLOCK):
+        dst[i : i + _BLOCK] = src[i : i + _BLOCK]
+        lo, hi = start + i, start + min(i + _BLOCK, src.size)
+        lo -= lo % mmap.PAGESIZE  # whole pages; a page shared with a neighbour is re-read
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (AttributeError, OSError, ValueError):  # pragma: no cover - no madvise
+            break
+    return out
+
+
+def _mapping_of(x: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` a view was made from (through its bases), if any."""
+    base: Any = x
+    while base is not None and not isinstance(base, memoryview):
+        base = getattr(base, 'base', None)
+    obj = getattr(base, 'obj', None)
+    return obj if isinstance(obj, mmap.mmap) else None
 
 
 def _mapped(path: str) -> Any:
