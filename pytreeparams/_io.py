@@ -58,8 +58,8 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, ties: Any = None) -> Non
       None; the file (or directory) is in place when it returns.
 
     Raises:
-      ValueError: If a leaf cannot be stored in the format (e.g. complex in
-        safetensors), before anything is written.
+      ValueError: If a leaf cannot be stored in the format (e.g. complex128
+        in safetensors), before anything is written.
       StructureError: If an alias of ``ties`` differs from its source.
       FileExistsError: For an Orbax save onto a file, or onto a folder that is
         not an Orbax checkpoint (an existing checkpoint is replaced; after a

@@ -544,6 +544,19 @@ def test_every_safetensors_dtype_round_trips_bit_exactly(tmp_path, tree):
     ptp.save(path, {'p': tree})
     assert_bit_exact(ptp.load(path), {'p': tree})
     assert_bit_exact(ptp.load(path, mmap=True), {'p': tree})
+    ptp.save(tmp_path / 'd.msgpack', {'p': tree})
+    assert_bit_exact(ptp.load(tmp_path / 'd.msgpack'), {'p': tree})
+
+
+def test_safetensors_files_of_earlier_versions_with_slash_names_still_load(tmp_path):
+    from safetensors.numpy import save_file
+
+    spec = {'t': 'dict', 'k': [['a', {'t': 'frozen', 'k': [['w', {'t': 'array', 's': [2]}]]}]]}
+    meta = {'version': 1, 'structure': spec}
+    path = str(tmp_path / 'old.safetensors')
+    save_file({'a/w': np.ones(2, np.float32)}, path, metadata={'pytreeparams': json.dumps(meta)})
+    back = ptp.load(path)
+    assert type(back['a']) is FrozenDict and bits_equal(back['a']['w'], np.ones(2, np.float32))
 
 
 def test_safetensors_dtypes_written_by_the_reference_writer_are_read(tmp_path):
