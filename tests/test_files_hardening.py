@@ -600,3 +600,22 @@ def test_64_bit_values_survive_like_with_a_sharding(tmp_path, suffix):
     assert ptp.load(path, like=like)['w'].tolist() == big.tolist()
     assert ptp.load_into(path, like=like)[0]['w'].tolist() == big.tolist()
     assert ptp.load_into({'w': big}, like=like)[0]['w'].tolist() == big.tolist()
+
+
+def test_hugging_face_loads_ptp_files_where_transformers_is_installed(tmp_path):
+    """With transformers (4.46.3 checked, outside this venv): both the Flax and
+    the PyTorch GPT-2 read ptp's model.safetensors, and the Flax one its
+    flax_model.msgpack, with identical weights (not random ones and a warning)."""
+    transformers = pytest.importorskip('transformers')
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=8)
+    model = transformers.FlaxGPT2LMHeadModel(cfg, seed=0)
+    for name in ('model.safetensors', 'flax_model.msgpack'):
+        folder = tmp_path / name.split('.')[1]
+        cfg.save_pretrained(folder)
+        ptp.save(folder / name, model.params)
+        back = transformers.FlaxGPT2LMHeadModel.from_pretrained(folder, seed=1)
+        chex.assert_trees_all_equal(back.params, model.params)
+    if pytest.importorskip('torch'):
+        pt = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'safetensors')
+        wte = model.params['transformer']['wte']['embedding']
+        assert np.array_equal(pt.transformer.wte.weight.detach().numpy(), np.asarray(wte))
