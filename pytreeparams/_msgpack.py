@@ -86,7 +86,10 @@ def _record(raw: bytes) -> str | None:
     try:
         if u.read_map_header() < 2:
             return None
-        key, value = u.unpack(), u.unpack()
+        key = u.unpack()
+        if not 0xA0 <= raw[u.tell()] <= 0xBF and raw[u.tell()] not in (0xD9, 0xDA, 0xDB):
+            return None  # not a string: a Flax file's first entry, not unpacked twice
+        value = u.unpack()
         if not isinstance(value, str) or u.unpack() != key:
             return None
     except Exception:  # not a map, or truncated: msgpack_restore says so
