@@ -201,7 +201,7 @@ def load_into(
     if like is None:
         raise TypeError('load_into(source, like=target): like= (the tree to fill) is missing')
     from_file = isinstance(source, (str, os.PathLike))
-    if from_file:  # memory-mapped for safetensors: a tensor is read (copied) when used
+    if isinstance(source, (str, os.PathLike)):  # memory-mapped: a tensor is copied when used
         source = load(source, mmap=True)
     t_leaves, t_def, t_paths = flatten_with_paths(like)
     s_leaves, _, s_paths = flatten_with_paths(source)

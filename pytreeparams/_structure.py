@@ -56,8 +56,8 @@ def encode_structure(
         return {'t': kind, 'k': items}
     if isinstance(node, (list, tuple)) and not hasattr(node, '_fields'):
         kind = 'list' if isinstance(node, list) else 'tuple'
-        kids = [encode_structure(v, _child(path, i), arrays, fetch) for i, v in enumerate(node)]
-        return {'t': kind, 'c': kids}
+        coded = [encode_structure(v, _child(path, i), arrays, fetch) for i, v in enumerate(node)]
+        return {'t': kind, 'c': coded}
     if hasattr(node, 'shape') and hasattr(node, 'dtype'):
         if isinstance(node, jax.ShapeDtypeStruct):
             raise ValueError(f'save: {path!r} is abstract ({describe(node)}); save concrete arrays')
