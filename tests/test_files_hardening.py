@@ -619,3 +619,14 @@ def test_hugging_face_loads_ptp_files_where_transformers_is_installed(tmp_path):
         pt = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'safetensors')
         wte = model.params['transformer']['wte']['embedding']
         assert np.array_equal(pt.transformer.wte.weight.detach().numpy(), np.asarray(wte))
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.msgpack', ''])
+def test_select_without_the_prng_keys_of_a_file(tmp_path, suffix):
+    if not suffix:
+        pytest.importorskip('orbax.checkpoint')
+    path = str(tmp_path / f'c{suffix}')
+    ptp.save(path, {'w': np.ones(2, np.float32), 'rng': jax.random.key(0)})
+    assert ptp.paths(ptp.load(path, select='w')) == ['w']
+    key = ptp.load(path, select='rng')['rng']
+    assert jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
