@@ -65,7 +65,7 @@ elif sys.argv[2] == 'orbax_full_no_stats':  # what the command line did before: 
     s = ptp.summary(ptp.load(sys.argv[1]), stats=False)
     assert s.totals.leaves > 0
 elif sys.argv[2] == 'summary':
-    s = ptp.summary(ptp.load(sys.argv[1]))  # what `pytreeparams summary FILE` does
+    s = ptp.summary(ptp.load(sys.argv[1], mmap=True))  # what `pytreeparams summary FILE` does
     assert s.totals.size == 100 * 2048 * 2560
 elif sys.argv[2] == 'summary_nostats':
     s = ptp.summary(ptp.load(sys.argv[1]), stats=False)
@@ -160,7 +160,7 @@ def lazy(dtype: str = 'float32') -> None:
     label = {
         'select': "load(path, select='t_042') (1 tensor)",
         'load_into': 'load_into(path, like={1 tensor}, strict=False)',
-        'summary': f'summary(load(path)), as the command line (largest tensor: {tensor:.0f} MiB)',
+        'summary': f'summary(load(path, mmap=True)), as the CLI (largest: {tensor:.0f} MiB)',
         'all': 'load(path), every tensor summed',
         'orbax_select': "Orbax folder: load(folder, select='t_000') (partial restore)",
     }

@@ -119,7 +119,7 @@ def _read_for_summary(args: argparse.Namespace) -> Any:
             return abstract_orbax(args.file, args.step, args.select)
         if args.select is not None:
             return load(args.file, step=args.step, select=args.select)
-    return load(args.file, step=args.step)
+    return load(args.file, step=args.step, mmap=True)  # read here, never handed out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
                 _print_table(s, args)
             return 0
         if args.command == 'diff':
-            r = diff(load(args.a), load(args.b))
+            r = diff(load(args.a, mmap=True), load(args.b, mmap=True))
             if args.json:
                 report = {
                     'only_a': r.only_a,

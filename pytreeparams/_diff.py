@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._flatten import flatten
-from ._keys import describe
+from ._keys import describe, torch_as_numpy
 from ._leaves import is_array, is_key_array
 from ._moments import as_auto, fetch_replicated, is_global
 from ._render import html_table, treescope_repr
@@ -124,7 +124,8 @@ def diff(a: PyTree, b: PyTree) -> DiffReport:
       >>> r.only_a, r.only_b, r.rel_change
       (('b',), ('c',), {'w': 0.5})
     """
-    fa, fb = flatten(a), flatten(b)
+    fa = {p: torch_as_numpy(x) for p, x in flatten(a).items()}
+    fb = {p: torch_as_numpy(x) for p, x in flatten(b).items()}
     only_a = tuple(p for p in fa if p not in fb)
     only_b = tuple(p for p in fb if p not in fa)
     changed: dict[str, tuple[str, str]] = {}

@@ -185,6 +185,44 @@ def same_dtype(a: Any, b: Any) -> bool:
     return np.dtype(a) == np.dtype(b)
 
 
+def jax_changes_dtype(dtype: Any) -> bool:
+    """Whether JAX would store ``dtype`` as another (64-bit values without
+    ``jax_enable_x64``): such arrays stay NumPy rather than lose bits.
+
+    Example:
+      >>> import numpy as np
+      >>> jax_changes_dtype(np.float32)
+      False
+    """
+    import jax
+
+    return not is_key_dtype(dtype) and jax.dtypes.canonicalize_dtype(dtype) != np.dtype(dtype)
+
+
+def torch_as_numpy(x: Any) -> Any:
+    """A torch tensor as a NumPy array (a CPU tensor without a copy; bfloat16
+    and 8-bit floats through their bits, as ``ml_dtypes`` arrays); any other
+    leaf as it is. The one place a leaf of PyTorch becomes readable; torch is
+    never imported here.
+
+    Example:
+      >>> torch_as_numpy(3.0)
+      3.0
+    """
+    if type(x).__module__.split('.')[0] != 'torch' or not hasattr(x, 'detach'):
+        return x
+    t = x.detach().cpu()
+    import ml_dtypes
+
+    ml = getattr(ml_dtypes, str(t.dtype).rsplit('.', 1)[-1], None)
+    if ml is None:
+        return t.numpy()
+    import torch  # already imported: x is a tensor
+
+    bits = torch.uint8 if t.element_size() == 1 else torch.int16
+    return t.view(bits).numpy().view(ml)
+
+
 def describe(x: Any) -> str:
     """Describes a leaf by dtype and shape, as Flax summaries do.
 
@@ -205,7 +243,7 @@ def describe(x: Any) -> str:
       >>> ptp.describe(3)
       'int'
     """
-    x = unbox(x)
+    x = torch_as_numpy(unbox(x))
     dtype = getattr(x, 'dtype', None)
     shape = getattr(x, 'shape', None)
     if dtype is not None and shape is not None:

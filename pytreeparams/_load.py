@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import StructureError
-from ._files import load
+from ._files import load, own_copy
 from ._flatten import flatten_with_paths
-from ._keys import describe, rebox, same_dtype, unbox
+from ._keys import describe, jax_changes_dtype, rebox, same_dtype, torch_as_numpy, unbox
 from ._messages import deprecated, joined_list, path_differences
 from ._patterns import capture_pattern, compile_pattern
 from ._typing import Pattern, PyTree
@@ -86,6 +86,8 @@ def _rename(path: str, rules: Sequence[tuple[Any, str | None]]) -> tuple[str | N
 
 
 def _put_like(value: Any, target: Any) -> Any:
+    if jax_changes_dtype(getattr(value, 'dtype', np.float32)):
+        return value  # 64-bit values without x64 stay NumPy rather than lose bits
     sharding = getattr(target, 'sharding', None)
     if sharding is not None and not isinstance(target, jax.core.Tracer):
         return jax.device_put(value, sharding)
@@ -113,7 +115,7 @@ def _renamed_source(
             raise StructureError(
                 f'load_into: source paths {origin[new]!r} and {p!r} both map to {new!r}'
             )
-        provided[new], origin[new] = unbox(x), p
+        provided[new], origin[new] = torch_as_numpy(unbox(x)), p
     return provided, origin, renamed, dropped
 
 
@@ -128,7 +130,9 @@ def _with_target_dtype(src: Any, tgt: Any, cast: bool) -> Any:
         cast_src = np.asarray(src).astype(t_dtype)
         return cast_src if cast_src.item() == src else None
     if t_dtype is not None and s_dtype is not None and not same_dtype(t_dtype, s_dtype):
-        return jnp.asarray(src).astype(t_dtype) if cast else None
+        if not cast:
+            return None
+        return src.astype(t_dtype) if isinstance(src, jax.Array) else np.asarray(src, t_dtype)
     return src
 
 
@@ -146,7 +150,9 @@ def load_into(
     Args:
       source: A loaded checkpoint tree, or the path of a checkpoint file or
         folder (any format :func:`ptp.load` reads). A safetensors file is
-        memory-mapped: only the tensors copied into ``like`` are read from disk.
+        memory-mapped: only the tensors copied into ``like`` are read from disk,
+        each into an array of its own (the result does not change with the file).
+        Torch tensors are read as NumPy arrays.
       *old: The old spelling ``load_into(target, source)`` (deprecated: it
         warns and still works for one release).
       like: The target: a freshly initialized (or abstract) tree; its
@@ -187,8 +193,9 @@ def load_into(
         source, like = old[0], source
     if like is None:
         raise TypeError('load_into(source, like=target): like= (the tree to fill) is missing')
-    if isinstance(source, (str, os.PathLike)):
-        source = load(source)  # lazy for safetensors: a tensor is read when copied
+    from_file = isinstance(source, (str, os.PathLike))
+    if isinstance(source, (str, os.PathLike)):  # memory-mapped: a tensor is copied when used
+        source = load(source, mmap=True)
     t_leaves, t_def, t_paths = flatten_with_paths(like)
     s_leaves, _, s_paths = flatten_with_paths(source)
     provided, origin, renamed, dropped = _renamed_source(s_paths, s_leaves, list(rename))
@@ -217,18 +224,20 @@ def load_into(
             out.append(x)
             continue
         loaded.append(p)
+        if from_file and isinstance(src, np.ndarray):
+            src = own_copy(src)  # the process's own copy, not a view of the file
         out.append(rebox(x, _put_like(src, tgt)))
     known = set(t_paths)
     unexpected = [origin[p] for p in provided if p not in known]
     report = LoadReport(
-        tuple(loaded),
-        tuple(missing),
-        tuple(unexpected),
-        shape_mm,
-        dtype_mm,
-        tuple(skipped),
-        renamed,
-        tuple(dropped),
+        loaded=tuple(loaded),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        shape_mismatch=shape_mm,
+        dtype_mismatch=dtype_mm,
+        skipped=tuple(skipped),
+        renamed=renamed,
+        dropped=tuple(dropped),
     )
     if strict and not report.ok:
         raise StructureError(

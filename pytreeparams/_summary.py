@@ -20,7 +20,7 @@ from flax import linen as nn
 from ._calls import Call, assign_calls, is_module, module_calls, module_variables
 from ._errors import PathError
 from ._flatten import flatten_with_paths
-from ._keys import logical_axes, unbox, unbox_all
+from ._keys import logical_axes, torch_as_numpy, unbox, unbox_all
 from ._leaves import dtype_info, is_array, is_key_array, readable
 from ._messages import no_match_message
 from ._moments import as_auto, is_global, leaf_rows
@@ -550,4 +550,8 @@ def shapes(tree: PyTree) -> PyTree:
       {'b': [(8,)], 'w': (4, 8)}
     """
 
-    return map_with_path(tree, lambda _, x: tuple(np.shape(x)) if is_array(x) else None)
+    def shape(_: str, x: Any) -> Any:
+        x = torch_as_numpy(x)
+        return tuple(np.shape(x)) if is_array(x) else None
+
+    return map_with_path(tree, shape)

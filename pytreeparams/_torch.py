@@ -49,7 +49,7 @@ import numpy as np
 from ._errors import PathError, StructureError
 from ._files import read_state_dict
 from ._flatten import flatten_with_paths, unflatten
-from ._keys import describe, unbox
+from ._keys import describe, jax_changes_dtype, unbox
 from ._leaves import from_torch
 from ._load import LoadReport
 from ._messages import did_you_mean, nearest, quote_list
@@ -99,7 +99,7 @@ class TorchLayout:
                 arr = arr.reshape(math.prod(shape[: self.view]), math.prod(shape[self.view :]))
         if self.perm is not None:
             arr = np.transpose(arr, self.perm)
-        return np.ascontiguousarray(arr)
+        return _contiguous(arr)
 
     def to_flax(self, arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         """This leaf's part of the PyTorch array ``arr``, in the Flax ``shape``
@@ -384,6 +384,21 @@ _TORCH_BITS = {
 }
 
 
+def _contiguous(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in C order, its shape kept (``np.ascontiguousarray`` makes 0-d 1-d)."""
+    return np.ascontiguousarray(arr).reshape(arr.shape)
+
+
+def _placed(value: np.ndarray, leaf: Any) -> Any:
+    """A converted array where ``leaf`` says: on its sharding, or a jax array;
+    a NumPy array when JAX would change its dtype (64-bit values without
+    ``jax_enable_x64``), as ``load_into`` keeps them."""
+    if jax_changes_dtype(value.dtype):
+        return value
+    sharding = getattr(leaf, 'sharding', None)
+    return jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
+
+
 def _to_numpy(v: Any) -> np.ndarray:
     return np.asarray(from_torch(v))
 
@@ -535,17 +550,18 @@ def from_torch_state_dict(
                 continue
             arr = arr.astype(want)
         loaded.append(path)
-        sharding = getattr(leaf, 'sharding', None)
-        value = np.ascontiguousarray(arr)
-        flat[path] = (
-            jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
-        )
+        flat[path] = _placed(_contiguous(arr), leaf)
     unexpected = [k for k in sd if k not in used]
     tied = [k for k in unexpected if any(_same_storage(sd[k], sd[u]) for u in used)]
     unexpected = [k for k in unexpected if k not in tied]  # a tied alias: one tensor, two names
     dropped += tied
     report = LoadReport(
-        tuple(loaded), tuple(missing), tuple(unexpected), shape_mm, dtype_mm, (), {}, tuple(dropped)
+        loaded=tuple(loaded),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        shape_mismatch=shape_mm,
+        dtype_mismatch=dtype_mm,
+        dropped=tuple(dropped),
     )
     if strict and not report.ok:
         raise _strict_error(report, sd, used)

@@ -109,7 +109,7 @@ def test_tied_tree_saved_once_and_loaded_tied(tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / 't.safetensors'), framework='np') as f:
-        assert list(f.keys()) == ['params/wte/embedding']
+        assert list(f.keys()) == ['params.wte.embedding']
 
 
 def test_nnx_state_and_partitioned_boxes_round_trip(tmp_path):

@@ -316,7 +316,7 @@ def test_is_leaf_stops_the_walk_as_jax_tree_util_does():
 
 
 def test_summary_of_a_mapped_file_releases_each_block_once_read(tmp_path, monkeypatch):
-    """A loaded safetensors file is memory-mapped: summary reads each block of a
+    """A safetensors file loaded with mmap=True is memory-mapped: summary reads each block of a
     large tensor once and releases its pages (benchmarks/io.py --lazy: 11 MiB peak
     growth for a 2 GB file of 20 MiB tensors); the numbers and the data are the
     same as for the array in memory. Arrays in memory release nothing."""
@@ -335,7 +335,7 @@ def test_summary_of_a_mapped_file_releases_each_block_once_read(tmp_path, monkey
     )
     ptp.summary(tree)  # in memory: nothing to release
     assert released == []
-    loaded = ptp.load(path)
+    loaded = ptp.load(path, mmap=True)  # the zero-copy view of the file
     got = ptp.summary(loaded)
     covered = np.zeros(300_001, bool)
     for size, lo, hi in released:

@@ -9,5 +9,14 @@ from ._io import load as load
 from ._io import read_state_dict as read_state_dict
 from ._io import save as save
 from ._orbax import abstract_orbax as abstract_orbax
+from ._safetensors import own_copy as own_copy
 
-__all__ = ['abstract_orbax', 'format_of', 'load', 'read_state_dict', 'save', 'scheme_of']
+__all__ = [
+    'abstract_orbax',
+    'format_of',
+    'load',
+    'own_copy',
+    'read_state_dict',
+    'save',
+    'scheme_of',
+]

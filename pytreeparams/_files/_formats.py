@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+from typing import Any
 
 from .._errors import FormatError
 
@@ -67,3 +69,36 @@ def is_hf_folder(folder: str) -> bool:
     names = os.listdir(folder)
     files = sum(n.endswith('.safetensors') for n in names)
     return 'model.safetensors' in names or files == 1 or any(n.endswith(SHARD_INDEX) for n in names)
+
+
+def regular_size(path: str, fd: int) -> int:
+    """The size of the open file ``fd``, which must be a regular file.
+
+    Raises:
+      FormatError: For a device, pipe or socket (``/dev/zero`` would be read
+        until memory runs out).
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(
+            f'{path!r} is not a regular file (a device, pipe, socket or folder); '
+            'checkpoints are read from files'
+        )
+    return st.st_size
+
+
+def read_regular_file(path: str) -> bytes:
+    """The bytes of a regular file, read up to the size it has when opened.
+
+    Raises:
+      FormatError: If ``path`` is not a regular file.
+    """
+    with open_regular(path) as f:
+        return f.read(regular_size(path, f.fileno()))
+
+
+def open_regular(path: str) -> Any:
+    """``path`` opened for binary reading without blocking on a FIFO (and a
+    folder opened too), so that :func:`regular_size` can refuse them."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    return os.fdopen(fd, 'rb')

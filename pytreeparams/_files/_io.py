@@ -24,7 +24,7 @@ from flax.core import FrozenDict
 
 from .._errors import FormatError, PathError, StructureError
 from .._flatten import flatten, flatten_with_paths, unflatten
-from .._keys import describe, unbox
+from .._keys import describe, jax_changes_dtype, unbox
 from .._leaves import is_key_dtype
 from .._messages import like_mismatch, no_match_message
 from .._paths import get
@@ -46,6 +46,7 @@ from ._orbax import (
 from ._safetensors import (
     load_safetensors,
     nest_names,
+    own_copy,
     read_npz,
     save_safetensors,
 )
@@ -84,9 +85,9 @@ def save(
       None; the file (or directory) is in place when it returns.
 
     Raises:
-      ValueError: If a leaf cannot be stored in the format (e.g. complex in
-        safetensors), before anything is written; for a ``max_shard_size`` that
-        is not a size, or given with a single-file path.
+      ValueError: If a leaf cannot be stored in the format (e.g. complex128
+        in safetensors), before anything is written; for a ``max_shard_size``
+        that is not a size, or given with a single-file path.
       StructureError: If an alias of ``ties`` differs from its source, or two
         paths would share one name in an Orbax folder (``'a.b'`` beside ``'a'/'b'``).
       FileExistsError: For an Orbax save onto a file, or onto a folder that is
@@ -95,12 +96,27 @@ def save(
       FileNotFoundError: If the target's folder does not exist.
       FormatError: For a global array spanning other processes' devices saved to
         a single file without ``gather`` (naming the Orbax route).
+      NotADirectoryError: If a folder on the target's path is a file.
+      StructureError: If a name cannot be stored (a key that is neither str
+        nor int, a safetensors tensor named ``'__metadata__'``), or an alias
+        or source of ``ties`` is not in ``tree``; before anything is written.
 
     A path that is a symlink is written through: its target gets the new
-    content (atomically), the link stays. An Orbax folder may be a URL
-    (``gs://bucket/ckpt``); in a multi-process job every process calls ``save``
-    and one checkpoint is written (a failure on any process outside Orbax's own
-    collective write is raised on all, and the previous checkpoint is kept).
+    content (atomically), the link stays. A new file gets the mode ``open()``
+    gives (``0o666`` less the umask); a replaced file keeps its mode. An Orbax
+    folder may be a URL (``gs://bucket/ckpt``); in a multi-process job every
+    process calls ``save`` and one checkpoint is written (a failure on any
+    process outside Orbax's own collective write is raised on all, and the
+    previous checkpoint is kept).
+
+    A ``.safetensors`` file is laid out for the library its label names: a
+    flat mapping of dotted names (``to_torch_state_dict``) as PyTorch's
+    (``format: pt``); any other tree as Hugging Face's Flax layout
+    (``format: flax``, keys joined by ``'.'``), so ``from_pretrained`` of a Flax
+    model reads it; a tree whose keys hold ``'.'`` keeps ptp's ``'/'`` names and
+    no label. A ``.msgpack`` file is the one ``flax.serialization.to_bytes``
+    writes (``from_bytes`` reads it); ptp's record of the containers sits
+    where Flax's readers do not see it.
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp, pytreeparams as ptp
@@ -119,6 +135,7 @@ def save(
     _check_names(tree)  # every name must come back as it went in: checked before writing
     extra: dict[str, Any] = {}
     if ties is not None:
+        _check_tie_paths(tree, ties)
         extra['ties'] = ties.to_json()
         tree = untie(tree, ties)
     tree, keys = _keys_to_data(tree)
@@ -139,6 +156,19 @@ def save(
             save_msgpack(path, tree, extra)
         else:
             save_orbax(path, tree, extra)
+
+
+def _check_tie_paths(tree: PyTree, ties: Ties) -> None:
+    """Raises before anything is written if an alias or source of ``ties`` is not in ``tree``."""
+    for alias, source, _ in ties.items():
+        for role, p in (('source', source), ('alias', alias)):
+            try:
+                get(tree, p)
+            except PathError as e:
+                raise StructureError(
+                    f'save(ties=): the {role} {p!r} of the tie {alias!r} -> {source!r} is not '
+                    f'in the tree ({e}); nothing was written'
+                ) from e
 
 
 def _keys_to_data(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
@@ -218,6 +248,43 @@ def _check_names(tree: PyTree) -> None:
     walk(tree, '')
 
 
+def _aliases(flat: Mapping[str, Any], ties: Ties | None) -> dict[str, str]:
+    """``{alias leaf path: source leaf path}`` for the sources present in ``flat``."""
+    out: dict[str, str] = {}
+    for alias, source, _ in ties.items() if ties is not None else ():
+        for p in flat:
+            if p == source or p.startswith(source + '/'):
+                out[alias + p[len(source) :]] = p
+    return out
+
+
+def _select(tree: PyTree, select: Any, ties: Ties | None) -> tuple[PyTree, set[str]]:
+    """The leaves ``select`` needs, as nested dicts, and the names it chose.
+
+    Names are the tree's as saved: the file's leaves and each alias of
+    ``ties``; a chosen alias needs its source's leaf.
+    """
+    flat = flatten(tree)
+    alias_of = _aliases(flat, ties)
+    names = list(flat) + [p for p in alias_of if p not in flat]
+    keep = {p for p, hit in zip(names, match_flags(tuple(names), select)) if hit}
+    if not keep:
+        raise PathError(no_match_message(pattern_texts(select), names))
+    need = {p for p in keep if p in flat} | {alias_of[p] for p in keep if p in alias_of}
+    return unflatten({p: x for p, x in flat.items() if p in need}), keep
+
+
+def _ties_within(ties: Ties, keep: set[str]) -> Ties:
+    """The ties whose alias holds a chosen name."""
+    return Ties(
+        {
+            a: (s, fn) if fn else s
+            for a, s, fn in ties.items()
+            if any(p == a or p.startswith(a + '/') for p in keep)
+        }
+    )
+
+
 def _check_like(
     loaded: PyTree, like: PyTree, path: str, cast: bool = False, hint: bool | str = True
 ) -> PyTree:
@@ -246,7 +313,9 @@ def _check_like(
         if cast and hasattr(y, 'dtype') and hasattr(target, 'dtype'):
             y = y.astype(target.dtype)
         sharding = getattr(target, 'sharding', None)
-        if sharding is not None and hasattr(y, 'shape'):
+        if jax_changes_dtype(getattr(y, 'dtype', np.float32)):
+            pass  # 64-bit values without x64 stay NumPy rather than lose bits
+        elif sharding is not None and hasattr(y, 'shape'):
             y = jax.device_put(y, sharding)
         elif isinstance(target, jax.Array) and hasattr(y, 'shape'):
             y = jax.numpy.asarray(y)
@@ -261,6 +330,7 @@ def load(
     cast: bool = False,
     step: int | None = None,
     select: Any = None,
+    mmap: bool = False,
 ) -> PyTree:
     """Loads a tree saved by :func:`save` (or by another safetensors writer).
 
@@ -279,7 +349,16 @@ def load(
       select: A pattern (glob, ``re.Pattern`` or a list): only the matching
         leaves, as nested dicts. A safetensors file is memory-mapped, so only
         the selected tensors are read from disk (safetensors: memory-mapped;
-        Orbax: a partial restore). Not with ``like``.
+        Orbax: a partial restore). Not with ``like``. Patterns match the
+        tree's names as :func:`save` got them: an alias of ``ties=`` is
+        selected by its own name (and read from its source), a selected
+        source comes without its aliases.
+      mmap: For a safetensors file, return read-only views of the
+        memory-mapped file instead of copies (zero-copy; a tensor is read
+        when used). The views change if the file is overwritten in place
+        (``cp new.safetensors path``), and touching them after the file was
+        truncated kills the process (``SIGBUS``). By default the arrays are
+        the process's own, whatever later happens to the file.
 
     Returns:
       The tree. With ``like``: ``like``'s structure, containers and boxes.
@@ -287,7 +366,8 @@ def load(
       and tuples come back as saved; other nodes (NNX ``State``, optax states
       and other namedtuples, dataclasses) as dicts keyed by their field names;
       boxes unboxed; Python scalars as Python scalars; PRNG keys as keys;
-      arrays as NumPy arrays (jax arrays from Orbax).
+      arrays as NumPy arrays (jax arrays from Orbax), never aliasing the
+      file unless ``mmap=True``.
       Files written by other programs: nested dicts (names split at ``/`` or
       ``.``). Tied trees come back tied.
 
@@ -316,7 +396,7 @@ def load(
     # the metadata and the arrays always come from one checkpoint.
     for attempt in range(_READ_TRIES):
         try:
-            return _load_once(path, like, cast, step, select)
+            return _load_once(path, like, cast, step, select, mmap)
         except (CheckpointChanged, FileNotFoundError, FormatError) as e:
             last = attempt == _READ_TRIES - 1
             if last or not (isinstance(e, CheckpointChanged) or save_in_flight(os.fspath(path))):
@@ -328,7 +408,9 @@ def load(
 _READ_TRIES = 5
 
 
-def _load_once(path: Any, like: PyTree | None, cast: bool, step: Any, select: Any) -> PyTree:
+def _load_once(
+    path: Any, like: PyTree | None, cast: bool, step: Any, select: Any, mmap: bool
+) -> PyTree:
     path = os.fspath(path)
     if not scheme_of(path) and not os.path.exists(path):
         raise FileNotFoundError(f'no such checkpoint: {path!r}')
@@ -364,24 +446,28 @@ def _load_once(path: Any, like: PyTree | None, cast: bool, step: Any, select: An
         tree = load_orbax(path, like, cast, meta, select)
     elif fmt == 'shards':  # only the shards select= needs; like's slices per process
         tree = load_shards(path, like, cast, select)
+    keep = None
+    if select is not None:
+        tree, keep = _select(tree, select, ties)
+    # the process's own arrays, not views of the file (like='s slices are read as copies)
+    if (fmt == 'safetensors' or (fmt == 'shards' and like is None)) and not mmap:
+        tree = jax.tree_util.tree_map(own_copy, tree)
     if like is not None:
         foreign = fmt in ('safetensors', 'npz', 'shards') and (
             not meta or any('.' in p for p in flatten(tree))
         )
         tree = _check_like(tree, like, path, cast, 'torch' if foreign else True)
     if impls:
-        if select is not None and isinstance(impls, dict):  # only the selected keys were read
-            impls = {p: v for p, v in impls.items() if not isinstance(v, str) or _has(tree, p)}
+        if keep is not None and isinstance(impls, dict):  # the selected keys only
+            impls = {p: v for p, v in impls.items() if p in keep}
         tree = _data_to_keys(tree, impls, path)
-    if select is not None:
-        flat = flatten(tree)
-        keep = dict(zip(flat, match_flags(tuple(flat), select)))
-        if not any(keep.values()):
-            raise PathError(no_match_message(pattern_texts(select), list(flat)))
-        tree = unflatten({p: x for p, x in flat.items() if keep[p]})
     if ties is not None:
+        if keep is not None:
+            ties = _ties_within(ties, keep)
         try:
             tree = tie(tree, ties)
         except (KeyError, TypeError, ValueError) as e:  # PathError, StructureError too
             raise FormatError(f'{path!r}: its ties metadata does not fit its tensors ({e})') from e
+        if keep is not None:  # a selected alias's source, read for it, is not returned
+            tree = unflatten({p: x for p, x in flatten(tree).items() if p in keep})
     return tree

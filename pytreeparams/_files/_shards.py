@@ -31,7 +31,7 @@ from .._patterns import map_with_path, match_flags
 from .._typing import PyTree
 from ._atomic import atomic_write, atomic_write_path
 from ._formats import SHARD_INDEX, format_of
-from ._safetensors import ST_SUPPORTED, nest_names, read_safetensors
+from ._safetensors import ST_SUPPORTED, nest_names, own_copy, read_safetensors
 from ._safetensors import read_state_dict as read_file_state_dict
 from ._structure import FORMAT_VERSION, META_KEY, decode_structure, encode_structure
 
@@ -177,7 +177,7 @@ def _open(path: str, select: Any = None) -> tuple[dict[str, np.ndarray], dict[st
     return arrays, meta, {n for n, f in weight_map.items() if f not in files}
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def read_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, np.ndarray]:
     """The flat ``{name: array}`` of a safetensors, ``.npz`` or sharded checkpoint.
 
     This is the PyTorch route: ``ptp.from_torch_state_dict(path, like=v)``
@@ -188,9 +188,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     Args:
       path: A ``.safetensors`` or ``.npz`` file, a ``*.safetensors.index.json``,
         or a Hugging Face model folder.
+      mmap: Return read-only views of the memory-mapped safetensors files
+        (zero-copy; they follow a file rewritten in place, and touching them
+        after it was truncated kills the process with ``SIGBUS``). By default
+        every array is the process's own copy.
 
     Returns:
-      ``{name: array}``, NumPy arrays (zero-copy views for safetensors).
+      ``{name: array}``, NumPy arrays.
 
     Raises:
       FileNotFoundError: If ``path`` does not exist.
@@ -206,8 +210,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     if os.path.exists(path) and format_of(path) == 'shards':
-        return _open(path)[0]
-    return read_file_state_dict(path)
+        arrays = _open(path)[0]
+        return arrays if mmap else {k: own_copy(v) for k, v in arrays.items()}
+    return read_file_state_dict(path, mmap=mmap)
 
 
 def _selected_names(names: list[str], meta: dict[str, Any], select: Any) -> set[str] | None:
