@@ -19,7 +19,6 @@ from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
 from ._io import load
-from ._rows import parameter_count
 from ._summary import summary
 
 
@@ -119,10 +118,12 @@ def _run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(s.to_dict(), indent=1, allow_nan=True))
             else:
-                n_params, n_state = parameter_count(full.rows)
+                # parameters apart from other state; a tied or shared tensor once
+                n_state = full.state.size if full.state is not None else 0
+                leaves = full.totals.leaves + (full.state.leaves if full.state else 0)
                 state = f', {n_state:,} values of other state (running statistics, counters)'
                 print(
-                    f'{args.file}: {s.totals.leaves} leaves, {n_params:,} parameters'
+                    f'{args.file}: {leaves} leaves, {full.totals.size:,} parameters'
                     + (state if n_state else '')
                 )
                 _print_table(s, args)

@@ -20,7 +20,7 @@ from flax import linen as nn
 from ._calls import Call, assign_calls, is_module, module_calls, module_variables
 from ._errors import PathError
 from ._flatten import flatten_with_paths
-from ._keys import unbox, unbox_all
+from ._keys import is_state_box, shared_leaves, unbox, unbox_all
 from ._messages import no_match_message
 from ._patterns import compile_pattern, map_with_path, pattern_texts
 from ._render import (
@@ -37,6 +37,7 @@ from ._rows import (
     combine_rows,
     dtype_info,
     is_key_array,
+    is_state_path,
     leaf_row,
 )
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
@@ -62,6 +63,10 @@ class Summary:
       calls: For ``summary(module, *inputs)``: one :class:`Call` per module
         call (module type, input and output types, the statistics of the
         variables it owns), which the tables then show; else empty.
+      state: A row pooling the other state than parameters (Flax collections
+        such as ``batch_stats``, NNX ``BatchStat`` and RNG variables, PyTorch
+        buffers), kept out of ``totals`` as ``nn.tabulate`` and
+        ``nnx.tabulate`` keep collections apart; None when there is none.
 
     Example:
       >>> import jax.numpy as jnp, pytreeparams as ptp
@@ -77,6 +82,7 @@ class Summary:
     has_stats: bool = True
     show_sharding: bool = False
     calls: tuple[Call, ...] = ()
+    state: Row | None = None
 
     def _columns(self) -> list[tuple[str, Any]]:
         cols: list[tuple[str, Any]] = [
@@ -100,7 +106,7 @@ class Summary:
                 )
         if self.show_sharding:
             cols.append(('sharding', lambda r: r.sharding or ''))
-        if any(r.note for r in self.rows):
+        if any(r.note for r in (*self.rows, *self.groups)):
             cols.append(('note', lambda r: r.note))
         return cols
 
@@ -114,12 +120,16 @@ class Summary:
         for name, f in self._columns()[1:]:
             if name not in ('type', 'leaves', 'sharding', 'note'):
                 cols.append((name, lambda c, f=f: f(c.params)))
+        if any(c.state is not None for c in self.calls):  # as tabulate's collection columns
+            cols.append(('state', lambda c: fmt_int(c.state.size) if c.state is not None else ''))
         return cols
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         if self.calls:
             call_cols = self._call_columns()
-            totals = Call('total', f'{self.totals.leaves} leaves', '__call__', '', '', self.totals)
+            totals = Call(
+                'total', f'{self.totals.leaves} leaves', '__call__', '', '', self.totals, self.state
+            )
             return (
                 [c for c, _ in call_cols],
                 [[f(c) for _, f in call_cols] for c in self.calls],
@@ -127,6 +137,8 @@ class Summary:
             )
         cols = self._columns()
         body = self.groups if self.depth is not None else self.rows
+        if self.state is not None:  # the other state, pooled, below the parameters
+            body = (*body, self.state)
         header = [c for c, _ in cols]
         cells = [[f(r) for _, f in cols] for r in body]
         total = [f(self.totals) for _, f in cols]
@@ -173,14 +185,17 @@ class Summary:
         return treescope_repr(self, attributes, path, subtree_renderer)
 
     def __repr__(self) -> str:
+        state = self.state
+        other = '' if state is None else f', {fmt_int(state.size)} values of other state'
         return (
             f'Summary({self.totals.leaves} leaves, {fmt_int(self.totals.size)} parameters, '
-            f'{fmt_bytes(self.totals.nbytes)})'
+            f'{fmt_bytes(self.totals.nbytes)}{other})'
         )
 
     def to_dict(self) -> dict[str, float]:
         """Flat ``{'path/stat': float}`` (groups with ``depth``), plus ``total/...``
-        (``_total/...`` when the tree has a top-level key ``total`` of its own).
+        (``_total/...`` when the tree has a top-level key ``total`` of its own) for
+        the parameters and ``total_state/...`` for other state (when there is some).
 
         Returns:
           Sizes, bytes and (with statistics) every statistic, for loggers such as
@@ -192,7 +207,10 @@ class Summary:
         while any(r.path == total or r.path.startswith(total + '/') for r in body):
             total = '_' + total  # a tree with its own 'total' keeps it; the totals move aside
         totals = dataclasses.replace(self.totals, path=total)
-        for r in (*body, totals):
+        state = (
+            () if self.state is None else (dataclasses.replace(self.state, path=f'{total}_state'),)
+        )
+        for r in (*body, totals, *state):
             out[f'{r.path}/size'] = float(r.size)
             out[f'{r.path}/nbytes'] = float(r.nbytes)
             if self.has_stats and r.mean is not None:
@@ -333,6 +351,8 @@ def summary(
         tree = module_variables(tree, inputs, kwargs, variables, key, stats)
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     stacked = resolve_stacked(stacked, paths_, leaves)
+    shared = shared_leaves(leaves, paths_)  # an NNX Variable in two places counts once
+    is_state = [is_state_box(x) or is_state_path(p) for x, p in zip(leaves, paths_)]
     leaves = readable(unbox_all(leaves))
     origin = list(range(len(leaves)))  # the tree's leaf of each row
     tree_paths = paths_
@@ -356,22 +376,56 @@ def summary(
     rows = tuple(
         leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths_, leaves, st)
     )
-    if aliases:
-        rows = tuple(dataclasses.replace(r, alias=True) if r.path in aliases else r for r in rows)
+    if aliases or shared:
+        rows = tuple(_mark_alias(r, shared.get(j), r.path in aliases) for r, j in zip(rows, origin))
+    state = [is_state[j] for j in origin]  # each row: other state than a parameter
     groups: tuple[Row, ...] = ()
     calls: tuple[Call, ...] = ()
     if raw_calls is not None:
         leaf_paths = [tree_paths[j] for j in origin]
-        calls = assign_calls(raw_calls, rows, depth, collections=linen, leaf_paths=leaf_paths)
+        calls = assign_calls(
+            raw_calls, rows, depth, collections=linen, leaf_paths=leaf_paths, state=state
+        )
     elif depth is not None:
-        buckets: dict[str, list[Row]] = {}
-        for r in rows:
-            buckets.setdefault('/'.join(r.path.split('/')[:depth]), []).append(r)
-        groups = tuple(combine_rows(k, v) for k, v in buckets.items())
-    counted = [r for r in rows if not r.alias]
-    # the tree's leaves: a stacked leaf split into layer rows is one leaf
-    totals = dataclasses.replace(combine_rows('total', counted), leaves=len(set(origin)))
-    return Summary(rows, groups, totals, depth, concrete, sharding, calls)
+        groups = _groups(rows, state, depth)
+    totals, state_totals = (
+        _pooled(name, [(r, j) for r, j, s in zip(rows, origin, state) if s is kind])
+        for name, kind in (('total', False), ('other state', True))
+    )
+    return Summary(
+        rows, groups, totals, depth, concrete, sharding, calls,
+        state_totals if state_totals.leaves else None,
+    )  # fmt: skip
+
+
+def _mark_alias(r: Row, shared_with: str | None, tied: bool) -> Row:
+    """A row not counted in the totals: an alias of ``ties``, or a leaf shared
+    with an earlier path (the same NNX Variable or array object)."""
+    if shared_with is None:
+        return dataclasses.replace(r, alias=True) if tied else r
+    return dataclasses.replace(r, alias=True, note=r.note or f'alias of {shared_with}')
+
+
+def _pooled(path: str, rows_origins: list[tuple[Row, int]]) -> Row:
+    """One row pooling the rows that are no alias; its ``leaves`` counts the
+    tree's leaves (a stacked leaf split into layer rows is one leaf)."""
+    counted = [r for r, _ in rows_origins if not r.alias]
+    leaves = len({j for r, j in rows_origins if not r.alias})
+    return dataclasses.replace(combine_rows(path, counted), leaves=leaves)
+
+
+def _groups(rows: tuple[Row, ...], state: list[bool], depth: int) -> tuple[Row, ...]:
+    """Subtotals by the first ``depth`` keys; a group's other state (an NNX
+    BatchNorm's ``mean`` and ``var``) is pooled apart from its parameters, in
+    a row of its own noted ``other state``."""
+    buckets: dict[tuple[str, bool], list[Row]] = {}
+    for r, s in zip(rows, state):
+        buckets.setdefault(('/'.join(r.path.split('/')[:depth]), s), []).append(r)
+    out = []
+    for (k, s), v in buckets.items():
+        row = combine_rows(k, [r for r in v if not r.alias])  # an alias's group shows 0
+        out.append(dataclasses.replace(row, note='other state') if s else row)
+    return tuple(out)
 
 
 def _wants_calls(
@@ -401,7 +455,10 @@ def count(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
 
     Args:
       tree: Any pytree; Python scalars count 1, non-array leaves 0, a PRNG key
-        array its number of keys (as ``summary`` and ``nbytes`` count it).
+        array its number of keys (as ``summary`` and ``nbytes`` count it); an
+        NNX ``Variable`` shared by two modules (or one array object put in two
+        places) once, as ``nnx.state`` holds it. Other state (``batch_stats``)
+        counts too: ``summary(tree).totals`` is the parameters alone.
       is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
@@ -422,7 +479,8 @@ def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
     """The number of bytes of the arrays in ``tree``, as an exact Python int.
 
     Args:
-      tree: Any pytree; abstract leaves count their would-be bytes.
+      tree: Any pytree; abstract leaves count their would-be bytes, a shared
+        NNX ``Variable`` (or array object) once.
       is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
@@ -437,16 +495,18 @@ def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
       144
     """
     total = 0
-    leaves = readable([unbox(v) for v in flatten_with_paths(tree, is_leaf)[0]])
-    for x in leaves:
-        if is_array(x) or is_key_array(x):
-            dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
-            total += math.prod(np.shape(x)) * dtype_info(dtype)[1]
+    for x in _array_leaves(tree, is_leaf):
+        dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
+        total += math.prod(np.shape(x)) * dtype_info(dtype)[1]
     return total
 
 
 def _array_leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
-    leaves = flatten_with_paths(tree, is_leaf)[0]
+    """The array leaves, unboxed; an NNX Variable (or array) in two places once."""
+    leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
+    shared = shared_leaves(leaves, paths_)
+    if shared:
+        leaves = [x for i, x in enumerate(leaves) if i not in shared]
     return [x for x in readable([unbox(v) for v in leaves]) if is_array(x) or is_key_array(x)]
 
 
