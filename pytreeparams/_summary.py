@@ -21,8 +21,7 @@ from ._calls import Call, assign_calls, is_module, module_calls, module_variable
 from ._errors import PathError
 from ._flatten import flatten_with_paths
 from ._keys import is_state_box, shared_leaves, unbox, unbox_all
-from ._messages import no_match_message
-from ._patterns import compile_pattern, map_with_path, pattern_texts
+from ._patterns import compile_pattern, map_with_path, no_match_text
 from ._render import (
     fmt_bytes,
     fmt_float,
@@ -263,6 +262,7 @@ def summary(
     rngs: Any = None,
     call_kwargs: Mapping[str, Any] | None = None,
     method: str | None = None,
+    **kwargs: Any,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
 
@@ -310,6 +310,9 @@ def summary(
       call_kwargs: Keyword arguments of the module's call (``{'train': False}``).
       method: The module's method to call instead of ``__call__`` (its name),
         as ``nn.tabulate`` and ``nnx.tabulate`` take it.
+      **kwargs: Further keyword arguments of the module's call, as
+        ``nn.tabulate`` takes them: ``summary(model, x, train=False)`` is
+        ``call_kwargs={'train': False}``.
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
@@ -342,7 +345,14 @@ def summary(
     """
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
-    kwargs = {**(call_kwargs or {}), **({'method': method} if method is not None else {})}
+    both = sorted(set(kwargs) & set(call_kwargs or {}))
+    if both:
+        raise TypeError(f'summary: {both[0]!r} is given both as a keyword and in call_kwargs=')
+    kwargs = {
+        **(call_kwargs or {}),
+        **kwargs,
+        **({'method': method} if method is not None else {}),
+    }
     raw_calls = None
     linen = isinstance(tree, nn.Module)  # linen variables: paths start with a collection
     if _wants_calls(tree, inputs, variables, rngs, kwargs):
@@ -362,7 +372,7 @@ def summary(
         pred = compile_pattern(select)
         keep = [i for i, p in enumerate(paths_) if pred(p)]
         if not keep:
-            raise PathError(no_match_message(pattern_texts(select), paths_))
+            raise PathError(no_match_text(select, paths_))
         leaves = [leaves[i] for i in keep]
         paths_ = tuple(paths_[i] for i in keep)
         origin = [origin[i] for i in keep]
@@ -436,7 +446,8 @@ def _wants_calls(
     if not is_module(tree):
         if inputs or variables is not None or rngs is not None or kwargs:
             raise TypeError(
-                'inputs, variables=, rngs=, call_kwargs= and method= are for a flax module: '
+                'inputs, variables=, rngs=, call_kwargs=, method= and keyword arguments of the '
+                'call are for a flax module: '
                 f'summary(module, *inputs); got a {type(tree).__name__} tree'
             )
         return False
