@@ -22,6 +22,7 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
+from ._flatten import LRU
 from ._rows import Row, combine_rows
 from ._typing import PyTree
 
@@ -206,11 +207,46 @@ def module_variables(
         return module
     if variables is not None:
         return variables
+    if not concrete:
+        return jax.eval_shape(lambda r: module.init(r, *inputs, **kwargs), rngs)
+    fn, arrays = _jitted_init(module, inputs, kwargs)
+    return fn(rngs, arrays)
 
-    def init(rngs: Any) -> Any:
-        return module.init(rngs, *inputs, **kwargs)
 
-    return jax.jit(init)(rngs) if concrete else jax.eval_shape(init, rngs)
+_INIT_CACHE = LRU()
+
+
+def _jitted_init(
+    module: nn.Module, inputs: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[Any, list[Any]]:
+    """``module.init`` jitted once per module, input structure and non-array
+    arguments (``train=False``), so jax's cache serves every later call with
+    inputs of the same shapes (it was traced and compiled again on each
+    ``summary`` call: seconds on a GPT-2). The arrays are arguments of the
+    returned function; nothing holds them."""
+    leaves, treedef = jax.tree.flatten((tuple(inputs), dict(kwargs)))
+    where = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array | np.ndarray)]
+    traced = set(where)
+    statics = tuple((i, x) for i, x in enumerate(leaves) if i not in traced)
+    arrays, n = [leaves[i] for i in where], len(leaves)
+
+    def init(rngs: Any, arrays: list[Any]) -> Any:
+        full: list[Any] = [None] * n
+        for i, x in statics:
+            full[i] = x
+        for i, x in zip(where, arrays):
+            full[i] = x
+        args, kw = jax.tree.unflatten(treedef, full)
+        return module.init(rngs, *args, **kw)
+
+    try:
+        key = (module, treedef, statics)
+        fn = _INIT_CACHE.get(key)
+        if fn is None:
+            fn = _INIT_CACHE.put(key, jax.jit(init))
+    except TypeError:  # an unhashable module field or argument: jitted for this call only
+        fn = jax.jit(init)
+    return fn, arrays
 
 
 def assign_calls(
