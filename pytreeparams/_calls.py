@@ -144,6 +144,9 @@ def module_calls(
     if isinstance(module, nn.Module):
         from flax.linen import summary as linen_summary
 
+        # Private, on purpose: flax has no public API for the calls with their inputs and
+        # outputs (nn.tabulate returns only rendered text; Module.module_paths, built on
+        # this same function, keeps the modules and drops inputs, outputs and methods).
         table = linen_summary._get_module_table(
             module, depth=None, show_repeated=False, compute_flops=False, compute_vjp_flops=False
         )(rngs, *inputs, **kwargs)
