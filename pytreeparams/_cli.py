@@ -18,8 +18,13 @@ from typing import Any
 from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
+from ._formats import format_of
 from ._io import load
+from ._msgpack import load_msgpack
+from ._orbax import orbax_item, orbax_meta
+from ._safetensors import load_safetensors
 from ._summary import summary
+from ._tying import Ties
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +89,20 @@ def _print_table(s: Any, args: argparse.Namespace) -> None:
         print(s)
 
 
+def _file_ties(path: str, step: int | None) -> Ties | None:
+    """The ties a file saved with ``ties=`` records (``load`` rebuilds the aliases)."""
+    fmt = format_of(path)
+    if fmt == 'safetensors':
+        meta = load_safetensors(path)[1]
+    elif fmt == 'msgpack':
+        meta = load_msgpack(path)[1]
+    elif fmt == 'orbax':
+        meta = orbax_meta(orbax_item(path, step))
+    else:
+        return None
+    return Ties.from_json(meta['ties']) if meta.get('ties') else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
@@ -111,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
                 return _err(f'--depth must be 0 (totals only) or positive, got {args.depth}')
             tree = load(args.file, step=args.step)
             depth = args.depth or None
-            s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select)
+            ties = _file_ties(args.file, args.step)  # a tied tensor is counted once
+            s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select, ties=ties)
             full = s  # its leaf rows, also where --depth 0 leaves out the table
             if args.depth == 0:
                 s = dataclasses.replace(s, rows=(), groups=(), depth=None)

@@ -47,22 +47,24 @@ def is_state_box(x: Any) -> bool:
 
 
 def shared_leaves(leaves: Sequence[Any], paths: Sequence[str]) -> dict[int, str]:
-    """``{index: first path}`` for each leaf that is the very object of an earlier
+    """``{index: first path}`` for each leaf that is the very box of an earlier
     one: an NNX ``Variable`` shared by two modules (``self.head = self.emb``, or
-    a kernel assigned another's ``Variable``), or one array put in two places.
-    ``nnx.state`` keeps such a Variable once, at its first path; so do counts.
+    a kernel assigned another's ``Variable``). ``nnx.state`` keeps such a
+    Variable once, at its first path; so do counts. An array in two places is
+    two leaves, as JAX and optax see it (an optimizer keeps a state for each).
 
     Example:
-      >>> import numpy as np
-      >>> w = np.ones(3)
-      >>> shared_leaves([w, np.ones(3), w], ['a', 'b', 'c'])
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> v = nnx.Param(jnp.ones(3))
+      >>> shared_leaves([v, nnx.Param(jnp.ones(3)), v], ['a', 'b', 'c'])
       {2: 'a'}
     """
     first: dict[int, str] = {}
     out: dict[int, str] = {}
     for i, (x, p) in enumerate(zip(leaves, paths, strict=True)):
-        if not (is_box(x) or isinstance(x, np.ndarray | jax.Array)):
-            continue  # Python scalars and None are interned: equal is not shared
+        if not is_box(x):
+            continue
         seen = first.setdefault(id(x), p)
         if seen != p:
             out[i] = seen

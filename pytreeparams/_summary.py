@@ -410,7 +410,7 @@ def summary(
 
 def _mark_alias(r: Row, shared_with: str | None, tied: bool) -> Row:
     """A row not counted in the totals: an alias of ``ties``, or a leaf shared
-    with an earlier path (the same NNX Variable or array object)."""
+    with an earlier path (the same NNX Variable)."""
     if shared_with is None:
         return dataclasses.replace(r, alias=True) if tied else r
     return dataclasses.replace(r, alias=True, note=r.note or f'alias of {shared_with}')
@@ -467,9 +467,9 @@ def count(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
     Args:
       tree: Any pytree; Python scalars count 1, non-array leaves 0, a PRNG key
         array its number of keys (as ``summary`` and ``nbytes`` count it); an
-        NNX ``Variable`` shared by two modules (or one array object put in two
-        places) once, as ``nnx.state`` holds it. Other state (``batch_stats``)
-        counts too: ``summary(tree).totals`` is the parameters alone.
+        NNX ``Variable`` shared by two modules once, as ``nnx.state`` holds it.
+        Other state (``batch_stats``) counts too: ``summary(tree).totals`` is
+        the parameters alone.
       is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
@@ -491,7 +491,7 @@ def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
 
     Args:
       tree: Any pytree; abstract leaves count their would-be bytes, a shared
-        NNX ``Variable`` (or array object) once.
+        NNX ``Variable`` once.
       is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
@@ -513,7 +513,7 @@ def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
 
 
 def _array_leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
-    """The array leaves, unboxed; an NNX Variable (or array) in two places once."""
+    """The array leaves, unboxed; an NNX Variable in two places once."""
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     shared = shared_leaves(leaves, paths_)
     if shared:
