@@ -296,9 +296,10 @@ def assign_calls(
                 owned.setdefault((first[keys[:n]], s), []).append(r)
                 break
     out = []
-    for j, (p, t, m, i, o) in enumerate(kept):
-        path = '/'.join(p)
+    for j, (keys_, module_type, method, inputs, outputs) in enumerate(kept):
+        path = '/'.join(keys_)
         st = owned.get((j, True))
+        params = combine_rows(path, owned.get((j, False), []))
         state_row = None if st is None else combine_rows(path, st)
-        out.append(Call(path, t, m, i, o, combine_rows(path, owned.get((j, False), [])), state_row))
+        out.append(Call(path, module_type, method, inputs, outputs, params, state_row))
     return tuple(out)
