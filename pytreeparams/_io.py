@@ -159,6 +159,12 @@ def _check_names(tree: PyTree) -> None:
                         f'{type(k).__name__}; only str and int keys can be saved and loaded '
                         'back. Rename it; nothing was written'
                     )
+                if isinstance(k, str) and '/' in k:  # a flat {path: leaf} mapping
+                    raise StructureError(
+                        f"save: the key {k!r} at {where or 'the root'!r} holds '/'; a file "
+                        'records each key, so save the nested tree, ptp.save(path, '
+                        'ptp.unflatten(tree)). Nothing was written'
+                    )
                 walk(v, f'{where}/{k}' if where else str(k))
         elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):

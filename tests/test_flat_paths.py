@@ -55,3 +55,14 @@ def test_an_ambiguous_or_empty_part_is_still_refused():
             ptp.paths({key: 1.0})
     with pytest.raises(ptp.PathError, match="no key 'x' under 'dense'"):
         ptp.get({'dense/kernel': 1.0, 'dense': {'b': 2.0}}, 'dense/x')
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.msgpack'])
+def test_saving_a_flat_mapping_asks_for_the_nested_tree(tmp_path, flat, suffix):
+    path = str(tmp_path / f'f{suffix}')
+    with pytest.raises(ptp.StructureError, match=r"save: the key 'dense/kernel' at 'the root' "
+                       r"holds '/'.*ptp.save\(path, ptp.unflatten\(tree\)\)"):  # fmt: skip
+        ptp.save(path, flat)
+    assert not (tmp_path / f'f{suffix}').exists()
+    ptp.save(path, ptp.unflatten(flat))
+    assert ptp.flatten(ptp.load(path)).keys() == flat.keys()
