@@ -1,6 +1,7 @@
 """ptp.summary(module, *inputs), the per-call view with statistics, against flax's
 nn.tabulate (the same calls, no statistics) and ptp.summary(params) (statistics,
-no calls), in the same run, on the GPT-2-small-like model (124M parameters).
+no calls), in the same run, on the GPT-2-small-like model (124M parameters); and
+ptp.summary(model, tokens) without variables= (statistics of a fresh init).
 
 Run: python benchmarks/calls.py [--rounds N]   (from benchmarks/)
 """
@@ -34,6 +35,8 @@ def main() -> None:
         'ptp.summary(model, tokens, variables=params)': lambda: (
             ptp.summary(model, tokens, variables=params).totals.size
         ),
+        # no variables: a fresh init each call (its jitted program cached per input shapes)
+        'ptp.summary(model, tokens)': lambda: ptp.summary(model, tokens).totals.size,
     }
     t = interleaved(fns, rounds=args.rounds)
     base = t['nn.tabulate(model)(tokens)']

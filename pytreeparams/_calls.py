@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from flax import linen as nn
 from flax import nnx
 
+from ._flatten import LRU
 from ._leaves import dtype_name, type_str
 from ._rows import Row, combine_rows
 from ._typing import PyTree
@@ -38,9 +40,13 @@ class Call:
       method: The method called (``'__call__'`` unless another was).
       inputs: The inputs' types, as ``'float32[2,3]'``.
       outputs: The outputs' types.
-      params: One :class:`Row` pooling the variables the call owns: its
+      params: One :class:`Row` pooling the parameters the call owns: its
         module's own (as ``nn.tabulate`` counts them), and with ``depth`` those
-        of the sub-modules below the depth as well.
+        of the sub-modules below the depth as well. A variable shared by two
+        modules is owned once, where ``nnx.state`` names it.
+      state: The same for its other state (``batch_stats``, NNX ``BatchStat``
+        and RNG variables), pooled apart as tabulate's columns keep them; None
+        when the call owns none.
 
     Example:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, pytreeparams as ptp
@@ -56,6 +62,7 @@ class Call:
     inputs: str
     outputs: str
     params: Row
+    state: Row | None = None
 
 
 def is_module(x: Any) -> bool:
@@ -112,9 +119,10 @@ def module_calls(
 ) -> list[RawCall]:
     """The calls a linen or NNX module makes on ``inputs``, in call order.
 
-    As their tabulate lists them: a linen module called again is listed once
-    (``show_repeated=False``), an NNX one once per input signature, and NNX's
-    RNG streams are left out.
+    As their tabulate lists them, each module call once: a linen module called
+    again is listed once (``show_repeated=False``), and so is an NNX one (which
+    ``nnx.tabulate`` lists once per input signature, and a module shared by two
+    attributes under its first path); NNX's RNG streams are left out.
 
     Args:
       module: A ``flax.linen.Module`` or ``flax.nnx.Module``.
@@ -137,6 +145,9 @@ def module_calls(
     if isinstance(module, nn.Module):
         from flax.linen import summary as linen_summary
 
+        # Private, on purpose: flax has no public API for the calls with their inputs and
+        # outputs (nn.tabulate returns only rendered text; Module.module_paths, built on
+        # this same function, keeps the modules and drops inputs, outputs and methods).
         table = linen_summary._get_module_table(
             module, depth=None, show_repeated=False, compute_flops=False, compute_vjp_flops=False
         )(rngs, *inputs, **kwargs)
@@ -164,7 +175,7 @@ def module_calls(
                 'gives its variables'
             )
         nnx.tabulate(module, *inputs, row_filter=record, **kwargs)
-        out = []
+        out, listed = [], set()
         for c in sorted(seen, key=lambda c: c.call_order):
             if issubclass(c.type, nnx.RngStream):
                 continue
@@ -175,6 +186,9 @@ def module_calls(
                 and inspect.isfunction(getattr(c.type, path[-1], None))
             ):
                 path, method = path[:-1], path[-1]  # nnx.tabulate appends another method's name
+            if (path, method) in listed:
+                continue  # called again (a shared module, or other shapes): listed once
+            listed.add((path, method))
             inputs_text = _nnx_inputs_text(c.inputs_repr)
             out.append((path, c.type.__name__, method, inputs_text, _tree_text(c.outputs)))
         return out
@@ -197,11 +211,46 @@ def module_variables(
         return module
     if variables is not None:
         return variables
+    if not concrete:
+        return jax.eval_shape(lambda r: module.init(r, *inputs, **kwargs), rngs)
+    fn, arrays = _jitted_init(module, inputs, kwargs)
+    return fn(rngs, arrays)
 
-    def init(rngs: Any) -> Any:
-        return module.init(rngs, *inputs, **kwargs)
 
-    return jax.jit(init)(rngs) if concrete else jax.eval_shape(init, rngs)
+_INIT_CACHE = LRU()
+
+
+def _jitted_init(
+    module: nn.Module, inputs: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[Any, list[Any]]:
+    """``module.init`` jitted once per module, input structure and non-array
+    arguments (``train=False``), so jax's cache serves every later call with
+    inputs of the same shapes (it was traced and compiled again on each
+    ``summary`` call: seconds on a GPT-2). The arrays are arguments of the
+    returned function; nothing holds them."""
+    leaves, treedef = jax.tree.flatten((tuple(inputs), dict(kwargs)))
+    where = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array | np.ndarray)]
+    traced = set(where)
+    statics = tuple((i, x) for i, x in enumerate(leaves) if i not in traced)
+    arrays, n = [leaves[i] for i in where], len(leaves)
+
+    def init(rngs: Any, arrays: list[Any]) -> Any:
+        full: list[Any] = [None] * n
+        for i, x in statics:
+            full[i] = x
+        for i, x in zip(where, arrays):
+            full[i] = x
+        args, kw = jax.tree.unflatten(treedef, full)
+        return module.init(rngs, *args, **kw)
+
+    try:
+        key = (module, treedef, statics)
+        fn = _INIT_CACHE.get(key)
+        if fn is None:
+            fn = _INIT_CACHE.put(key, jax.jit(init))
+    except TypeError:  # an unhashable module field or argument: jitted for this call only
+        fn = jax.jit(init)
+    return fn, arrays
 
 
 def assign_calls(
@@ -210,6 +259,7 @@ def assign_calls(
     depth: int | None,
     collections: bool,
     leaf_paths: Sequence[str],
+    state: Sequence[bool] | None = None,
 ) -> tuple[Call, ...]:
     """Each leaf row goes to the deepest call whose module path holds it.
 
@@ -224,6 +274,8 @@ def assign_calls(
       leaf_paths: The tree path of each row's leaf (a stacked leaf's layer
         rows, named with the layer index, all belong to the module that holds
         the stacked leaf).
+      state: Whether each row is other state than a parameter (pooled apart).
+        Alias rows (``row.alias``) are owned by no call.
 
     Returns:
       One :class:`Call` per kept call, in call order.
@@ -232,16 +284,23 @@ def assign_calls(
     first: dict[tuple[str, ...], int] = {}
     for i, c in enumerate(kept):
         first.setdefault(c[0], i)
-    owned: dict[int, list[Row]] = {i: [] for i in range(len(kept))}
-    for r, path in zip(rows, leaf_paths, strict=True):
+    owned: dict[tuple[int, bool], list[Row]] = {}
+    state = [False] * len(rows) if state is None else state
+    for r, path, s in zip(rows, leaf_paths, state, strict=True):
+        if r.alias:
+            continue  # an alias (a shared Variable's second path) is its source's
         keys = tuple(path.split('/'))[:-1]
         if collections and keys and keys[:1] not in first:
             keys = keys[1:]  # 'params/Dense_0/kernel'; variables['params'] has no collection
         for n in range(len(keys), -1, -1):
             if keys[:n] in first:
-                owned[first[keys[:n]]].append(r)
+                owned.setdefault((first[keys[:n]], s), []).append(r)
                 break
-    return tuple(
-        Call('/'.join(p), t, m, i, o, combine_rows('/'.join(p), owned[j]))
-        for j, (p, t, m, i, o) in enumerate(kept)
-    )
+    out = []
+    for j, (keys_, module_type, method, inputs, outputs) in enumerate(kept):
+        path = '/'.join(keys_)
+        st = owned.get((j, True))
+        params = combine_rows(path, owned.get((j, False), []))
+        state_row = None if st is None else combine_rows(path, st)
+        out.append(Call(path, module_type, method, inputs, outputs, params, state_row))
+    return tuple(out)

@@ -18,10 +18,10 @@ from typing import Any
 from ._demo import run_demo
 from ._diff import diff
 from ._errors import FormatError, PathError
-from ._files import abstract_orbax, format_of, load, scheme_of
+from ._files import abstract_orbax, file_meta, format_of, load, scheme_of
 from ._render import fmt_count, json_safe
-from ._rows import parameter_count
 from ._summary import summary
+from ._tying import Ties
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +96,12 @@ def _print_table(s: Any, args: argparse.Namespace) -> None:
         print(s)
 
 
+def _file_ties(path: str, step: int | None) -> Ties | None:
+    """The ties a file saved with ``ties=`` records (``load`` rebuilds the aliases)."""
+    meta = file_meta(path, step)
+    return Ties.from_json(meta['ties']) if meta.get('ties') else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
@@ -135,18 +141,22 @@ def _run(args: argparse.Namespace) -> int:
                 return _err(f'--depth must be 0 (totals only) or positive, got {args.depth}')
             tree = _read_for_summary(args)
             depth = args.depth or None
-            s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select)
+            ties = _file_ties(args.file, args.step)  # a tied tensor is counted once
+            s = summary(tree, stats=not args.no_stats, depth=depth, select=args.select, ties=ties)
             full = s  # its leaf rows, also where --depth 0 leaves out the table
             if args.depth == 0:
                 s = dataclasses.replace(s, rows=(), groups=(), depth=None)
             if args.json:
                 print(json.dumps(json_safe(s.to_dict()), indent=1, allow_nan=False))
             else:
-                n_params, n_state = parameter_count(full.rows)
+                # parameters apart from other state; a tied or shared tensor once
+                n_state = full.state.size if full.state is not None else 0
+                leaves = full.totals.leaves + (full.state.leaves if full.state else 0)
                 state = f', {n_state:,} values of other state (running statistics, counters)'
                 print(
-                    f'{args.file}: {fmt_count(s.totals.leaves, "leaf", "leaves")}, '
-                    f'{fmt_count(n_params, "parameter", "parameters")}' + (state if n_state else '')
+                    f'{args.file}: {fmt_count(leaves, "leaf", "leaves")}, '
+                    f'{fmt_count(full.totals.size, "parameter", "parameters")}'
+                    + (state if n_state else '')
                 )
                 _print_table(s, args)
             return 0

@@ -3,8 +3,8 @@ or one the transpose of another)."""
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -15,8 +15,9 @@ from ._flatten import flatten_with_paths
 from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._moments import as_auto, fetch_replicated, is_global, leaf_rows
+from ._patterns import compile_pattern
 from ._tying import Ties, transpose
-from ._typing import PyTree
+from ._typing import Pattern, PyTree
 
 __all__ = ['TieGroup', 'find_ties']
 
@@ -26,7 +27,7 @@ class TieGroup:
     """Leaves holding the same values (see :func:`find_ties`).
 
     Attributes:
-      source: The first path in flatten order.
+      source: The path the others are tied to (see :func:`find_ties`).
       aliases: Paths holding identical values.
       transposed: Paths holding the transpose of ``source``.
 
@@ -76,38 +77,45 @@ def _same(a: Any, b: Any) -> bool:
         return bool(np.array_equal(a, b))
 
 
-def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False) -> list[TieGroup]:
-    """Finds groups of leaves with identical values (or the same object).
+def _memory(x: Any) -> Any:
+    """Where a leaf's data lies: a NumPy array's (a torch tensor read as one
+    shares its storage) data pointer; another array's identity."""
+    if isinstance(x, np.ndarray):
+        return ('ptr', x.__array_interface__['data'][0])
+    return ('id', id(x))
 
-    Leaves are bucketed by shape, dtype and a fingerprint (sum, sum of
-    squares, min, max: invariant under transposition), and only leaves in one
-    bucket are compared exactly, so a 5,000-leaf tree costs one statistics
-    pass, not 12.5 million comparisons. Arrays sharded over several processes
-    (multi-host) are fingerprinted and compared where they lie, by jitted
-    reductions: a collective call, made by every process.
 
-    Args:
-      tree: Any pytree of concrete arrays.
-      transposed: Also find leaves that are the transpose of another.
-      constants: Also group leaves that hold one repeated value (zero biases,
-        unit LayerNorm scales of fresh parameters are equal without being
-        ties); without it such leaves group only when they are the same object.
+def _own_order(tree: PyTree, paths_: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Each leaf's rank in the tree's own order: dicts in insertion order (a
+    PyTorch ``state_dict`` lists the embedding before the head tied to it; a
+    Flax tree its modules as they were made), not JAX's sorted keys."""
+    own: dict[str, int] = {}
 
-    Returns:
-      One :class:`TieGroup` per group of two or more, in flatten order.
+    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, (*prefix, str(k)))
+        elif type(node) in (list, tuple):
+            for j, v in enumerate(node):
+                walk(v, (*prefix, str(j)))
+        else:
+            own.setdefault('/'.join(prefix), len(own))
 
-    Raises:
-      StructureError: If two leaves of a tree would get the same path string.
+    walk(tree, ())
+    ranks = []
+    for i, p in enumerate(paths_):
+        q = p
+        while q not in own and '/' in q:  # a leaf inside another container: its node's rank
+            q = q.rsplit('/', 1)[0]
+        ranks.append((own.get(q, len(own)), i))
+    return ranks
 
-    Example:
-      >>> import jax.numpy as jnp, pytreeparams as ptp
-      >>> w = jnp.arange(6.0).reshape(2, 3)
-      >>> ptp.find_ties({'a': w, 'b': w + 0, 'c': w.T, 'd': w + 1}, transposed=True)
-      [TieGroup(source='a', aliases=('b',), transposed=('c',))]
-    """
 
-    leaves, _, paths_ = flatten_with_paths(tree)
-    leaves = readable(unbox_all(leaves))
+def _buckets(leaves: list[Any], transposed: bool, constants: bool) -> dict[Any, list[int]]:
+    """Candidate groups: leaves of one shape (up to a transpose), dtype and
+    fingerprint (sum, sum of squares, min, max: invariant under transposition).
+    A leaf holding one repeated value (any size: a zero bias, a counter) is a
+    candidate only with leaves sharing its memory, unless ``constants``."""
     idx = [i for i, x in enumerate(leaves) if is_array(x) and np.size(x) > 0]
     fps = leaf_rows([leaves[i] for i in idx])
     buckets: dict[Any, list[int]] = {}
@@ -122,12 +130,83 @@ def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False
             dtype,
             None if prints is None else tuple(repr(v) for v in prints),
         )
-        if not constants and fp is not None and fp[2] == fp[3] and np.size(leaves[i]) > 1:
-            key = (*key, id(leaves[i]))  # a constant leaf ties only with itself
+        if not constants and fp is not None and fp[2] == fp[3]:
+            key = (*key, _memory(leaves[i]))  # a constant leaf ties only with its own memory
         buckets.setdefault(key, []).append(i)
+    return buckets
+
+
+def _group(
+    i: int, same: list[int], trans: list[int], paths_: tuple[str, ...], rank: Any, pred: Any
+) -> TieGroup:
+    """The group with its source chosen: the first leaf (in the tree's own
+    order) that ``prefer`` matches, else the first; the others alias it, and
+    those of the other orientation are its transposes."""
+    members = sorted([i, *same, *trans], key=rank)
+    preferred = [k for k in members if pred is not None and pred(paths_[k])]
+    src = (preferred or members)[0]
+    straight, turned = ([i, *same], trans) if src in (i, *same) else (trans, [i, *same])
+    return TieGroup(
+        paths_[src],
+        tuple(paths_[k] for k in sorted(straight, key=rank) if k != src),
+        tuple(paths_[k] for k in sorted(turned, key=rank)),
+    )
+
+
+def find_ties(
+    tree: PyTree,
+    *,
+    transposed: bool = False,
+    constants: bool = False,
+    prefer: Pattern | None = None,
+) -> list[TieGroup]:
+    """Finds groups of leaves with identical values (or the same memory).
+
+    Leaves are bucketed by shape, dtype and a fingerprint (sum, sum of
+    squares, min, max: invariant under transposition), and only leaves in one
+    bucket are compared exactly, so a 5,000-leaf tree costs one statistics
+    pass, not 12.5 million comparisons. Leaves sharing memory (one array in
+    two places, NumPy views of one buffer, PyTorch tensors sharing storage as a
+    ``state_dict`` holds tied weights) are ties whatever they hold. Arrays
+    sharded over several processes (multi-host) are fingerprinted and compared
+    where they lie, by jitted reductions: a collective call, made by every process.
+
+    Args:
+      tree: Any pytree of concrete arrays (a PyTorch ``state_dict`` too).
+      transposed: Also find leaves that are the transpose of another.
+      constants: Also group leaves that hold one repeated value without
+        sharing memory (zero biases, unit LayerNorm scales of fresh
+        parameters, every BatchNorm's ``num_batches_tracked`` are equal
+        without being ties).
+      prefer: A pattern: in each group, the first leaf it matches is the
+        source (``prefer='**embed*'``).
+
+    Returns:
+      One :class:`TieGroup` per group of two or more; each source is the
+      preferred leaf, else the group's first in the tree's own order (dicts in
+      insertion order: a ``state_dict``'s embedding before the head tied to
+      it), so ``group.to_ties()`` keeps the tensor a model is built from.
+      Groups in the order of their sources.
+
+    Raises:
+      StructureError: If two leaves of a tree would get the same path string.
+
+    Example:
+      >>> import jax.numpy as jnp, pytreeparams as ptp
+      >>> w = jnp.arange(6.0).reshape(2, 3)
+      >>> ptp.find_ties({'a': w, 'b': w + 0, 'c': w.T, 'd': w + 1}, transposed=True)
+      [TieGroup(source='a', aliases=('b',), transposed=('c',))]
+      >>> ptp.find_ties({'wte': w, 'head': w + 0})  # its own order, not sorted
+      [TieGroup(source='wte', aliases=('head',), transposed=())]
+    """
+    leaves, _, paths_ = flatten_with_paths(tree)
+    leaves = readable(unbox_all(leaves))
+    ranks = _own_order(tree, paths_)
+    rank = ranks.__getitem__
+    pred = compile_pattern(prefer) if prefer is not None else None
     groups = []
-    claimed: builtins.set[int] = builtins.set()
-    for members in buckets.values():
+    claimed: set[int] = set()
+    for members in _buckets(leaves, transposed, constants).values():
         if len(members) < 2:
             continue
         for j, i in enumerate(members):
@@ -147,10 +226,6 @@ def find_ties(tree: PyTree, *, transposed: bool = False, constants: bool = False
                     trans.append(k)
             if same or trans:
                 claimed.update([i, *same, *trans])
-                groups.append(
-                    TieGroup(
-                        paths_[i], tuple(paths_[k] for k in same), tuple(paths_[k] for k in trans)
-                    )
-                )
-    order = {p: n for n, p in enumerate(paths_)}
-    return sorted(groups, key=lambda g: order[g.source])
+                groups.append(_group(i, same, trans, paths_, rank, pred))
+    index = {p: n for n, p in enumerate(paths_)}
+    return sorted(groups, key=lambda g: ranks[index[g.source]])

@@ -7,7 +7,6 @@ than ``jax.tree_util.tree_flatten``.
 
 from __future__ import annotations
 
-import builtins
 import collections
 import threading
 from collections.abc import Callable
@@ -54,13 +53,18 @@ def box_or(is_leaf: Callable[[Any], bool] | None) -> Callable[[Any], bool]:
 
 
 def _check_paths(key_strs: list[tuple[str, ...]]) -> tuple[str, ...]:
-    """The path strings of the leaves' key strings; refuses keys that make them ambiguous."""
+    """The path strings of the leaves' key strings; refuses keys that make them ambiguous.
+
+    A key holding ``/`` between non-empty parts (``'dense/kernel'``: a flat
+    ``{path: leaf}`` mapping, as ``select`` and ``read_state_dict`` give it)
+    is read as the keys it joins; an empty key or part (``''``, ``'/a'``,
+    ``'a//b'``), or two leaves that then get the same path, is refused."""
     for keys in key_strs:
-        bad = next((k for k in keys if not k or '/' in k), None)
+        bad = next((k for k in keys if not k or '' in k.split('/')), None)
         if bad is not None:
             raise StructureError(unspellable_key_message(bad, keys))
     paths_ = tuple('/'.join(keys) for keys in key_strs)
-    if len(builtins.set(paths_)) != len(paths_):
+    if len(set(paths_)) != len(paths_):
         counts = collections.Counter(paths_)
         dup = next(p for p in paths_ if counts[p] > 1)
         raise StructureError(
@@ -132,9 +136,10 @@ def paths(tree: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> list
       A list of ``/``-joined path strings.
 
     Raises:
-      StructureError: If a key is empty or contains ``/`` (its path string
-        would be ambiguous), a dict's keys are of different types, or two
-        leaves would get the same path string.
+      StructureError: If a key is empty or has an empty part between ``/``
+        (its path string would be ambiguous), a dict's keys are of different
+        types, or two leaves would get the same path string. (A key such as
+        ``'dense/kernel'``, of a flat mapping of paths, is the keys it joins.)
 
     Example:
       >>> import pytreeparams as ptp
@@ -158,9 +163,10 @@ def flatten(tree: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> di
       ``{path: leaf}`` in flatten order.
 
     Raises:
-      StructureError: If a key is empty or contains ``/`` (its path string
-        would be ambiguous), a dict's keys are of different types, or two
-        leaves would get the same path string.
+      StructureError: If a key is empty or has an empty part between ``/``
+        (its path string would be ambiguous), a dict's keys are of different
+        types, or two leaves would get the same path string. (A key such as
+        ``'dense/kernel'``, of a flat mapping of paths, is the keys it joins.)
 
     Example:
       >>> import pytreeparams as ptp
@@ -203,7 +209,7 @@ def unflatten(
         leaves, treedef, paths_ = flatten_with_paths(like, is_leaf)
         by_str = {path_str(k): v for k, v in flat.items()}
         if len(by_str) != len(paths_) or any(p not in by_str for p in paths_):
-            known = builtins.set(paths_)
+            known = set(paths_)
             missing = [p for p in paths_ if p not in by_str]
             unexpected = [p for p in by_str if p not in known]
             raise StructureError(

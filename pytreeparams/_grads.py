@@ -24,7 +24,7 @@ from ._flatten import flatten_with_paths
 from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._keys import unbox_all
 from ._leaves import is_array, readable
-from ._messages import structure_mismatch_message
+from ._messages import did_you_mean, structure_mismatch_message
 from ._moments import jax_grad_partials
 from ._render import fmt_float, html_table, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
@@ -74,7 +74,17 @@ class GradStats:
     bin_edges: tuple[float, ...] = struct.field(pytree_node=False, default=())
 
     def __getitem__(self, name: str) -> jax.Array:
-        """The column ``name`` (one of ``GRAD_STAT_NAMES``) over layers."""
+        """The column ``name`` (one of ``GRAD_STAT_NAMES``) over layers.
+
+        Raises:
+          KeyError: For a name not in ``GRAD_STAT_NAMES`` (the message lists
+            them), as ``Stats`` has it.
+        """
+        if name not in GRAD_STAT_NAMES:
+            raise KeyError(
+                f'no statistic {name!r}; the statistics are {", ".join(GRAD_STAT_NAMES)}.'
+                + did_you_mean(name, GRAD_STAT_NAMES)
+            )
         return self.table[:, GRAD_STAT_NAMES.index(name)]
 
     def __str__(self) -> str:

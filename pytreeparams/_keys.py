@@ -11,12 +11,13 @@ leaf goes back into a copy of its box.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
+from flax.core import meta
 
 from ._errors import PathError
 from ._leaves import dtype_name, is_key_dtype, type_str
@@ -26,38 +27,49 @@ from ._typing import Path, PathLike
 # Metadata boxes.
 
 
-_BOX_TYPES: dict[bool, tuple[type, ...]] = {}
+_BOX_TYPES: tuple[type, ...] = (meta.AxisMetadata, nnx.Variable)
 _IS_BOX: dict[type, bool] = {}
-
-
-def _box_types() -> tuple[type, ...]:
-    """The metadata box types. NNX's ``Variable`` counts only once ``flax.nnx``
-    is imported (no NNX object can exist before), so plain linen users never pay
-    for importing it."""
-    nnx_loaded = 'flax.nnx' in sys.modules
-    types = _BOX_TYPES.get(nnx_loaded)
-    if types is None:
-        found: list[type] = []
-        from flax.core import meta
-
-        found.append(meta.AxisMetadata)
-        if nnx_loaded:
-            from flax import nnx
-
-            found.append(nnx.Variable)
-        types = _BOX_TYPES[nnx_loaded] = tuple(found)
-        _IS_BOX.clear()
-    return types
 
 
 def is_box(x: Any) -> bool:
     """Whether ``x`` is a metadata box (``nn.Partitioned``, NNX ``Variable``)."""
-    types = _box_types()
     t = type(x)
     hit = _IS_BOX.get(t)
     if hit is None:
-        hit = _IS_BOX[t] = isinstance(x, types)
+        hit = _IS_BOX[t] = isinstance(x, _BOX_TYPES)
     return hit
+
+
+def is_state_box(x: Any) -> bool:
+    """Whether ``x`` is an NNX ``Variable`` of other state than a parameter
+    (``BatchStat``, ``RngKey``, ``RngCount``, ``Cache``...), as ``nnx.tabulate``
+    keeps them apart from ``nnx.Param``."""
+    return isinstance(x, nnx.Variable) and not isinstance(x, nnx.Param)
+
+
+def shared_leaves(leaves: Sequence[Any], paths: Sequence[str]) -> dict[int, str]:
+    """``{index: first path}`` for each leaf that is the very box of an earlier
+    one: an NNX ``Variable`` shared by two modules (``self.head = self.emb``, or
+    a kernel assigned another's ``Variable``). ``nnx.state`` keeps such a
+    Variable once, at its first path; so do counts. An array in two places is
+    two leaves, as JAX and optax see it (an optimizer keeps a state for each).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> v = nnx.Param(jnp.ones(3))
+      >>> shared_leaves([v, nnx.Param(jnp.ones(3)), v], ['a', 'b', 'c'])
+      {2: 'a'}
+    """
+    first: dict[int, str] = {}
+    out: dict[int, str] = {}
+    for i, (x, p) in enumerate(zip(leaves, paths, strict=True)):
+        if not is_box(x):
+            continue
+        seen = first.setdefault(id(x), p)
+        if seen != p:
+            out[i] = seen
+    return out
 
 
 def unbox(x: Any) -> Any:

@@ -68,18 +68,29 @@ def _as_child(parent: Any, child: Any) -> Any:
     return child
 
 
-def _find(kids: tuple[list[str], list[Any], Any], key: str) -> int:
+def _find(kids: tuple[list[str], list[Any], Any], keys: Path, depth: int) -> tuple[int, int]:
+    """The child named ``keys[depth]``, else the one whose key holds several of the
+    path's keys joined by ``/`` (a flat ``{path: leaf}`` mapping, as ``select``
+    gives), the longest first; ``(index, keys consumed)``, index -1 if none."""
+    names = kids[0]
     try:
-        return kids[0].index(key)
+        return names.index(keys[depth]), 1
     except ValueError:
-        return -1
+        pass
+    for n in range(len(keys) - depth, 1, -1):
+        joined = '/'.join(keys[depth : depth + n])
+        if joined in names:
+            return names.index(joined), n
+    return -1, 1
 
 
 def get(tree: PyTree, path: PathLike) -> Any:
     """Returns the subtree or leaf of ``tree`` at ``path``.
 
     Args:
-      tree: A pytree of mappings and sequences, e.g. Flax ``params``.
+      tree: A pytree of mappings and sequences, e.g. Flax ``params``; a key
+        holding ``/`` (a flat ``{path: leaf}`` mapping, as ``select`` and
+        ``read_state_dict`` give) is reached by the keys it joins.
       path: ``'dense/kernel'`` or ``('dense', 'kernel')``; ``''`` is the root.
 
     Returns:
@@ -95,13 +106,14 @@ def get(tree: PyTree, path: PathLike) -> Any:
       0.0
     """
     keys = path_tuple(path)
-    node = tree
-    for depth, key in enumerate(keys):
+    node, depth = tree, 0
+    while depth < len(keys):
         kids = children(node)
-        i = -1 if kids is None else _find(kids, key)
+        i, n = (-1, 1) if kids is None else _find(kids, keys, depth)
         if kids is None or i < 0:
             raise _resolve_error(tree, keys, depth, node, kids)
         node = _as_child(node, kids[1][i])
+        depth += n
     return unbox(node)
 
 
@@ -187,11 +199,11 @@ def set(tree: PyTree, path: PathLike, value: Any, *, check: bool = True) -> PyTr
                 _check_replacement(node, new, where)
             return rebox(node, new)
         kids = children(node)
-        i = -1 if kids is None else _find(kids, keys[depth])
+        i, n = (-1, 1) if kids is None else _find(kids, keys, depth)
         if kids is None or i < 0:
             raise _resolve_error(tree, keys, depth, node, kids)
         items = list(kids[1])
-        items[i] = rec(items[i], depth + 1)
+        items[i] = rec(items[i], depth + n)
         return jax.tree_util.tree_unflatten(kids[2], items)
 
     return rec(tree, 0)

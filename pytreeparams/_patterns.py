@@ -140,6 +140,27 @@ def pattern_texts(pattern: Pattern) -> list[str]:
     return [p.pattern if isinstance(p, re.Pattern) else p for p in _pattern_key(pattern)]
 
 
+def no_match_text(pattern: Pattern, paths_: Sequence[str], missing_ok_hint: bool = False) -> str:
+    """The message for a pattern that matches no path, with the glob-vs-regex
+    hint (as rename rules give it) when a string pattern is a regular expression.
+
+    Example:
+      >>> print(no_match_text('.*kernel', ['dense/kernel']))  # doctest: +ELLIPSIS
+      pattern '.*kernel' matches none of the 1 paths. ... '.*kernel' is a regular expression, \
+    but a string pattern is a glob everywhere in pytreeparams: write it as a glob ('**/kernel'), \
+    or pass re.compile('.*kernel').
+    """
+    msg = no_match_message(pattern_texts(pattern), paths_, missing_ok_hint)
+    for p in _pattern_key(pattern):
+        if isinstance(p, str) and _REGEX_ONLY.search(p):
+            msg += (
+                f' {p!r} is a regular expression, but a string pattern is a glob everywhere in '
+                f"pytreeparams: write it as a glob ('**/kernel'), or pass re.compile({p!r})."
+            )
+            break
+    return msg
+
+
 def match_flags(tree_paths: tuple[str, ...], pattern: Pattern) -> tuple[bool, ...]:
     """Which of ``tree_paths`` match ``pattern`` (cached per paths and pattern)."""
     key = (id(tree_paths), tree_paths, _pattern_key(pattern))
@@ -161,7 +182,7 @@ def _matches(tree: PyTree, pattern: Pattern, missing_ok: bool, is_leaf: Any = No
     leaves, treedef, paths_ = flatten_with_paths(tree, is_leaf)
     flags = match_flags(paths_, pattern)
     if not missing_ok and not any(flags):
-        raise PathError(no_match_message(pattern_texts(pattern), paths_, missing_ok_hint=True))
+        raise PathError(no_match_text(pattern, paths_, missing_ok_hint=True))
     return leaves, treedef, paths_, flags
 
 
@@ -241,6 +262,7 @@ def update(
     *,
     missing_ok: bool = False,
     is_leaf: Callable[[Any], bool] | None = None,
+    check: bool = True,
 ) -> PyTree:
     """Returns a new tree with ``fn(leaf)`` at every leaf matching ``pattern``.
 
@@ -251,21 +273,45 @@ def update(
       missing_ok: If False, a pattern that matches nothing is an error.
       is_leaf: As in ``jax.tree_util``: nodes for which it is true are leaves
         (their path is the node's path).
+      check: If True, ``fn`` must keep each leaf's shape, as :func:`set`
+        requires (a dtype may change: ``update(t, '**', lambda x:
+        x.astype(jnp.bfloat16))`` casts by pattern).
 
     Returns:
       The new tree with ``tree``'s container types; ``tree`` is unchanged.
 
     Raises:
       PathError: If nothing matches and not ``missing_ok``.
+      StructureError: If ``check`` and ``fn`` changes a leaf's shape.
 
     Example:
       >>> import pytreeparams as ptp
       >>> ptp.update({'w': 1.0, 'b': 2.0}, 'w', lambda x: x + 1)
       {'b': 2.0, 'w': 2.0}
     """
-    leaves, treedef, _, flags = _matches(tree, pattern, missing_ok, is_leaf)
-    new = [rebox(x, fn(unbox(x))) if f else x for x, f in zip(leaves, flags, strict=False)]
+    leaves, treedef, paths_, flags = _matches(tree, pattern, missing_ok, is_leaf)
+    new = []
+    for x, p, f in zip(leaves, paths_, flags, strict=True):
+        if not f:
+            new.append(x)
+            continue
+        old = unbox(x)
+        y = fn(old)
+        if check and _shape(y) != _shape(old):
+            raise StructureError(
+                f'update: fn changed the shape of {p!r} from {_shape(old)} to {_shape(y)}, '
+                'as ptp.set refuses to; pass check=False to change shapes'
+            )
+        new.append(rebox(x, y))
     return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _shape(x: Any) -> tuple[int, ...] | None:
+    """A leaf's shape (``()`` for a Python scalar; None for what has none)."""
+    shape = getattr(x, 'shape', None)
+    if shape is not None:
+        return tuple(shape)
+    return () if isinstance(x, int | float | complex | bool) else None
 
 
 def map_with_path(
@@ -338,7 +384,7 @@ def first_match(paths_: Sequence[str], rules: Any, what: str) -> list[Any]:
     for pattern, value in _rules(rules, 'rules'):
         flags = match_flags(tuple(paths_), pattern)
         if not any(flags):
-            raise PathError(f'{what}: rule ' + no_match_message(pattern_texts(pattern), paths_))
+            raise PathError(f'{what}: rule ' + no_match_text(pattern, paths_))
         for i, f in enumerate(flags):
             if f and out[i] is None:
                 out[i] = value

@@ -198,22 +198,31 @@ _ROW_DEFAULTS = {
 # and PyTorch's buffers (running statistics, counters).
 _STATE_COLLECTIONS = frozenset({'batch_stats', 'cache', 'intermediates', 'losses', 'rngs'})
 _TORCH_BUFFERS = frozenset({'running_mean', 'running_var', 'num_batches_tracked'})
+_NNX_STATS = frozenset({'mean', 'var'})  # an NNX BatchNorm's BatchStat, saved as plain arrays
 
 
 def is_state_path(path: str) -> bool:
     """Whether a leaf path names other state than a parameter: a Flax collection
-    such as ``batch_stats`` or a PyTorch buffer (``running_mean``, ``running_var``,
-    ``num_batches_tracked``).
+    such as ``batch_stats``, a PyTorch buffer (``running_mean``, ``running_var``,
+    ``num_batches_tracked``), or the NNX state a file holds as plain arrays (an
+    ``Rngs``' ``key`` and ``count``, a BatchNorm's ``mean`` and ``var``) outside
+    a ``params`` collection.
 
     Example:
       >>> from pytreeparams._rows import is_state_path
       >>> is_state_path('batch_stats/bn/mean'), is_state_path('layer1.0.bn1.running_var')
       (True, True)
-      >>> is_state_path('params/bn/scale')
-      False
+      >>> is_state_path('drop/rngs/count'), is_state_path('bn/var')
+      (True, True)
+      >>> is_state_path('params/bn/scale'), is_state_path('params/bn/mean')
+      (False, False)
     """
     keys = path.replace('.', '/').split('/')
-    return keys[0] in _STATE_COLLECTIONS or keys[-1] in _TORCH_BUFFERS
+    if keys[0] in _STATE_COLLECTIONS or keys[-1] in _TORCH_BUFFERS:
+        return True
+    if keys[0] == 'params':
+        return False
+    return keys[-1] in _NNX_STATS or ('rngs' in keys[:-1] and keys[-1] in ('key', 'count'))
 
 
 def parameter_count(rows: Sequence[Row]) -> tuple[int, int]:

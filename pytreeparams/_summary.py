@@ -20,11 +20,10 @@ from flax import linen as nn
 from ._calls import Call, assign_calls, is_module, module_calls, module_variables
 from ._errors import PathError
 from ._flatten import flatten_with_paths
-from ._keys import logical_axes, torch_as_numpy, unbox, unbox_all
+from ._keys import is_state_box, logical_axes, shared_leaves, torch_as_numpy, unbox, unbox_all
 from ._leaves import dtype_info, is_array, is_key_array, readable
-from ._messages import no_match_message
 from ._moments import as_auto, is_global, leaf_rows
-from ._patterns import compile_pattern, map_with_path, pattern_texts
+from ._patterns import compile_pattern, map_with_path, no_match_text
 from ._render import (
     axes_text,
     fmt_bytes,
@@ -39,6 +38,7 @@ from ._render import (
 from ._rows import (
     Row,
     combine_rows,
+    is_state_path,
     leaf_row,
 )
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
@@ -63,6 +63,10 @@ class Summary:
       calls: For ``summary(module, *inputs)``: one :class:`Call` per module
         call (module type, input and output types, the statistics of the
         variables it owns), which the tables then show; else empty.
+      state: A row pooling the other state than parameters (Flax collections
+        such as ``batch_stats``, NNX ``BatchStat`` and RNG variables, PyTorch
+        buffers), kept out of ``totals`` as ``nn.tabulate`` and
+        ``nnx.tabulate`` keep collections apart; None when there is none.
       local: Whether the statistics of arrays sharded over several processes
         cover this process's shards only (``summary(..., local=True)``).
 
@@ -80,6 +84,7 @@ class Summary:
     has_stats: bool = True
     show_sharding: bool = False
     calls: tuple[Call, ...] = ()
+    state: Row | None = None
     local: bool = False
 
     def _columns(self) -> list[tuple[str, Any]]:
@@ -110,7 +115,7 @@ class Summary:
                 cols.append(('logical', lambda r: axes_text(r.logical_axes)))
             if any(r.device_bytes is not None for r in self.rows):
                 cols.append(('per device', lambda r: _maybe(fmt_bytes, r.device_bytes)))
-        if any(r.note for r in self.rows):
+        if any(r.note for r in (*self.rows, *self.groups)):
             cols.append(('note', lambda r: r.note))
         return cols
 
@@ -124,13 +129,15 @@ class Summary:
         for name, f in self._columns()[1:]:
             if name not in ('type', 'leaves', 'sharding', 'note'):
                 cols.append((name, lambda c, f=f: f(c.params)))
+        if any(c.state is not None for c in self.calls):  # as tabulate's collection columns
+            cols.append(('state', lambda c: fmt_int(c.state.size) if c.state is not None else ''))
         return cols
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         if self.calls:
             call_cols = self._call_columns()
             leaves = fmt_count(self.totals.leaves, 'leaf', 'leaves')
-            totals = Call('total', leaves, '__call__', '', '', self.totals)
+            totals = Call('total', leaves, '__call__', '', '', self.totals, self.state)
             return (
                 [c for c, _ in call_cols],
                 [[f(c) for _, f in call_cols] for c in self.calls],
@@ -138,6 +145,8 @@ class Summary:
             )
         cols = self._columns()
         body = self.groups if self.depth is not None else self.rows
+        if self.state is not None:  # the other state, pooled, below the parameters
+            body = (*body, self.state)
         header = [c for c, _ in cols]
         cells = [[f(r) for _, f in cols] for r in body]
         total = [f(self.totals) for _, f in cols]
@@ -195,17 +204,20 @@ class Summary:
         return treescope_repr(self, attributes, path, subtree_renderer)
 
     def __repr__(self) -> str:
+        state = self.state
+        other = '' if state is None else f', {fmt_int(state.size)} values of other state'
         return (
             f'Summary({fmt_count(self.totals.leaves, "leaf", "leaves")}, '
             f'{fmt_count(self.totals.size, "parameter", "parameters")}, '
-            f'{fmt_bytes(self.totals.nbytes)})'
+            f'{fmt_bytes(self.totals.nbytes)}{other})'
         )
 
     def to_dict(
         self, prefix: str = '', *, stat_first: bool = False, drop_nan: bool = False
     ) -> dict[str, float]:
         """Flat ``{'path/stat': float}`` (groups with ``depth``), plus ``total/...``
-        (``_total/...`` when the tree has a top-level key ``total`` of its own).
+        (``_total/...`` when the tree has a top-level key ``total`` of its own) for
+        the parameters and ``total_state/...`` for other state (when there is some).
 
         Args:
           prefix: Put before every key (e.g. ``'train/'``).
@@ -237,7 +249,10 @@ class Summary:
         while any(r.path == total or r.path.startswith(total + '/') for r in body):
             total = '_' + total  # a tree with its own 'total' keeps it; the totals move aside
         totals = dataclasses.replace(self.totals, path=total)
-        for r in (*body, totals):
+        state = (
+            () if self.state is None else (dataclasses.replace(self.state, path=f'{total}_state'),)
+        )
+        for r in (*body, totals, *state):
             put(r.path, 'size', float(r.size))
             put(r.path, 'nbytes', float(r.nbytes))
             if r.device_bytes is not None:
@@ -294,6 +309,7 @@ def summary(
     call_kwargs: Mapping[str, Any] | None = None,
     method: str | None = None,
     local: bool = False,
+    **kwargs: Any,
 ) -> Summary:
     """Summarizes every leaf of ``tree``: path, shape, dtype, counts, statistics.
 
@@ -354,6 +370,9 @@ def summary(
         table says so. By default statistics of whole arrays, which makes the
         call collective: every process calls it, one prints
         (``s = ptp.summary(tree)``, then ``if jax.process_index() == 0: print(s)``).
+      **kwargs: Further keyword arguments of the module's call, as
+        ``nn.tabulate`` takes them: ``summary(model, x, train=False)`` is
+        ``call_kwargs={'train': False}``.
 
     Returns:
       A :class:`Summary`; ``print`` it, show it in a notebook or with rich.
@@ -386,7 +405,14 @@ def summary(
     """
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f'depth must be a positive integer or None, got {depth!r}')
-    kwargs = {**(call_kwargs or {}), **({'method': method} if method is not None else {})}
+    both = sorted(set(kwargs) & set(call_kwargs or {}))
+    if both:
+        raise TypeError(f'summary: {both[0]!r} is given both as a keyword and in call_kwargs=')
+    kwargs = {
+        **(call_kwargs or {}),
+        **kwargs,
+        **({'method': method} if method is not None else {}),
+    }
     raw_calls = None
     linen = isinstance(tree, nn.Module)  # linen variables: paths start with a collection
     if _wants_calls(tree, inputs, variables, rngs, kwargs):
@@ -396,6 +422,8 @@ def summary(
     leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
     stacked = resolve_stacked(stacked, paths_, leaves)
     logical = [logical_axes(x) for x in leaves] if sharding else []
+    shared = shared_leaves(leaves, paths_)  # an NNX Variable in two places counts once
+    is_state = [is_state_box(x) or is_state_path(p) for x, p in zip(leaves, paths_)]
     leaves = readable(unbox_all(leaves))
     origin = list(range(len(leaves)))  # the tree's leaf of each row
     tree_paths = paths_
@@ -405,7 +433,7 @@ def summary(
         pred = compile_pattern(select)
         keep = [i for i, p in enumerate(paths_) if pred(p)]
         if not keep:
-            raise PathError(no_match_message(pattern_texts(select), paths_))
+            raise PathError(no_match_text(select, paths_))
         leaves = [leaves[i] for i in keep]
         paths_ = tuple(paths_[i] for i in keep)
         origin = [origin[i] for i in keep]
@@ -419,25 +447,29 @@ def summary(
     rows = tuple(
         leaf_row(p, x, s, sharding, notes.get(p, '')) for p, x, s in zip(paths_, leaves, st)
     )
-    if aliases:
-        rows = tuple(dataclasses.replace(r, alias=True) if r.path in aliases else r for r in rows)
+    if aliases or shared:
+        rows = tuple(_mark_alias(r, shared.get(j), r.path in aliases) for r, j in zip(rows, origin))
     if any(n is not None for n in logical):
         rows = _with_logical(rows, [logical[j] for j in origin])
+    state = [is_state[j] for j in origin]  # each row: other state than a parameter
     groups: tuple[Row, ...] = ()
     calls: tuple[Call, ...] = ()
     if raw_calls is not None:
         leaf_paths = [tree_paths[j] for j in origin]
-        calls = assign_calls(raw_calls, rows, depth, collections=linen, leaf_paths=leaf_paths)
+        calls = assign_calls(
+            raw_calls, rows, depth, collections=linen, leaf_paths=leaf_paths, state=state
+        )
     elif depth is not None:
-        buckets: dict[str, list[Row]] = {}
-        for r in rows:
-            buckets.setdefault('/'.join(r.path.split('/')[:depth]), []).append(r)
-        groups = tuple(combine_rows(k, v) for k, v in buckets.items())
-    counted = [r for r in rows if not r.alias]
-    # the tree's leaves: a stacked leaf split into layer rows is one leaf
-    totals = dataclasses.replace(combine_rows('total', counted), leaves=len(set(origin)))
+        groups = _groups(rows, state, depth)
+    totals, state_totals = (
+        _pooled(name, [(r, j) for r, j, s in zip(rows, origin, state) if s is kind])
+        for name, kind in (('total', False), ('other state', True))
+    )
     local_note = local and concrete and any(is_global(x) for x in leaves)
-    return Summary(rows, groups, totals, depth, concrete, sharding, calls, local_note)
+    return Summary(
+        rows, groups, totals, depth, concrete, sharding, calls,
+        state=state_totals if state_totals.leaves else None, local=local_note,
+    )  # fmt: skip
 
 
 def _maybe(fmt: Callable[[Any], str], v: Any) -> str:
@@ -455,6 +487,36 @@ def _with_logical(rows: tuple[Row, ...], names: list[Any]) -> tuple[Row, ...]:
     )
 
 
+def _mark_alias(r: Row, shared_with: str | None, tied: bool) -> Row:
+    """A row not counted in the totals: an alias of ``ties``, or a leaf shared
+    with an earlier path (the same NNX Variable)."""
+    if shared_with is None:
+        return dataclasses.replace(r, alias=True) if tied else r
+    return dataclasses.replace(r, alias=True, note=r.note or f'alias of {shared_with}')
+
+
+def _pooled(path: str, rows_origins: list[tuple[Row, int]]) -> Row:
+    """One row pooling the rows that are no alias; its ``leaves`` counts the
+    tree's leaves (a stacked leaf split into layer rows is one leaf)."""
+    counted = [r for r, _ in rows_origins if not r.alias]
+    leaves = len({j for r, j in rows_origins if not r.alias})
+    return dataclasses.replace(combine_rows(path, counted), leaves=leaves)
+
+
+def _groups(rows: tuple[Row, ...], state: list[bool], depth: int) -> tuple[Row, ...]:
+    """Subtotals by the first ``depth`` keys; a group's other state (an NNX
+    BatchNorm's ``mean`` and ``var``) is pooled apart from its parameters, in
+    a row of its own noted ``other state``."""
+    buckets: dict[tuple[str, bool], list[Row]] = {}
+    for r, s in zip(rows, state):
+        buckets.setdefault(('/'.join(r.path.split('/')[:depth]), s), []).append(r)
+    out = []
+    for (k, s), v in buckets.items():
+        row = combine_rows(k, [r for r in v if not r.alias])  # an alias's group shows 0
+        out.append(dataclasses.replace(row, note='other state') if s else row)
+    return tuple(out)
+
+
 def _wants_calls(
     tree: Any, inputs: tuple[Any, ...], variables: Any, rngs: Any, kwargs: Mapping[str, Any]
 ) -> bool:
@@ -463,7 +525,8 @@ def _wants_calls(
     if not is_module(tree):
         if inputs or variables is not None or rngs is not None or kwargs:
             raise TypeError(
-                'inputs, variables=, rngs=, call_kwargs= and method= are for a flax module: '
+                'inputs, variables=, rngs=, call_kwargs=, method= and keyword arguments of the '
+                'call are for a flax module: '
                 f'summary(module, *inputs); got a {type(tree).__name__} tree'
             )
         return False
@@ -482,7 +545,10 @@ def count(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
 
     Args:
       tree: Any pytree; Python scalars count 1, non-array leaves 0, a PRNG key
-        array its number of keys (as ``summary`` and ``nbytes`` count it).
+        array its number of keys (as ``summary`` and ``nbytes`` count it); an
+        NNX ``Variable`` shared by two modules once, as ``nnx.state`` holds it.
+        Other state (``batch_stats``) counts too: ``summary(tree).totals`` is
+        the parameters alone.
       is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
@@ -503,7 +569,8 @@ def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
     """The number of bytes of the arrays in ``tree``, as an exact Python int.
 
     Args:
-      tree: Any pytree; abstract leaves count their would-be bytes.
+      tree: Any pytree; abstract leaves count their would-be bytes, a shared
+        NNX ``Variable`` once.
       is_leaf: As ``jax.tree_util`` takes it (a node for which it is true is a leaf).
 
     Returns:
@@ -518,16 +585,18 @@ def nbytes(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> int:
       144
     """
     total = 0
-    leaves = readable([unbox(v) for v in flatten_with_paths(tree, is_leaf)[0]])
-    for x in leaves:
-        if is_array(x) or is_key_array(x):
-            dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
-            total += math.prod(np.shape(x)) * dtype_info(dtype)[1]
+    for x in _array_leaves(tree, is_leaf):
+        dtype = getattr(x, 'dtype', None) or np.asarray(x).dtype
+        total += math.prod(np.shape(x)) * dtype_info(dtype)[1]
     return total
 
 
 def _array_leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
-    leaves = flatten_with_paths(tree, is_leaf)[0]
+    """The array leaves, unboxed; an NNX Variable in two places once."""
+    leaves, _, paths_ = flatten_with_paths(tree, is_leaf)
+    shared = shared_leaves(leaves, paths_)
+    if shared:
+        leaves = [x for i, x in enumerate(leaves) if i not in shared]
     return [x for x in readable([unbox(v) for v in leaves]) if is_array(x) or is_key_array(x)]
 
 

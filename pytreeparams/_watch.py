@@ -4,15 +4,18 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from ._errors import StructureError
+from ._flatten import flatten_with_paths
 from ._grads import GradStats, grad_stats
 from ._histogram import check_edges
 from ._keys import unbox
+from ._messages import structure_mismatch_message
 from ._typing import PyTree
 
 __all__ = ['WatchState', 'watch', 'watched']
@@ -73,7 +76,10 @@ def watch(
         the gradients, as in :func:`grad_stats`, computed on the same steps.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`WatchState`.
+      An ``optax.GradientTransformation`` whose state is a :class:`WatchState`;
+      an ``optax.GradientTransformationExtraArgs`` when ``tx`` is one
+      (``optax.lbfgs()``, a chain holding ``reduce_on_plateau``), passing
+      ``update``'s extra keyword arguments (``value=``...) on to it.
 
     Raises:
       StructureError: At ``update``, if the gradients' paths differ from the
@@ -112,9 +118,14 @@ def watch(
         return WatchState(inner_tx.init(params), zeros, jnp.zeros((), jnp.int32))
 
     def update(
-        updates: PyTree, state: WatchState, params: PyTree | None = None
+        updates: PyTree, state: WatchState, params: PyTree | None = None, **extra_args: Any
     ) -> tuple[PyTree, WatchState]:
-        new, inner = inner_tx.update(updates, state.inner, params)
+        if params is not None:  # our StructureError, before the inner one's raw jax error
+            _check_structure(updates, params)
+        if extra_args:  # optax's extra arguments (value=, grad=, value_fn=) for its own
+            new, inner = inner_tx.update(updates, state.inner, params, **extra_args)
+        else:
+            new, inner = inner_tx.update(updates, state.inner, params)
         if every == 1:
             stats = stats_of(updates, params, new)
         else:
@@ -125,7 +136,24 @@ def watch(
             )
         return new, WatchState(inner, stats, state.count + 1)
 
+    if isinstance(inner_tx, optax.GradientTransformationExtraArgs):
+        return optax.GradientTransformationExtraArgs(init, update)
     return optax.GradientTransformation(init, update)
+
+
+def _check_structure(updates: PyTree, params: PyTree) -> None:
+    """Gradients with other paths than the parameters: a StructureError naming
+    them (at trace time), before the wrapped optimizer fails in jax's words."""
+    have, want = flatten_with_paths(updates)[2], flatten_with_paths(params)[2]
+    if have != want:
+        known, given = set(have), set(want)
+        raise StructureError(
+            structure_mismatch_message(
+                'watch: the gradients do not match the parameters',
+                [p for p in want if p not in known],
+                [p for p in have if p not in given],
+            )
+        )
 
 
 def watched(opt_state: PyTree) -> GradStats | None:

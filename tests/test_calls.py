@@ -81,11 +81,14 @@ def test_linen_calls_match_flax_and_own_their_variables():
         _own(variables, ['params/Block_0'], exclude=['params/Block_0/Dense_0']),
     )
     _check_row(by_path['Block_0/Dense_0'].params, _own(variables, ['params/Block_0/Dense_0']))
-    _check_row(by_path['BatchNorm_0'].params, _own(variables, [f'{c}/BatchNorm_0' for c in cols]))
-    assert by_path[''].params.size == 0
+    # a BatchNorm's parameters and its batch statistics are pooled apart (issue 26.5)
+    _check_row(by_path['BatchNorm_0'].params, _own(variables, ['params/BatchNorm_0']))
+    _check_row(by_path['BatchNorm_0'].state, _own(variables, ['batch_stats/BatchNorm_0']))
+    assert by_path[''].params.size == 0 and by_path['Dense_0'].state is None
     # every leaf is owned once: the calls add up to the totals
-    assert sum(c.params.size for c in s.calls) == s.totals.size == ptp.count(variables)
+    assert sum(c.params.size for c in s.calls) == s.totals.size == ptp.count(variables['params'])
     assert sum(c.params.nbytes for c in s.calls) == s.totals.nbytes
+    assert s.state.size == ptp.count(variables['batch_stats'])
 
 
 def test_linen_depth_variables_and_abstract():
@@ -148,9 +151,12 @@ def test_nnx_calls_statistics_and_nothing_changes():
     by_path = {c.path: c for c in s.calls}
     state = nnx.state(model)
     _check_row(by_path['enc/lin'].params, _own(state, ['enc/lin']))
-    _check_row(by_path['bn'].params, _own(state, ['bn']))
+    params, rest = nnx.state(model, nnx.Param, ...)
+    _check_row(by_path['bn'].params, _own(params, ['bn']))
+    _check_row(by_path['bn'].state, _own(rest, ['bn']))
     assert by_path['enc'].params.size == 0
-    assert sum(c.params.size for c in s.calls) == s.totals.size == ptp.count(model)
+    assert sum(c.params.size for c in s.calls) == s.totals.size == ptp.count(params)
+    assert s.totals.size + s.state.size == ptp.count(model)
     # the model ran on a copy: its batch statistics and RNG counts are as before
     chex.assert_trees_all_equal(jax.tree.map(_host, nnx.state(model)), before)
     # alone, an NNX module is the tree of its variables
@@ -252,7 +258,7 @@ def test_older_flax_gets_a_clear_error_or_its_nnx_base(monkeypatch):
     model = Model(nnx.Rngs(0))
     with pytest.raises(TypeError, match=r'row_filter.*flax >= 0.12'):
         ptp.summary(model, X)
-    assert ptp.summary(model).totals.size == ptp.count(model)
+    assert ptp.summary(model).totals.size == ptp.count(nnx.state(model, nnx.Param))
     monkeypatch.delattr(nnx, 'Pytree')
     try:
         old = importlib.reload(_typing)

@@ -132,18 +132,25 @@ def test_duplicate_path_strings_are_an_error():
 
 @given(_odd_trees())
 def test_odd_keys_round_trip_or_are_refused_at_the_first_call(tree):
-    """Keys that are empty or hold '/' are refused by the first path function
-    (StructureError naming the key and a tuple path that reads it); every other
-    tree, int keys included, round-trips through flatten/unflatten(like=) and
-    set(get) at every node, with its containers."""
-    keys = [
-        str(getattr(e, 'key', getattr(e, 'idx', None)))
+    """Keys that are empty or have an empty part between '/' are refused by the
+    first path function (StructureError naming the key and a tuple path that
+    reads it), and so are keys holding '/' that give two leaves one path; every
+    other tree, int keys and flat {path: leaf} keys ('a/b') included,
+    round-trips through flatten/unflatten(like=) and set(get) at every node,
+    with its containers."""
+    key_paths = [
+        [str(getattr(e, 'key', getattr(e, 'idx', None))) for e in kp]
         for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
-        for e in kp
     ]
-    if any(k == '' or '/' in k for k in keys):
+    if any('' in k.split('/') for keys in key_paths for k in keys):
         for fn in (ptp.paths, ptp.flatten, lambda t: ptp.summary(t, stats=False)):
             with pytest.raises(ptp.StructureError, match='Rename the key first'):
+                fn(tree)
+        return
+    joined = ['/'.join(keys) for keys in key_paths]
+    if len(set(joined)) < len(joined):
+        for fn in (ptp.paths, ptp.flatten, lambda t: ptp.summary(t, stats=False)):
+            with pytest.raises(ptp.StructureError, match='two leaves have the same path'):
                 fn(tree)
         return
     flat = ptp.flatten(tree)

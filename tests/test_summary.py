@@ -102,8 +102,11 @@ def test_resnet_like_subtotals_match_recomputation():
     )
     s = ptp.summary(variables, depth=2)
     flat = ptp.flatten(variables)
-    assert s.totals.size == sum(x.size for x in flat.values())
-    assert s.totals.nbytes == sum(x.nbytes for x in flat.values())
+    params = {p: x for p, x in flat.items() if p.startswith('params/')}
+    # the totals are the parameters; batch_stats are other state, pooled apart
+    assert s.totals.size == sum(x.size for x in params.values())
+    assert s.totals.nbytes == sum(x.nbytes for x in params.values())
+    assert s.totals.size + s.state.size == sum(x.size for x in flat.values())
     for g in s.groups:
         members = [np.asarray(v).ravel() for p, v in flat.items() if p.startswith(g.path + '/')]
         ref = ref_stats(np.concatenate(members))
@@ -112,7 +115,7 @@ def test_resnet_like_subtotals_match_recomputation():
         for name in ptp.STAT_NAMES:
             np.testing.assert_allclose(getattr(g, name), ref[name], rtol=2e-5, atol=1e-6)
     assert {g.path for g in s.groups} >= {'params/block0_conv', 'batch_stats/block1_bn'}
-    ref = ref_stats(np.concatenate([np.asarray(v).ravel() for v in flat.values()]))
+    ref = ref_stats(np.concatenate([np.asarray(v).ravel() for v in params.values()]))
     np.testing.assert_allclose(s.totals.std, ref['std'], rtol=2e-5)
 
 
@@ -269,8 +272,13 @@ def test_summary_of_nnx_state_groups_modules():
             self.bn = nnx.BatchNorm(3, rngs=rngs)
 
     s = ptp.summary(nnx.state(Net(nnx.Rngs(0))), depth=1)
-    assert {g.path: g.size for g in s.groups} == {'bn': 12, 'l0': 15}
-    assert s.totals.size == 27 and s.totals.nbytes == 108
+    # the BatchNorm's statistics are a group of their own, apart from its parameters
+    assert [(g.path, g.size, g.note) for g in s.groups] == [
+        ('bn', 6, ''),
+        ('bn', 6, 'other state'),
+        ('l0', 15, ''),
+    ]
+    assert s.totals.size == 21 and s.totals.nbytes == 84 and s.state.size == 6
 
 
 def test_prng_key_leaves_are_shown_counted_and_compared():

@@ -5,6 +5,7 @@ of the package enters through the names below."""
 
 from ._formats import format_of as format_of
 from ._formats import scheme_of as scheme_of
+from ._io import file_meta as file_meta
 from ._io import load as load
 from ._io import read_state_dict as read_state_dict
 from ._io import save as save

@@ -240,6 +240,12 @@ def _check_names(tree: PyTree) -> None:
                         f'{type(k).__name__}; only str and int keys can be saved and loaded '
                         'back. Rename it; nothing was written'
                     )
+                if isinstance(k, str) and '/' in k:  # a flat {path: leaf} mapping
+                    raise StructureError(
+                        f"save: the key {k!r} at {where or 'the root'!r} holds '/'; a file "
+                        'records each key, so save the nested tree, ptp.save(path, '
+                        'ptp.unflatten(tree)). Nothing was written'
+                    )
                 walk(v, f'{where}/{k}' if where else str(k))
         elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):
@@ -321,6 +327,42 @@ def _check_like(
             y = jax.numpy.asarray(y)
         out[p] = y
     return unflatten(out, like=like)
+
+
+def file_meta(path: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
+    """The metadata :func:`save` recorded beside the arrays of a checkpoint
+    (``structure``, ``ties``, ``prng_keys``); ``{}`` for a file of other software.
+
+    Args:
+      path: A checkpoint in any format :func:`load` reads.
+      step: For an Orbax ``CheckpointManager`` folder, the step (the latest by default).
+
+    Returns:
+      The recorded metadata as a dict.
+
+    Raises:
+      FormatError: If the checkpoint is corrupt or of no known format.
+
+    Example:
+      >>> import os, tempfile, numpy as np, pytreeparams as ptp
+      >>> from pytreeparams._files import file_meta
+      >>> path = os.path.join(tempfile.mkdtemp(), 'p.safetensors')
+      >>> w = np.ones(2, np.float32)
+      >>> ptp.save(path, {'a': w, 'b': w}, ties=ptp.Ties({'b': 'a'}))
+      >>> sorted(file_meta(path)['ties'])
+      ['b']
+    """
+    path = os.fspath(path)
+    fmt = format_of(path)
+    if fmt == 'safetensors':
+        return load_safetensors(path)[1]
+    if fmt == 'msgpack':
+        return load_msgpack(path)[1]
+    if fmt == 'shards':
+        return shards_meta(path)
+    if fmt == 'orbax':
+        return orbax_meta(orbax_item(path, step))
+    return {}
 
 
 def load(
