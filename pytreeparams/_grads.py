@@ -22,7 +22,7 @@ from flax import struct
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._histogram import check_edges, histogram_counts, tensorboard_histogram
-from ._jax_moments import jax_grad_partials
+from ._jax_moments import jax_grad_partials, jax_norm
 from ._keys import unbox_all
 from ._messages import quote_list
 from ._render import fmt_float, html_table, stats_text, treescope_repr
@@ -44,7 +44,6 @@ GRAD_STAT_NAMES = (
     'update_norm',
     'update_to_param',
 )
-_RAW = 10  # n, mean, ss, scale, max|g|, zeros, nonfinite, param ss, update ss (+ scales)
 
 
 @struct.dataclass
@@ -186,23 +185,23 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
     return jnp.sqrt(total) * top
 
 
-def _norm_parts(x: Any) -> tuple[jax.Array, jax.Array]:
-    """(sum of squares in units of scale**2, scale) of a parameter or update leaf."""
-    p = jax_grad_partials(x, extras=False)
-    return p.ss, p.scale
-
-
-def _leaf_column(g: Any, p: Any, u: Any, extras: bool) -> jax.Array:
+def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> jax.Array:
     """One leaf's raw column: n, mean, ss, scale, amax, zeros, nonfinite, and the
     parameter and update sums of squares with their scales (NaN when absent)."""
     nan = jnp.array(jnp.nan, jnp.float32)
     one = jnp.ones((), jnp.float32)
-    gp = jax_grad_partials(g, extras)
     n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
-    pss, pscale = _norm_parts(p) if p is not None else (nan, one)
-    uss, uscale = _norm_parts(u) if u is not None else (nan, one)
-    parts = [n, gp[2], gp.ss, gp.scale, gp.amax, gp.zeros, gp.nonfinite, pss, pscale, uss, uscale]
-    return jnp.stack(parts).astype(jnp.float32)
+    if level == 'norms':
+        ss, scale = jax_norm(g, level)
+        mean = amax = zeros = nonfinite = nan
+    else:
+        gp = jax_grad_partials(g, extras)
+        mean, ss, scale, amax = gp.mean, gp.ss, gp.scale, gp.amax
+        zeros, nonfinite = gp.zeros, gp.nonfinite
+    pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
+    uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
+    parts = [n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale]
+    return jnp.stack([jnp.asarray(v, jnp.float32) for v in parts])
 
 
 def _groups(names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], list[int]]:
@@ -242,6 +241,7 @@ def grad_stats(
     stacked: Mapping[str, int] | str | None = None,
     histogram: Sequence[float] | None = None,
     is_leaf: Callable[[Any], bool] | None = None,
+    norms_only: bool = False,
 ) -> GradStats:
     """Per-leaf (or per-module) gradient statistics. Jittable.
 
@@ -251,14 +251,23 @@ def grad_stats(
     With ``depth``, leaves sharing their first ``depth`` keys are combined
     exactly (norms as root of summed squares, means weighted by size).
 
+    Cost inside a jitted step: no conditional and no copy of a leaf; each
+    leaf is reduced in its own shape, so a sharded leaf is reduced where it
+    lies (XLA exchanges scalars, never the leaf). Per gradient leaf five
+    reductions that fuse (``max|g|``, then scaled sums of squares and values,
+    and two integer counts); per parameter and update leaf two (``max|x|``,
+    then the scaled sum of squares). ``norms_only=True`` is one ``sum(x * x)``
+    per leaf and tree, the cost of per-leaf norms. Zeros are exact zeros;
+    XLA:CPU flushes subnormal values to zero, so there they count as zeros.
+
     Args:
       grads: The gradient tree.
       params: Optional parameters of the same structure.
       updates: Optional optimizer updates of the same structure.
       depth: Optional grouping depth.
-      extras: Also compute max |g|, mean and the zero fraction (three more
-        passes over the gradients); False keeps the norms, RMS, ratios and
-        non-finite counts only, for the cheapest per-step monitoring.
+      extras: Also compute the mean and the zero fraction (two more
+        reductions per gradient leaf); False keeps the norms, RMS, max |g|,
+        ratios and non-finite counts (NaN mean and zero fraction).
       stacked: ``{subtree glob: layer axis}`` for layers stacked on an axis
         (``nn.scan``, ``nnx.scan``): each leaf under such a subtree gives one
         row per layer, named with the index after the subtree
@@ -275,6 +284,10 @@ def grad_stats(
         (:meth:`GradStats.histograms`). Static under ``jit`` (a tuple).
       is_leaf: As ``jax.tree_util`` takes it, for all three trees: a node for
         which it is true is a leaf (one that is not an array gives no row).
+      norms_only: The cheapest tier: only the norms, RMS and ratios, each
+        from one float32 ``sum(x * x)`` per leaf (no scaling: a leaf holding
+        values above about 1.8e19 reads inf, one whose values all lie below
+        about 1e-19 reads 0); the other columns are NaN.
 
     Returns:
       A :class:`GradStats` (one stacked array and the global norm).
@@ -318,6 +331,7 @@ def grad_stats(
         extras=extras,
         axes=axes,
         edges=edges,
+        level='norms' if norms_only else 'full',
     )
     rows = _groups(names, depth)[0] if depth is not None else names
     return GradStats(
@@ -325,7 +339,7 @@ def grad_stats(
     )
 
 
-@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras', 'axes', 'edges'))
+@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras', 'axes', 'edges', 'level'))
 def _table(
     g_leaves: list[Any],
     p_leaves: list[Any] | None,
@@ -336,11 +350,12 @@ def _table(
     extras: bool,
     axes: tuple[int | None, ...] = (),
     edges: tuple[float, ...] | None = None,
+    level: str = 'full',
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """The statistics table of the array leaves, as one program: called outside
     ``jit`` it is compiled once per structure (not dispatched op by op), and
     inside a jitted step it is inlined."""
-    column = functools.partial(_leaf_column, extras=extras)
+    column = functools.partial(_leaf_column, extras=extras, level=level)
     cols = [
         _per_layer(
             column,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import re
 
 import chex
 import jax
@@ -129,11 +128,7 @@ def data(draw):
 
 
 _STATS_JIT = jax.jit(lambda x: ptp.stats({'x': x}))
-# one jitted function per pass, so that a shape seen before reuses its program
-_PASS_JIT = {
-    name: jax.jit(lambda v, n, fn=fn: fn(v, n, True), static_argnums=1)
-    for name, fn in (('cpu', _jax_moments._pass_cpu), ('default', _jax_moments._pass_default))
-}
+_GRAD_JIT = jax.jit(_jax_moments.jax_grad_partials)
 
 
 def _stats_jit(x):
@@ -145,16 +140,8 @@ def _summary_row(x):
     return np.array([getattr(row, k) for k in _moments.STAT_NAMES], np.float64)
 
 
-def _gpu_counts(monkeypatch_target):
-    """The counts as the GPU/TPU branch takes them (bits, no branch), on this CPU."""
-    return lambda x, xf, valid, mn, mx: _jax_moments._exact_counts(x, valid)
-
-
-# traced only while ``_counts`` is swapped for the GPU/TPU counts (see below)
-_GPU_BRANCH_JIT = jax.jit(lambda v: _moments.finalize(_jax_moments.jax_partials(v), jnp))
-
 # ('leaf_stats' is not a path of its own: jitted ``ptp.stats`` runs it on the traced leaf)
-PATHS = ['host', 'device', 'stats', 'stats_jit', 'summary', 'gpu_branch']
+PATHS = ['host', 'device', 'stats', 'stats_jit', 'summary']
 
 
 HALF = settings(max_examples=max(20, settings().max_examples // 2), deadline=None)
@@ -174,12 +161,6 @@ def test_every_path_matches_float64_reference(x):
     }
     with force_device_path():
         got['device'] = leaf_rows([xj])[0]
-    original = _jax_moments._counts
-    _jax_moments._counts = _gpu_counts(None)
-    try:
-        got['gpu_branch'] = _GPU_BRANCH_JIT(xj)
-    finally:
-        _jax_moments._counts = original
     for path in PATHS:
         # host-side rows are float64; device and jitted tables float32
         assert_close(got[path], want, path, float32=path not in ('host', 'summary', 'device'))
@@ -189,29 +170,24 @@ def test_every_path_matches_float64_reference(x):
 @HALF
 @given(data())
 def test_grad_stats_agree_with_the_moments(x):
-    """grad_norm is the L2 norm, grad_mean the mean, grad_max max |x|: one pass,
-    on the CPU branch and on the GPU/TPU branch (a variadic reduction)."""
+    """grad_norm is the L2 norm, grad_mean the mean, grad_max max |x|, the
+    counts exact: the one branch-free kernel, on the leaf in its own shape."""
     xj = jnp.asarray(x)
     want = reference(x)
     with np.errstate(all='ignore'):
         amax = np.max(np.abs(np.asarray(x, np.float64))) if x.size else np.nan
-    for name, jitted in _PASS_JIT.items():
-        if x.size == 0:
-            continue
-        n = x.size
-        k = -(-n // min(n, _jax_moments.GRAD_BLOCK))
-        x2 = jnp.pad(xj.reshape(-1), (0, k * min(n, _jax_moments.GRAD_BLOCK) - n)).reshape(k, -1)
-        ss, scale, mean, mx, zeros, nonfinite = jitted(x2, n)
-        norm = float(jnp.sqrt(ss) * scale)
-        w = reference(x).astype(np.float32).astype(np.float64)
-        if np.isfinite(w[4]) and np.isfinite(want[0]):
-            assert abs(norm - w[4]) <= 1e-5 * w[4], (name, norm, w[4])
-            assert abs(float(mean) - want[0]) <= 1e-6 * (abs(want[0]) + want[1]) + 1e-6 * abs(
-                want[0]
-            ), (name, mean, want)
-            assert float(mx) == np.float32(amax), (name, mx, amax)
-        assert float(nonfinite) == want[5], name
-        assert float(zeros) == np.count_nonzero(np.asarray(x, np.float64) == 0), name
+    if x.size == 0:
+        return
+    ss, scale, mean, mx, zeros, nonfinite = _GRAD_JIT(xj)
+    norm = float(jnp.sqrt(ss) * scale)
+    w = want.astype(np.float32).astype(np.float64)
+    if np.isfinite(w[4]) and np.isfinite(want[0]):
+        assert abs(norm - w[4]) <= 1e-5 * w[4], (norm, w[4])
+        tol = 1e-6 * (abs(want[0]) + want[1]) + 1e-6 * abs(want[0])
+        assert abs(float(mean) - want[0]) <= tol, (mean, want)
+        assert float(mx) == np.float32(amax), (mx, amax)
+    assert float(nonfinite) == want[5]
+    assert float(zeros) == np.count_nonzero(np.asarray(x, np.float64) == 0)
 
 
 def _mixed_leaves() -> list[np.ndarray]:
@@ -322,27 +298,31 @@ def test_big_endian_arrays_are_read():
     assert ptp.stats({'x': x}).to_dict()['x/max'] == 4.0
 
 
-def test_gpu_lowering_has_one_reduction_per_leaf_and_no_runtime_branch():
-    """grad_stats lowered for CUDA (no GPU needed): one (variadic) reduction
-    over each leaf's data (and one over its block partials), and the only
-    conditionals are platform selections on constants, which XLA removes
-    before it runs anything."""
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+@pytest.mark.parametrize(
+    ('kwargs', 'per_leaf'),
+    [({}, 5 + 2 + 2), ({'extras': False}, 3 + 2 + 2), ({'norms_only': True}, 1 + 1 + 1)],
+    ids=['full', 'extras_false', 'norms_only'],
+)
+def test_accelerator_lowerings_count_reductions_per_leaf_and_have_no_branch(
+    platform, kwargs, per_leaf
+):
+    """grad_stats(g, p, u) lowered for CUDA and TPU (no device needed): per leaf
+    a fixed number of reductions over the data (gradient: max|g|, the scaled
+    sums of squares and values, two integer counts; parameter and update:
+    max|x| and a scaled sum of squares; norms_only: one sum of squares per
+    tree, a norm's cost), no conditional, no loop, no reshape of a leaf."""
     tree = {'a': jnp.ones((64, 32)), 'b': jnp.ones(32), 'c': {'d': jnp.ones((3, 5, 7))}}
 
     def step(g):
-        return ptp.grad_stats(g, g, g)
+        return ptp.grad_stats(g, g, g, **kwargs)
 
-    text = jax.export.export(jax.jit(step), platforms=['cuda'])(tree).mlir_module()
+    text = jax.export.export(jax.jit(step), platforms=[platform])(tree).mlir_module()
     leaves = len(jax.tree_util.tree_leaves(tree))
-    # per leaf and tree: one reduction over the data, one over its block partials
-    assert text.count('stablehlo.reduce(') + text.count('stablehlo.reduce"(') == 2 * 3 * leaves
-    constants = set(re.findall(r'(%\S+) = stablehlo\.constant dense<\d+> : tensor<i32>', text))
-    cases = re.findall(r'(%\S+) = "stablehlo\.case"\((%\S+)\)', text)
-    # platform_dependent: a case on a constant picks the platform index (its
-    # branches return constants); a second case switches on that index
-    platform_index = {out for out, sel in cases if sel in constants}
-    assert cases and all(sel in constants or sel in platform_index for _, sel in cases), cases
-    assert 'stablehlo.if' not in text and 'stablehlo.while' not in text
+    assert text.count('stablehlo.reduce(') + text.count('stablehlo.reduce"(') == per_leaf * leaves
+    for branch in ('stablehlo.case', 'stablehlo.if', 'stablehlo.while'):
+        assert branch not in text
+    assert 'tensor<2048xf32>' not in text and 'tensor<105xf32>' not in text  # never flattened
 
 
 def test_the_package_is_pure_python_and_uses_no_private_jax():
