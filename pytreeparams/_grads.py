@@ -22,7 +22,7 @@ from flax import struct
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._histogram import check_edges, histogram_counts, tensorboard_histogram
-from ._jax_moments import jax_grad_partials, jax_norm
+from ._jax_moments import GradSums, finish_grads, grad_sums, jax_norm
 from ._keys import unbox_all
 from ._messages import quote_list
 from ._render import fmt_float, html_table, stats_text, treescope_repr
@@ -186,21 +186,20 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
 
 
 def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> jax.Array:
-    """One leaf's raw column: n, mean, ss, scale, amax, zeros, nonfinite, and the
-    parameter and update sums of squares with their scales (NaN when absent)."""
+    """One leaf's raw column (finished over all leaves at once in ``_table``):
+    n, the ``GradSums`` of the gradient, and the parameter and update sums of
+    squares with their scales (NaN when absent)."""
     nan = jnp.array(jnp.nan, jnp.float32)
     one = jnp.ones((), jnp.float32)
     n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
     if level == 'norms':
         ss, scale = jax_norm(g, level)
-        mean = amax = zeros = nonfinite = nan
+        sums = GradSums(ss, scale, nan, nan, nan, nan)
     else:
-        gp = jax_grad_partials(g, extras)
-        mean, ss, scale, amax = gp.mean, gp.ss, gp.scale, gp.amax
-        zeros, nonfinite = gp.zeros, gp.nonfinite
+        sums = grad_sums(g, extras)
     pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
     uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
-    parts = [n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale]
+    parts = [n, *sums, pss, pscale, uss, uscale]
     return jnp.stack([jnp.asarray(v, jnp.float32) for v in parts])
 
 
@@ -366,9 +365,12 @@ def _table(
         )
         for i, g in enumerate(g_leaves)
     ]
-    raw = jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32)
-    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
-    global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
+    raw = _replicated(jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32))
+    n, *sums, pss, pscale, uss, uscale = raw.T
+    ss, scale, mean, amax, zeros, nonfinite = finish_grads(GradSums(*sums), n)
+    raw = jnp.stack([n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale], 1)
+    top = jnp.max(scale, initial=1.0)  # every leaf brought to the largest scale
+    global_norm = jnp.sqrt(jnp.sum(ss * jnp.square(scale / top))) * top
     if depth is not None:
         n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = _grouped(raw, names, depth)
     else:
@@ -392,6 +394,18 @@ def _table(
     return table, global_norm, _histograms(g_leaves, axes, names, depth, edges)
 
 
+def _replicated(small: jax.Array) -> jax.Array:
+    """A small table replicated: per-layer rows of a stacked leaf sharded on
+    its layer axis (Explicit axes of ``jax.make_mesh``) carry that sharding,
+    which the segment sums over rows cannot take."""
+    sharding = getattr(jax.typeof(small), 'sharding', None)
+    spec = getattr(sharding, 'spec', None)
+    if spec is None or all(s is None for s in spec):
+        return small
+    with jax.sharding.use_abstract_mesh(sharding.mesh):
+        return jax.sharding.reshard(small, jax.P())
+
+
 def _per_layer(fn: Callable[..., jax.Array], axis: int | None, *xs: Any) -> jax.Array:
     """``fn`` of a leaf as one row, or of a stacked leaf as one row per layer
     (vectorized over ``axis``); ``None`` arguments pass through."""
@@ -412,7 +426,7 @@ def _histograms(
         return None
     count = functools.partial(histogram_counts, edges=edges)
     rows = [_per_layer(count, axes[i] if axes else None, g) for i, g in enumerate(g_leaves)]
-    hist = jnp.concatenate(rows) if rows else jnp.zeros((0, len(edges) + 1), jnp.int32)
+    hist = _replicated(jnp.concatenate(rows) if rows else jnp.zeros((0, len(edges) + 1), jnp.int32))
     if depth is not None:
         groups, seg = _groups(names, depth)
         hist = jax.ops.segment_sum(hist, jnp.asarray(seg, jnp.int32), num_segments=len(groups))

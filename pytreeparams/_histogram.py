@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ['histogram_counts', 'log_bins', 'tensorboard_histogram']
+__all__ = ['histogram_counts', 'log_bins', 'on_auto_axes', 'tensorboard_histogram']
 
 
 def log_bins(lo: float = 1e-8, hi: float = 1e2, per_decade: int = 2) -> tuple[float, ...]:
@@ -94,7 +94,28 @@ def histogram_counts(x: chex.Array, edges: tuple[float, ...]) -> jax.Array:
     # NaN is past the last bin and dropped
     idx = sum((xf >= np.float32(e)).astype(jnp.int32) for e in edges)
     idx = jnp.where(jnp.isnan(xf), k, idx)
-    return jnp.zeros(k, jnp.int32).at[idx].add(1, mode='drop')
+
+    def scatter(idx: jax.Array) -> jax.Array:
+        return jnp.zeros(k, jnp.int32).at[idx].add(1, mode='drop')
+
+    return on_auto_axes(scatter, idx)
+
+
+def on_auto_axes(fn: Any, x: jax.Array) -> jax.Array:
+    """``fn(x)`` with ``x``'s Explicit mesh axes (``jax.make_mesh``) made Auto,
+    so that XLA partitions ``fn`` (a scatter, a segment sum) as on a ``Mesh``;
+    the result is replicated (small: counts)."""
+    mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
+    types = getattr(mesh, 'axis_types', ())
+    explicit = (
+        tuple(a for a, t in zip(mesh.axis_names, types) if t == jax.sharding.AxisType.Explicit)
+        if mesh is not None
+        else ()
+    )
+    if not explicit:
+        return fn(x)
+    with jax.sharding.use_abstract_mesh(mesh):
+        return jax.sharding.auto_axes(fn, axes=explicit, out_sharding=jax.P())(x)
 
 
 def tensorboard_histogram(

@@ -31,7 +31,17 @@ from jax import lax
 
 from ._moments import Partial, scale_of
 
-__all__ = ['JAX_BLOCK', 'GradPartial', 'jax_grad_partials', 'jax_norm', 'jax_partials', 'widen']
+__all__ = [
+    'JAX_BLOCK',
+    'GradPartial',
+    'GradSums',
+    'finish_grads',
+    'grad_sums',
+    'jax_grad_partials',
+    'jax_norm',
+    'jax_partials',
+    'widen',
+]
 
 JAX_BLOCK = 128  # size classes of the device route are multiples of this
 
@@ -156,9 +166,16 @@ class GradPartial(NamedTuple):
 
 
 def _scale(amax: jax.Array) -> jax.Array:
-    """A power of two at least ``amax`` (1 for 0 and non-finite values)."""
-    ok = jnp.isfinite(amax) & (amax > 0)
-    return lax.stop_gradient(scale_of(jnp.where(ok, amax, 1), jnp, -125, 125))
+    """A power of two above ``amax`` from its exponent bits (a few scalar ops,
+    where ``frexp``/``ldexp`` take dozens per leaf), at most ``2**125`` (so
+    that ``1 / scale`` is a normal number); 1 for non-finite ``amax``."""
+    if amax.dtype == jnp.float64:
+        utype, mask, one, top = jnp.uint64, 0x7FF0000000000000, 1 << 52, 2.0**1020
+    else:
+        utype, mask, one, top = jnp.uint32, 0x7F800000, 1 << 23, 2.0**125
+    bits = lax.bitcast_convert_type(amax, utype)
+    up = lax.bitcast_convert_type((bits & np.array(mask, utype)) + np.array(one, utype), amax.dtype)
+    return lax.stop_gradient(jnp.where(amax < np.inf, jnp.minimum(up, top), 1).astype(amax.dtype))
 
 
 def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
@@ -177,15 +194,69 @@ def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
     return jnp.sum(y * y), scale
 
 
+def _count_rows(c: jax.Array) -> jax.Array:
+    """The number of true values of ``c``, exact: float32 counts along the last
+    axis (exact below 2**24 per row; a float reduction fuses on XLA:CPU, an
+    integer one holds a copy of the leaf), then the rows' counts as int32."""
+    if c.ndim < 2:
+        return jnp.sum(c, dtype=jnp.float32).astype(jnp.int32)
+    return jnp.sum(jnp.sum(c, axis=-1, dtype=jnp.float32).astype(jnp.int32))
+
+
+class GradSums(NamedTuple):
+    """The raw reductions of one gradient leaf (finished by :func:`finish_grads`)."""
+
+    ss: Any  # sum((x / scale)**2)
+    scale: Any  # a power of two above max|x|
+    half: Any  # sum(x / (2 * scale)) (NaN without extras)
+    amax: Any  # max|x| (a vectorized max may drop NaN: finish_grads restores it)
+    zeros: Any  # count of exact zeros (NaN without extras)
+    finite: Any  # count of finite values
+
+
+def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
+    """The reductions of one leaf, in its own shape, without a branch: the
+    per-leaf part of :func:`jax_grad_partials` (kept to the reductions and a
+    few scalar ops: compile time on XLA:CPU goes by the instructions per leaf)."""
+    x = jnp.asarray(x)
+    if x.dtype in (jnp.int4, jnp.uint4):
+        x = x.astype(jnp.int8)
+    xf = widen(x)
+    dtype = xf.dtype
+    nan = jnp.asarray(jnp.nan, dtype)
+    if x.size == 0:
+        z = jnp.zeros((), dtype)
+        return GradSums(z, z + 1, z, z, z, z)
+    amax = jnp.max(jnp.abs(xf))
+    scale = _scale(amax)
+    y = xf * (1 / scale)
+    ss = jnp.sum(y * y)
+    finite = _count_rows(jnp.isfinite(xf)).astype(dtype)
+    if not extras:
+        return GradSums(ss, scale, nan, amax, nan, finite)
+    half = jnp.sum(xf * (0.5 / scale))  # a scalar of its own: XLA keeps one fusion per sum
+    zeros = _count_rows(xf == 0).astype(dtype)
+    return GradSums(ss, scale, half, amax, zeros, finite)
+
+
+def finish_grads(s: GradSums, n: Any) -> GradPartial:
+    """:class:`GradPartial` from :class:`GradSums` of leaves of ``n`` values,
+    vectorized (scalars or one entry per leaf)."""
+    n = jnp.asarray(n, s.ss.dtype)
+    mean = 2 * s.half * s.scale / jnp.maximum(n, 1)
+    amax = jnp.where(jnp.isnan(s.ss), jnp.nan, s.amax)  # a sum keeps NaN
+    return GradPartial(s.ss, s.scale, mean, amax, s.zeros, n - s.finite)
+
+
 def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
     """Gradient sums of one leaf, in its own shape, without a branch. Traceable.
 
-    Four reductions that fuse with their elementwise expressions (XLA:CPU
-    holds no copy of the leaf for them): ``max|x|``; ``sum((x / s)**2)`` and
-    ``sum(x * (1/2s))`` with ``s`` a power of two above ``max|x|`` (no overflow,
-    no underflow); ``sum(int(1 - |sign(x)|))`` (exact zeros: NaN converts to
-    0) and ``sum(int(x - x + 1))`` (finite values: Inf and NaN make NaN, which
-    converts to 0). XLA:CPU flushes subnormals, so there they count as zeros.
+    Five reductions that fuse with their elementwise expressions:
+    ``max|x|``; ``sum((x / s)**2)`` and ``sum(x / 2s)`` with ``s`` a power of
+    two above ``max|x|`` (no overflow, no underflow); the counts of zeros and
+    of finite values, in float32 along the last axis, then as integers (a
+    float reduction fuses on XLA:CPU). XLA:CPU flushes subnormals, so there
+    they count as zeros.
 
     Args:
       x: An array.
@@ -196,26 +267,4 @@ def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
       A :class:`GradPartial` of float32 (float64 under x64) scalars; an empty
       leaf gives zeros.
     """
-    x = jnp.asarray(x)
-    if x.dtype in (jnp.int4, jnp.uint4):
-        x = x.astype(jnp.int8)
-    xf = widen(x)
-    n = x.size
-    dtype = xf.dtype
-    if n == 0:
-        z = jnp.zeros((), dtype)
-        return GradPartial(z, z + 1, z, z, z, z)
-    amax = jnp.max(jnp.abs(xf))
-    scale = _scale(amax)
-    y = xf * (1 / scale)
-    ss = jnp.sum(y * y)
-    finite = jnp.sum((xf - xf + 1).astype(jnp.int32))
-    has_nan = jnp.isnan(ss)  # a sum propagates NaN (a vectorized max may drop it)
-    amax = jnp.where(has_nan, jnp.nan, amax)
-    nonfinite = (n - finite).astype(dtype)
-    if not extras:
-        nan = jnp.asarray(jnp.nan, dtype)
-        return GradPartial(ss, scale, nan, amax, nan, nonfinite)
-    mean = 2 * jnp.sum(xf * (0.5 / scale)) * scale / n
-    zeros = jnp.sum((1 - jnp.abs(jnp.sign(xf))).astype(jnp.int32)).astype(dtype)
-    return GradPartial(ss, scale, mean, amax, zeros, nonfinite)
+    return finish_grads(grad_sums(x, extras), jnp.size(x))
