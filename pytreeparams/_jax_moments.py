@@ -211,7 +211,7 @@ class GradSums(NamedTuple):
     half: Any  # sum(x / (2 * scale)) (NaN without extras)
     amax: Any  # max|x| (a vectorized max may drop NaN: finish_grads restores it)
     zeros: Any  # count of exact zeros (NaN without extras)
-    finite: Any  # count of finite values
+    nonfinite: Any  # count of NaN and +-Inf values
 
 
 def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
@@ -231,12 +231,12 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
     scale = _scale(amax)
     y = xf * (1 / scale)
     ss = jnp.sum(y * y)
-    finite = _count_rows(jnp.isfinite(xf)).astype(dtype)
+    nonfinite = _count_rows(~jnp.isfinite(xf)).astype(dtype)
     if not extras:
-        return GradSums(ss, scale, nan, amax, nan, finite)
+        return GradSums(ss, scale, nan, amax, nan, nonfinite)
     half = jnp.sum(xf * (0.5 / scale))  # a scalar of its own: XLA keeps one fusion per sum
     zeros = _count_rows(xf == 0).astype(dtype)
-    return GradSums(ss, scale, half, amax, zeros, finite)
+    return GradSums(ss, scale, half, amax, zeros, nonfinite)
 
 
 def finish_grads(s: GradSums, n: Any) -> GradPartial:
@@ -245,7 +245,7 @@ def finish_grads(s: GradSums, n: Any) -> GradPartial:
     n = jnp.asarray(n, s.ss.dtype)
     mean = 2 * s.half * s.scale / jnp.maximum(n, 1)
     amax = jnp.where(jnp.isnan(s.ss), jnp.nan, s.amax)  # a sum keeps NaN
-    return GradPartial(s.ss, s.scale, mean, amax, s.zeros, n - s.finite)
+    return GradPartial(s.ss, s.scale, mean, amax, s.zeros, s.nonfinite)
 
 
 def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
@@ -254,7 +254,7 @@ def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
     Five reductions that fuse with their elementwise expressions:
     ``max|x|``; ``sum((x / s)**2)`` and ``sum(x / 2s)`` with ``s`` a power of
     two above ``max|x|`` (no overflow, no underflow); the counts of zeros and
-    of finite values, in float32 along the last axis, then as integers (a
+    of non-finite values, in float32 along the last axis, then as integers (a
     float reduction fuses on XLA:CPU). XLA:CPU flushes subnormals, so there
     they count as zeros.
 

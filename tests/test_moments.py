@@ -335,3 +335,98 @@ def test_the_package_is_pure_python_and_uses_no_private_jax():
     assert not (root.parent / 'setup.py').exists()
     for f in root.glob('*.py'):
         assert 'jax._src' not in f.read_text(), f
+
+
+_SMALL_FLOATS = [
+    'float4_e2m1fn',
+    'float8_e3m4',
+    'float8_e4m3',
+    'float8_e4m3b11fnuz',
+    'float8_e4m3fn',
+    'float8_e4m3fnuz',
+    'float8_e5m2',
+    'float8_e5m2fnuz',
+    'float8_e8m0fnu',
+]
+
+
+@pytest.mark.parametrize('name', _SMALL_FLOATS)
+def test_8_and_4_bit_floats_on_every_traced_route(name):
+    """Issue 23.8: every ml_dtypes float jax supports, in grad_stats, watch's
+    init, jitted stats and the device route: the top finite values (e4m3fn's
+    448) are finite, the counts exact, the same numbers as their float32 values."""
+    import ml_dtypes
+    import optax
+
+    dtype = jnp.dtype(getattr(ml_dtypes, name))
+    top = float(ml_dtypes.finfo(dtype).max)
+    x = jnp.asarray(np.array([0.0, 1.0, top, -2.0, 0.5], np.float32).astype(dtype))
+    want = reference(np.asarray(x.astype(jnp.float32)))
+    assert_close(jax.jit(ptp.stats)({'x': x}).table[0], want, name)
+    with force_device_path():
+        assert_close(leaf_rows([x])[0], want, name)
+    gs = ptp.grad_stats({'x': x})
+    assert float(gs['grad_nonfinite'][0]) == want[5]
+    if not np.isnan(want[4]):
+        assert float(gs['grad_max'][0]) == np.float32(np.max(np.abs(want[2:4])))
+        assert float(gs['grad_zero_frac'][0]) == np.float32(want[6])
+    assert ptp.watch(optax.sgd(0.1)).init({'x': x}).stats.table.shape == (1, 10)
+
+
+def test_fnuz_nan_is_nan_and_not_zero():
+    import ml_dtypes
+
+    x = jnp.asarray(np.array([np.nan, 1.0], np.float32).astype(ml_dtypes.float8_e4m3fnuz))
+    row = jax.jit(ptp.stats)({'x': x}).table[0]
+    assert float(row[5]) == 1.0 and float(row[6]) == 0.0  # 0x80 is NaN, not -0
+    assert float(ptp.grad_stats({'x': x})['grad_nonfinite'][0]) == 1.0
+
+
+def test_complex_leaves_count_nan_and_inf_on_traced_routes(maybe_jit):
+    """Issue 23.11: NaN and Inf in either part are counted (jit, grad_stats,
+    device route); a complex64 whose modulus exceeds float32's range reads
+    max=inf (its float32 rounding) but holds no non-finite value."""
+    z = jnp.asarray(np.array([np.nan + 0j, 1j * np.inf, 1.0, 0.0], np.complex64))
+    assert float(maybe_jit(ptp.stats)({'z': z}).table[0][5]) == 2.0
+    assert float(ptp.grad_stats({'z': z})['grad_nonfinite'][0]) == 2.0
+    with force_device_path():
+        assert leaf_rows([z])[0][5] == 2.0
+    big = jnp.asarray(np.array([3e38 + 3e38j, 1.0], np.complex64))
+    row = jax.jit(ptp.stats)({'z': big}).table[0]
+    assert float(row[3]) == np.inf and float(row[5]) == 0.0
+
+
+def test_int4_on_the_device_route_and_int32_extremes():
+    """Issue 23.15: int4 over 65,536 elements on the device route (was a layout
+    error); int32 min/max compared as integers."""
+    i4 = np.arange(70_000) % 7 - 3
+    with force_device_path():
+        row = leaf_rows([jnp.asarray(i4, jnp.int4)])[0]
+    assert_close(row, reference(i4.astype(np.float64)), 'int4')
+    big = jnp.asarray(np.array([2**31 - 1, -(2**31), 5], np.int32))
+    row = jax.jit(ptp.stats)({'i': big}).table[0]
+    assert float(row[2]) == -(2.0**31) and float(row[3]) == np.float32(2**31 - 1)
+
+
+@pytest.mark.heavy
+def test_zero_count_is_exact_above_2_24_values():
+    """Issue 23.15: zeros and non-finite counts of a leaf of more than 2**24
+    values are exact (counts per row, then as integers)."""
+    x = jnp.zeros((4097, 4096), jnp.float32).at[0, :3].set(1.0).at[5, 7].set(jnp.inf)
+    gs = jax.jit(ptp.grad_stats)({'x': x})
+    n = 4097 * 4096
+    assert float(gs['grad_zero_frac'][0]) == np.float32((n - 4) / n)
+    assert float(gs['grad_nonfinite'][0]) == 1.0
+    row = jax.jit(ptp.stats)({'x': x}).table[0]
+    assert float(row[6]) == np.float32((n - 4) / n)
+
+
+@pytest.mark.parametrize('n', [1000, 300_000])
+def test_large_offset_float32_within_1e_5_of_float64(n, maybe_jit):
+    """Issue 24.5: 1e6 + 0.5 * N(0, 1) in float32, jitted and eagerly: the std
+    within 1e-5 relative of float64 (a pivot subtracted before the sums)."""
+    x = (1e6 + 0.5 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    want = x.astype(np.float64)
+    row = maybe_jit(ptp.stats)({'x': jnp.asarray(x)}).table[0]
+    np.testing.assert_allclose(float(row[1]), want.std(), rtol=1e-5)
+    np.testing.assert_allclose(float(row[0]), want.mean(), rtol=1e-7)
