@@ -4,7 +4,7 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,8 +64,9 @@ def watch(
       extras: Also the mean, zero fraction and non-finite count (as in
         :func:`grad_stats`).
       every: Compute the statistics on every ``every``-th update only (the
-        first, then each ``every``); the other updates keep the last ones and
-        pay for one ``lax.cond``.
+        first, then each ``every``); the other updates keep the last ones.
+        The statistics run in a ``lax.cond`` that recomputes ``tx``'s update
+        from its inputs, so the skipped steps keep ``tx``'s update fused.
       stacked: ``{subtree glob: layer axis}``: one row per stacked (scanned)
         layer, as in :func:`grad_stats` (or the partition name of flax's scan
         metadata).
@@ -73,7 +74,8 @@ def watch(
         the gradients, as in :func:`grad_stats`, computed on the same steps.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`WatchState`.
+      An ``optax.GradientTransformationExtraArgs`` (extra keyword arguments of
+      ``update`` reach ``tx``) whose state is a :class:`WatchState`.
 
     Raises:
       StructureError: At ``update``, if the gradients' paths differ from the
@@ -90,7 +92,7 @@ def watch(
       >>> float(ptp.watched(state).global_norm)  # before clipping
       5.0
     """
-    inner_tx = tx if tx is not None else optax.identity()
+    inner_tx = optax.with_extra_args_support(tx if tx is not None else optax.identity())
     if not isinstance(every, int) or every < 1:
         raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
     edges = check_edges(histogram) if histogram is not None else None
@@ -112,20 +114,23 @@ def watch(
         return WatchState(inner_tx.init(params), zeros, jnp.zeros((), jnp.int32))
 
     def update(
-        updates: PyTree, state: WatchState, params: PyTree | None = None
+        updates: PyTree, state: WatchState, params: PyTree | None = None, **extra_args: Any
     ) -> tuple[PyTree, WatchState]:
-        new, inner = inner_tx.update(updates, state.inner, params)
+        new, inner = inner_tx.update(updates, state.inner, params, **extra_args)
         if every == 1:
             stats = stats_of(updates, params, new)
         else:
-            stats = jax.lax.cond(
-                state.count % every == 0,
-                lambda: stats_of(updates, params, new),
-                lambda: state.stats,
-            )
+            # the branch recomputes the inner updates from its own inputs, so
+            # that the skipped steps keep the inner update fused into the
+            # step (the outgoing updates are no operand of the conditional)
+            def compute() -> GradStats:
+                again, _ = inner_tx.update(updates, state.inner, params, **extra_args)
+                return stats_of(updates, params, again)
+
+            stats = jax.lax.cond(state.count % every == 0, compute, lambda: state.stats)
         return new, WatchState(inner, stats, state.count + 1)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def watched(opt_state: PyTree) -> GradStats | None:

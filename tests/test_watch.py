@@ -133,3 +133,30 @@ def test_watch_keeps_histograms_of_the_gradients():
     assert list(got.histograms()) == ['grad_hist/b', 'grad_hist/enc/w']
     with pytest.raises(ValueError, match='strictly increasing'):
         ptp.watch(histogram=[0.0, float('nan')])
+
+
+def test_watch_passes_extra_args_and_every_n_recomputes_in_its_branch():
+    """watch is a GradientTransformationExtraArgs: extra keyword arguments of
+    update (optax.contrib.reduce_on_plateau's value=) reach the wrapped
+    transformation, also inside the every=N branch, whose statistics are those
+    of the outgoing updates."""
+    import jax.numpy as jnp
+    import optax
+
+    import pytreeparams as ptp
+
+    def scale_by_factor():
+        def update(updates, state, params=None, *, factor=1.0, **_):
+            return jax.tree.map(lambda g: g * factor, updates), state
+
+        return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+    params = {'w': jnp.ones(3)}
+    for every in (1, 3):
+        tx = ptp.watch(scale_by_factor(), every=every)
+        assert isinstance(tx, optax.GradientTransformationExtraArgs)
+        state = tx.init(params)
+        g = {'w': jnp.array([3.0, 4.0, 0.0])}
+        updates, state = jax.jit(tx.update)(g, state, params, factor=2.0)
+        assert updates['w'].tolist() == [6.0, 8.0, 0.0]
+        assert float(ptp.watched(state)['update_norm'][0]) == 10.0
