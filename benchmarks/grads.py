@@ -1,6 +1,7 @@
 """Step-time cost of ptp.grad_stats inside a jitted SGD step, same run.
 
 Run: python benchmarks/grads.py [--rounds N] [--skip-gpt2] [--gpt2-big] [--compile] [--width W]
+(``--sharded``, with XLA_FLAGS=--xla_force_host_platform_device_count=8: compile-only figures)
 Ratio = (SGD step that also returns ptp.grad_stats(grads, params, updates)) / (plain step).
 ``--gpt2-big`` adds the realistic row, GPT-2 small at batch 32 x 256 (on by
 default on an accelerator; on a 2-core CPU one step takes about a minute).
@@ -177,6 +178,46 @@ def compile_costs(name, loss_fn, params, batch, rounds) -> None:
         )
 
 
+def sharded_costs() -> None:
+    """Compile-only, LLaMA-7B-shaped: a (4096, 11008) float32 kernel on 8 devices
+    (run with XLA_FLAGS=--xla_force_host_platform_device_count=8): temporary
+    memory per device, all-gathers and conditionals of the traced statistics."""
+    import re
+
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from pytreeparams._jax_moments import jax_partials
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ('data', 'model'))
+    print(
+        '| kernel sharding | program | shard per device | temp per device | all-gathers '
+        '| conditionals |'
+    )
+    print('|---|---|---|---|---|---|')
+    programs = {
+        'grad_stats(g, p, u)': lambda g: ptp.grad_stats({'w': g}, {'w': g}, {'w': g}).table,
+        'grad_stats(g, p, u, norms_only=True)': lambda g: (
+            ptp.grad_stats({'w': g}, {'w': g}, {'w': g}, norms_only=True).table
+        ),
+        'jitted ptp.stats / global kernel': lambda g: jnp.stack(jax_partials(g)),
+    }
+    for spec in (P(None, 'model'), P('data', 'model'), P('model', 'data')):
+        s = jax.ShapeDtypeStruct((4096, 11008), jnp.float32, sharding=NamedSharding(mesh, spec))
+        shard = 4096 * 11008 * 4 / (4 if spec == P(None, 'model') else 8)
+        for name, f in programs.items():
+            c = jax.jit(f).lower(s).compile()
+            t = c.as_text()
+            print(
+                f'| `{spec}` | {name} | {shard / 2**20:.1f} MiB | '
+                f'{c.memory_analysis().temp_size_in_bytes / 2**20:.3f} MiB | '
+                f'{len(re.findall(r"all-gather(-start)?[(]", t))} | '
+                f'{len(re.findall(r"conditional[(]", t))} |',
+                flush=True,
+            )
+
+
 def _nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
@@ -197,8 +238,12 @@ def main() -> None:
     ap.add_argument('--gpt2-big', action='store_true')
     ap.add_argument('--compile', action='store_true', help='compile time and memory only')
     ap.add_argument('--width', type=int, default=1024, help='width of the MLP')
+    ap.add_argument('--sharded', action='store_true', help='LLaMA-shaped, 8 devices, compile only')
     args = ap.parse_args()
     print(f'jax {jax.__version__}, backend {jax.default_backend()}')
+    if args.sharded:
+        sharded_costs()
+        return
     if args.compile:
         print(
             '| model | step returns | compile | x plain | x anchor (per-leaf norms) | '

@@ -198,7 +198,7 @@ def _count_rows(c: jax.Array) -> jax.Array:
     """The number of true values of ``c``, exact: float32 counts along the last
     axis (exact below 2**24 per row; a float reduction fuses on XLA:CPU, an
     integer one holds a copy of the leaf), then the rows' counts as int32."""
-    if c.ndim < 2:
+    if c.ndim < 2 or c.size < 2**24:  # one reduction: float32 counts are exact below 2**24
         return jnp.sum(c, dtype=jnp.float32).astype(jnp.int32)
     return jnp.sum(jnp.sum(c, axis=-1, dtype=jnp.float32).astype(jnp.int32))
 
@@ -235,7 +235,9 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
     if not extras:
         return GradSums(ss, scale, nan, amax, nan, nonfinite)
     half = jnp.sum(xf * (0.5 / scale))  # a scalar of its own: XLA keeps one fusion per sum
-    zeros = _count_rows(xf == 0).astype(dtype)
+    # 1 - |sign(x)| fuses on XLA:CPU where a comparison holds a copy of the
+    # leaf; a NaN makes the count NaN (the leaf's zero fraction reads NaN)
+    zeros = _sum_rows(1 - jnp.abs(jnp.sign(xf))).astype(dtype)
     return GradSums(ss, scale, half, amax, zeros, nonfinite)
 
 
@@ -244,8 +246,19 @@ def finish_grads(s: GradSums, n: Any) -> GradPartial:
     vectorized (scalars or one entry per leaf)."""
     n = jnp.asarray(n, s.ss.dtype)
     mean = 2 * s.half * s.scale / jnp.maximum(n, 1)
-    amax = jnp.where(jnp.isnan(s.ss), jnp.nan, s.amax)  # a sum keeps NaN
-    return GradPartial(s.ss, s.scale, mean, amax, s.zeros, s.nonfinite)
+    has_nan = jnp.isnan(s.ss)  # a sum keeps NaN (a vectorized max may drop it)
+    amax = jnp.where(has_nan, jnp.nan, s.amax)
+    zeros = jnp.where(has_nan, jnp.nan, s.zeros)
+    return GradPartial(s.ss, s.scale, mean, amax, zeros, s.nonfinite)
+
+
+def _sum_rows(v: jax.Array) -> jax.Array:
+    """An exact count from 0/1 float values: float32 sums along the last axis
+    (exact below 2**24 per row), then the rows' sums as int32 (a NaN row
+    counts 0: ``finish_grads`` makes the count NaN, from the sum of squares)."""
+    if v.ndim < 2 or v.size < 2**24:
+        return jnp.sum(v)
+    return jnp.sum(jnp.sum(v, axis=-1).astype(jnp.int32)).astype(v.dtype)
 
 
 def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
@@ -254,9 +267,10 @@ def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
     Five reductions that fuse with their elementwise expressions:
     ``max|x|``; ``sum((x / s)**2)`` and ``sum(x / 2s)`` with ``s`` a power of
     two above ``max|x|`` (no overflow, no underflow); the counts of zeros and
-    of non-finite values, in float32 along the last axis, then as integers (a
-    float reduction fuses on XLA:CPU). XLA:CPU flushes subnormals, so there
-    they count as zeros.
+    of non-finite values, in float32 along the last axis, then as integers.
+    Zeros are ``sum(1 - |sign(x)|)`` (it fuses on XLA:CPU): exact, but NaN for
+    a leaf holding NaN; XLA:CPU flushes subnormals, so there they count as
+    zeros.
 
     Args:
       x: An array.
