@@ -326,6 +326,15 @@ SHARDED_STEP = textwrap.dedent(
             assert temp - anchor[2] <= shard // 4, (temp, anchor, shard)
         else:  # per-leaf norms add 2 shards here (XLA:CPU keeps g and u): at most 4x that
             assert temp - plain[2] <= 4 * (anchor[2] - plain[2]), (kw, temp, plain, anchor)
+    # issue 25.5: histograms and stacked rows of leaves sharded on any axis
+    layers = {'layers': {'w': put(jnp.ones((4, 8, 16)), P('data', None, 'model'))}}
+    st = jax.jit(lambda t: ptp.grad_stats(t, t, t, stacked={'layers': 0}, histogram=(0.0, 1.0)))(
+        layers
+    )
+    assert st.paths == tuple(f'layers/{i}/w' for i in range(4)), st.paths
+    assert st.histogram[:, 2].tolist() == [128] * 4, st.histogram
+    st = jax.jit(lambda t: ptp.grad_stats(t, histogram=(0.0, 1.0)))(params)
+    assert st.histogram[:, 1].tolist() == [64 * 128, 128 * 64, 64 * 128], st.histogram
     print('OK')
     """
 )
@@ -337,6 +346,7 @@ def test_sharded_step_with_statistics_gathers_nothing_and_has_no_conditional(mes
     P('data', 'model') and P('model', 'data'): with grad_stats (every tier, and
     with histograms) the compiled program has no all-gather the plain step lacks
     and no conditional (each leaf is reduced in its own shape, where it lies);
-    the norms-only tier takes no more temporary memory than per-leaf norms."""
+    the norms-only tier takes about the temporary memory of per-leaf norms;
+    histograms and stacked rows work on both kinds of mesh (issue 25.5)."""
     out = run_on_8_devices(SHARDED_STEP, mesh)
     assert 'OK' in out, out
