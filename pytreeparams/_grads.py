@@ -257,7 +257,9 @@ def grad_stats(
     and two integer counts); per parameter and update leaf two (``max|x|``,
     then the scaled sum of squares). ``norms_only=True`` is one ``sum(x * x)``
     per leaf and tree, the cost of per-leaf norms. Zeros are exact zeros;
-    XLA:CPU flushes subnormal values to zero, so there they count as zeros.
+    XLA:CPU flushes subnormal values to zero, so there they count as zeros;
+    a leaf holding NaN reads a NaN zero fraction (its count is
+    ``sum(1 - |sign(g)|)``, the one that fuses without a copy).
 
     Args:
       grads: The gradient tree.

@@ -46,7 +46,8 @@ def watch(
     every: int = 1,
     stacked: Mapping[str, int] | str | None = None,
     histogram: Sequence[float] | None = None,
-) -> optax.GradientTransformation:
+    norms_only: bool = False,
+) -> optax.GradientTransformationExtraArgs:
     """Wraps ``tx`` so that its state keeps per-layer statistics of every update.
 
     The updates pass through unchanged. Each ``update`` records
@@ -61,8 +62,7 @@ def watch(
       tx: The transformation to wrap (default: ``optax.identity()``, for a
         place in a chain: ``optax.chain(watch(), clip, adamw)``).
       depth: Group the statistics by the first ``depth`` keys (per module).
-      extras: Also the mean, zero fraction and non-finite count (as in
-        :func:`grad_stats`).
+      extras: Also the mean and zero fraction (as in :func:`grad_stats`).
       every: Compute the statistics on every ``every``-th update only (the
         first, then each ``every``); the other updates keep the last ones.
         The statistics run in a ``lax.cond`` that recomputes ``tx``'s update
@@ -72,6 +72,8 @@ def watch(
         metadata).
       histogram: Bin edges (``ptp.log_bins()``): also per-row histograms of
         the gradients, as in :func:`grad_stats`, computed on the same steps.
+      norms_only: The cheapest tier of :func:`grad_stats`: the norms, RMS and
+        ratios only, one ``sum(x * x)`` per leaf and tree.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (extra keyword arguments of
@@ -106,6 +108,7 @@ def watch(
             extras=extras,
             stacked=stacked,
             histogram=edges,
+            norms_only=norms_only,
         )
 
     def init(params: PyTree) -> WatchState:

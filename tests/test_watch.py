@@ -160,3 +160,17 @@ def test_watch_passes_extra_args_and_every_n_recomputes_in_its_branch():
         updates, state = jax.jit(tx.update)(g, state, params, factor=2.0)
         assert updates['w'].tolist() == [6.0, 8.0, 0.0]
         assert float(ptp.watched(state)['update_norm'][0]) == 10.0
+
+
+def test_watch_norms_only_tier():
+    import jax.numpy as jnp
+    import optax
+
+    import pytreeparams as ptp
+
+    tx = ptp.watch(optax.sgd(1.0), norms_only=True)
+    params = {'w': jnp.ones(2)}
+    _, state = jax.jit(tx.update)({'w': jnp.array([3.0, 4.0])}, tx.init(params), params)
+    gs = ptp.watched(state)
+    assert float(gs['grad_norm'][0]) == 5.0 and float(gs['update_norm'][0]) == 5.0
+    assert np.isnan(float(gs['grad_max'][0])) and np.isnan(float(gs['grad_nonfinite'][0]))
