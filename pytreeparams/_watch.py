@@ -75,6 +75,13 @@ def watch(
       norms_only: The cheapest tier of :func:`grad_stats`: the norms, RMS and
         ratios only, one ``sum(x * x)`` per leaf and tree.
 
+    Checkpoints: the statistics live in the optimizer state (so that they
+    travel through ``jit``, ``optax.chain`` and ``nnx.Optimizer`` with no
+    callback); the wrapped state is ``WatchState.inner``. To resume a run
+    saved without ``watch``:
+    ``watch(tx).init(params)._replace(inner=ptp.load(path, like=tx.init(params)))``;
+    one saved with it, without: ``ptp.load(path, like=watch(tx).init(params)).inner``.
+
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (extra keyword arguments of
       ``update`` reach ``tx``) whose state is a :class:`WatchState`.

@@ -174,3 +174,28 @@ def test_watch_norms_only_tier():
     gs = ptp.watched(state)
     assert float(gs['grad_norm'][0]) == 5.0 and float(gs['update_norm'][0]) == 5.0
     assert np.isnan(float(gs['grad_max'][0])) and np.isnan(float(gs['grad_nonfinite'][0]))
+
+
+def test_resume_across_adding_and_removing_watch(tmp_path):
+    """A run saved without watch resumes with it (and the reverse) by the
+    recipe of watch's docstring: the wrapped state is WatchState.inner."""
+    import jax.numpy as jnp
+    import optax
+
+    import pytreeparams as ptp
+
+    params = {'w': jnp.ones(3)}
+    adam = optax.adam(1e-2)
+    state = adam.init(params)
+    _, state = adam.update({'w': jnp.array([1.0, 2.0, 3.0])}, state, params)
+    path = str(tmp_path / 'plain.safetensors')
+    ptp.save(path, state)
+    tx = ptp.watch(adam)
+    resumed = tx.init(params)._replace(inner=ptp.load(path, like=adam.init(params)))
+    chex.assert_trees_all_close(resumed.inner, state)
+    updates, resumed = tx.update({'w': jnp.ones(3)}, resumed, params)
+    assert int(resumed.inner[0].count) == 2
+    path2 = str(tmp_path / 'watched.safetensors')
+    ptp.save(path2, resumed)
+    back = ptp.load(path2, like=tx.init(params)).inner
+    chex.assert_trees_all_close(back, resumed.inner)
