@@ -1,6 +1,7 @@
 """Step-time cost of ptp.grad_stats inside a jitted SGD step, same run.
 
-Run: python benchmarks/grads.py [--rounds N] [--skip-gpt2] [--gpt2-big] [--compile]
+Run: python benchmarks/grads.py [--rounds N] [--skip-gpt2] [--gpt2-big] [--compile] [--width W]
+(``--sharded``, with XLA_FLAGS=--xla_force_host_platform_device_count=8: compile-only figures)
 Ratio = (SGD step that also returns ptp.grad_stats(grads, params, updates)) / (plain step).
 ``--gpt2-big`` adds the realistic row, GPT-2 small at batch 32 x 256 (on by
 default on an accelerator; on a 2-core CPU one step takes about a minute).
@@ -133,47 +134,97 @@ def bench_watch(loss_fn, params, batch, rounds, number) -> None:
 
 
 def compile_costs(name, loss_fn, params, batch, rounds) -> None:
-    """Compile seconds (best of ``rounds``, caches cleared) and temporary device
-    memory of the SGD step with ``grad_stats(grads, params, updates)`` against
-    the plain step: what the statistics add before the first step runs."""
+    """Compile seconds (best of ``rounds``, caches cleared, variants interleaved)
+    and temporary memory of the SGD step returning: nothing more (plain); the
+    per-leaf norms ``sqrt(sum(x * x))`` of g, p and u (the anchor); and
+    ``grad_stats(g, p, u)`` in its three tiers. Ratios against the anchor."""
     tx = optax.sgd(1e-3)
     state = tx.init(params)
 
-    def make(stats):
+    def make(kind):
         def step(params, batch):
             grads = jax.grad(loss_fn)(params, batch)
             updates, _ = tx.update(grads, state, params)
             out = optax.apply_updates(params, updates)
-            return (out, ptp.grad_stats(grads, params, updates)) if stats else out
+            if kind == 'plain':
+                return out
+            if kind == 'anchor':
+                trees = (grads, params, updates)
+                leaves = [x for t in trees for x in jax.tree_util.tree_leaves(t)]
+                return out, [jnp.sqrt(jnp.sum(x * x)) for x in leaves]
+            kw = {'full': {}, 'extras=False': {'extras': False}, 'norms_only': {'norms_only': True}}
+            return out, ptp.grad_stats(grads, params, updates, **kw[kind])
 
         return step
 
-    row = []
-    for stats in (False, True):
-        best = float('inf')
-        for _ in range(rounds):
-            lowered = jax.jit(make(stats)).lower(params, batch)
+    kinds = ['plain', 'anchor', 'full', 'extras=False', 'norms_only']
+    best = dict.fromkeys(kinds, float('inf'))
+    temp = {}
+    for _ in range(rounds):
+        for kind in kinds:
+            lowered = jax.jit(make(kind)).lower(params, batch)
             jax.clear_caches()
             t = time.perf_counter()
             compiled = lowered.compile()
-            best = min(best, time.perf_counter() - t)
-        mem = compiled.memory_analysis()
-        row.append((best, mem.temp_size_in_bytes if mem is not None else float('nan')))
-    (c0, m0), (c1, m1) = row
+            best[kind] = min(best[kind], time.perf_counter() - t)
+            mem = compiled.memory_analysis()
+            temp[kind] = mem.temp_size_in_bytes if mem is not None else float('nan')
+    nbytes = max(1, _nbytes(params))
+    for kind in kinds:
+        print(
+            f'| {name} | {kind} | {fmt_s(best[kind])} | {best[kind] / best["plain"]:.2f} | '
+            f'{best[kind] / best["anchor"]:.2f} | {(temp[kind] - temp["plain"]) / nbytes:.3f} |',
+            flush=True,
+        )
+
+
+def sharded_costs() -> None:
+    """Compile-only, LLaMA-7B-shaped: a (4096, 11008) float32 kernel on 8 devices
+    (run with XLA_FLAGS=--xla_force_host_platform_device_count=8): temporary
+    memory per device, all-gathers and conditionals of the traced statistics."""
+    import re
+
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+    from pytreeparams._moments import jax_partials
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ('data', 'model'))
     print(
-        f'| {name} | {fmt_s(c0)} | {fmt_s(c1)} | {c1 / c0:.2f} | {m0 / 2**20:.1f} MiB | '
-        f'{m1 / 2**20:.1f} MiB | {(m1 - m0) / max(1, _nbytes(params)):.2f} |'
+        '| kernel sharding | program | shard per device | temp per device | all-gathers '
+        '| conditionals |'
     )
+    print('|---|---|---|---|---|---|')
+    programs = {
+        'grad_stats(g, p, u)': lambda g: ptp.grad_stats({'w': g}, {'w': g}, {'w': g}).table,
+        'grad_stats(g, p, u, norms_only=True)': lambda g: (
+            ptp.grad_stats({'w': g}, {'w': g}, {'w': g}, norms_only=True).table
+        ),
+        'jitted ptp.stats / global kernel': lambda g: jnp.stack(jax_partials(g)),
+    }
+    for spec in (P(None, 'model'), P('data', 'model'), P('model', 'data')):
+        s = jax.ShapeDtypeStruct((4096, 11008), jnp.float32, sharding=NamedSharding(mesh, spec))
+        shard = 4096 * 11008 * 4 / (4 if spec == P(None, 'model') else 8)
+        for name, f in programs.items():
+            c = jax.jit(f).lower(s).compile()
+            t = c.as_text()
+            print(
+                f'| `{spec}` | {name} | {shard / 2**20:.1f} MiB | '
+                f'{c.memory_analysis().temp_size_in_bytes / 2**20:.3f} MiB | '
+                f'{len(re.findall(r"all-gather(-start)?[(]", t))} | '
+                f'{len(re.findall(r"conditional[(]", t))} |',
+                flush=True,
+            )
 
 
 def _nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
-def _mlp():
-    """The MLP benchmark: (loss, params, batch) of 24 x Dense(1024) at batch 64."""
-    mlp = DeepMLP()
-    x = jax.random.normal(jax.random.key(0), (64, 1024))
+def _mlp(width: int = 1024):
+    """The MLP benchmark: (loss, params, batch) of 24 x Dense(width) at batch 64."""
+    mlp = DeepMLP(width=width)
+    x = jax.random.normal(jax.random.key(0), (64, width))
     y = jax.random.normal(jax.random.key(1), (64, 1))
     params = mlp.init(jax.random.key(2), x)
     return lambda p, b: jnp.mean((mlp.apply(p, b[0]) - b[1]) ** 2), params, (x, y)
@@ -185,16 +236,23 @@ def main() -> None:
     ap.add_argument('--skip-gpt2', action='store_true')
     ap.add_argument('--gpt2-big', action='store_true')
     ap.add_argument('--compile', action='store_true', help='compile time and memory only')
+    ap.add_argument('--width', type=int, default=1024, help='width of the MLP')
+    ap.add_argument('--sharded', action='store_true', help='LLaMA-shaped, 8 devices, compile only')
     args = ap.parse_args()
     print(f'jax {jax.__version__}, backend {jax.default_backend()}')
+    if args.sharded:
+        sharded_costs()
+        return
     if args.compile:
         print(
-            '| model | compile plain step | compile step + grad_stats | ratio | '
-            'temp plain | temp + grad_stats | added temp / parameter bytes |'
+            '| model | step returns | compile | x plain | x anchor (per-leaf norms) | '
+            'added temp / parameter bytes |'
         )
-        print('|---|---|---|---|---|---|---|')
-        loss, p, batch = _mlp()
-        compile_costs('MLP 24 x Dense(1024)', loss, p, batch, min(args.rounds, 3))
+        print('|---|---|---|---|---|---|')
+        loss, p, batch = _mlp(args.width)
+        compile_costs(f'MLP 24 x Dense({args.width})', loss, p, batch, min(args.rounds, 3))
+        if args.skip_gpt2:
+            return
         gpt = GPT2()
         tokens = jax.random.randint(jax.random.key(3), (4, 64), 0, 50257)
         gp = gpt.init(jax.random.key(4), tokens[:1])

@@ -25,7 +25,7 @@ from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._messages import did_you_mean, structure_mismatch_message
-from ._moments import jax_grad_partials
+from ._moments import GradSums, finish_grads, grad_sums, jax_norm
 from ._render import fmt_float, html_table, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._typing import PyTree
@@ -44,7 +44,6 @@ GRAD_STAT_NAMES = (
     'update_norm',
     'update_to_param',
 )
-_RAW = 10  # n, mean, ss, scale, max|g|, zeros, nonfinite, param ss, update ss (+ scales)
 
 
 @struct.dataclass
@@ -199,23 +198,22 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
     return jnp.sqrt(total) * top
 
 
-def _norm_parts(x: Any) -> tuple[jax.Array, jax.Array]:
-    """(sum of squares in units of scale**2, scale) of a parameter or update leaf."""
-    p = jax_grad_partials(x, extras=False)
-    return p.ss, p.scale
-
-
-def _leaf_column(g: Any, p: Any, u: Any, extras: bool) -> jax.Array:
-    """One leaf's raw column: n, mean, ss, scale, amax, zeros, nonfinite, and the
-    parameter and update sums of squares with their scales (NaN when absent)."""
+def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> jax.Array:
+    """One leaf's raw column (finished over all leaves at once in ``_table``):
+    n, the ``GradSums`` of the gradient, and the parameter and update sums of
+    squares with their scales (NaN when absent)."""
     nan = jnp.array(jnp.nan, jnp.float32)
     one = jnp.ones((), jnp.float32)
-    gp = jax_grad_partials(g, extras)
     n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
-    pss, pscale = _norm_parts(p) if p is not None else (nan, one)
-    uss, uscale = _norm_parts(u) if u is not None else (nan, one)
-    parts = [n, gp[2], gp.ss, gp.scale, gp.amax, gp.zeros, gp.nonfinite, pss, pscale, uss, uscale]
-    return jnp.stack(parts).astype(jnp.float32)
+    if level == 'norms':
+        ss, scale = jax_norm(g, level)
+        sums = GradSums(ss, scale, nan, nan, nan, nan)
+    else:
+        sums = grad_sums(g, extras)
+    pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
+    uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
+    parts = [n, *sums, pss, pscale, uss, uscale]
+    return jnp.stack([jnp.asarray(v, jnp.float32) for v in parts])
 
 
 def _groups(names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], list[int]]:
@@ -255,6 +253,7 @@ def grad_stats(
     stacked: Mapping[str, int] | str | None = None,
     histogram: Sequence[float] | None = None,
     is_leaf: Callable[[Any], bool] | None = None,
+    norms_only: bool = False,
 ) -> GradStats:
     """Per-leaf (or per-module) gradient statistics. Jittable.
 
@@ -264,14 +263,25 @@ def grad_stats(
     With ``depth``, leaves sharing their first ``depth`` keys are combined
     exactly (norms as root of summed squares, means weighted by size).
 
+    Cost inside a jitted step: no conditional and no copy of a leaf; each
+    leaf is reduced in its own shape, so a sharded leaf is reduced where it
+    lies (XLA exchanges scalars, never the leaf). Per gradient leaf five
+    reductions that fuse (``max|g|``, then scaled sums of squares and values,
+    and two integer counts); per parameter and update leaf two (``max|x|``,
+    then the scaled sum of squares). ``norms_only=True`` is one ``sum(x * x)``
+    per leaf and tree, the cost of per-leaf norms. Zeros are exact zeros;
+    XLA:CPU flushes subnormal values to zero, so there they count as zeros;
+    a leaf holding NaN reads a NaN zero fraction (its count is
+    ``sum(1 - |sign(g)|)``, the one that fuses without a copy).
+
     Args:
       grads: The gradient tree.
       params: Optional parameters of the same structure.
       updates: Optional optimizer updates of the same structure.
       depth: Optional grouping depth.
-      extras: Also compute max |g|, mean and the zero fraction (three more
-        passes over the gradients); False keeps the norms, RMS, ratios and
-        non-finite counts only, for the cheapest per-step monitoring.
+      extras: Also compute the mean and the zero fraction (two more
+        reductions per gradient leaf); False keeps the norms, RMS, max |g|,
+        ratios and non-finite counts (NaN mean and zero fraction).
       stacked: ``{subtree glob: layer axis}`` for layers stacked on an axis
         (``nn.scan``, ``nnx.scan``): each leaf under such a subtree gives one
         row per layer, named with the index after the subtree
@@ -288,6 +298,10 @@ def grad_stats(
         (:meth:`GradStats.histograms`). Static under ``jit`` (a tuple).
       is_leaf: As ``jax.tree_util`` takes it, for all three trees: a node for
         which it is true is a leaf (one that is not an array gives no row).
+      norms_only: The cheapest tier: only the norms, RMS and ratios, each
+        from one float32 ``sum(x * x)`` per leaf (no scaling: a leaf holding
+        values above about 1.8e19 reads inf, one whose values all lie below
+        about 1e-19 reads 0); the other columns are NaN.
 
     Returns:
       A :class:`GradStats` (one stacked array and the global norm).
@@ -331,6 +345,7 @@ def grad_stats(
         extras=extras,
         axes=axes,
         edges=edges,
+        level='norms' if norms_only else 'full',
     )
     rows = _groups(names, depth)[0] if depth is not None else names
     return GradStats(
@@ -338,7 +353,7 @@ def grad_stats(
     )
 
 
-@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras', 'axes', 'edges'))
+@functools.partial(jax.jit, static_argnames=('names', 'depth', 'extras', 'axes', 'edges', 'level'))
 def _table(
     g_leaves: list[Any],
     p_leaves: list[Any] | None,
@@ -349,11 +364,12 @@ def _table(
     extras: bool,
     axes: tuple[int | None, ...] = (),
     edges: tuple[float, ...] | None = None,
+    level: str = 'full',
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """The statistics table of the array leaves, as one program: called outside
     ``jit`` it is compiled once per structure (not dispatched op by op), and
     inside a jitted step it is inlined."""
-    column = functools.partial(_leaf_column, extras=extras)
+    column = functools.partial(_leaf_column, extras=extras, level=level)
     cols = [
         _per_layer(
             column,
@@ -364,9 +380,12 @@ def _table(
         )
         for i, g in enumerate(g_leaves)
     ]
-    raw = jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32)
-    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
-    global_norm = _pooled_norm(ss, scale, jnp.zeros(len(names), jnp.int32), 1)[0]
+    raw = _replicated(jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32))
+    n, *sums, pss, pscale, uss, uscale = raw.T
+    ss, scale, mean, amax, zeros, nonfinite = finish_grads(GradSums(*sums), n)
+    raw = jnp.stack([n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale], 1)
+    top = jnp.max(scale, initial=1.0)  # every leaf brought to the largest scale
+    global_norm = jnp.sqrt(jnp.sum(ss * jnp.square(scale / top))) * top
     if depth is not None:
         n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = _grouped(raw, names, depth)
     else:
@@ -390,6 +409,18 @@ def _table(
     return table, global_norm, _histograms(g_leaves, axes, names, depth, edges)
 
 
+def _replicated(small: jax.Array) -> jax.Array:
+    """A small table replicated: per-layer rows of a stacked leaf sharded on
+    its layer axis (Explicit axes of ``jax.make_mesh``) carry that sharding,
+    which the segment sums over rows cannot take."""
+    sharding = getattr(jax.typeof(small), 'sharding', None)
+    spec = getattr(sharding, 'spec', None)
+    if spec is None or all(s is None for s in spec):
+        return small
+    with jax.sharding.use_abstract_mesh(sharding.mesh):
+        return jax.sharding.reshard(small, jax.P())
+
+
 def _per_layer(fn: Callable[..., jax.Array], axis: int | None, *xs: Any) -> jax.Array:
     """``fn`` of a leaf as one row, or of a stacked leaf as one row per layer
     (vectorized over ``axis``); ``None`` arguments pass through."""
@@ -410,7 +441,7 @@ def _histograms(
         return None
     count = functools.partial(histogram_counts, edges=edges)
     rows = [_per_layer(count, axes[i] if axes else None, g) for i, g in enumerate(g_leaves)]
-    hist = jnp.concatenate(rows) if rows else jnp.zeros((0, len(edges) + 1), jnp.int32)
+    hist = _replicated(jnp.concatenate(rows) if rows else jnp.zeros((0, len(edges) + 1), jnp.int32))
     if depth is not None:
         groups, seg = _groups(names, depth)
         hist = jax.ops.segment_sum(hist, jnp.asarray(seg, jnp.int32), num_segments=len(groups))

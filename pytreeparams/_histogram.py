@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ['histogram_counts', 'log_bins', 'tensorboard_histogram']
+__all__ = ['histogram_counts', 'log_bins', 'on_auto_axes', 'tensorboard_histogram']
 
 
 def log_bins(lo: float = 1e-8, hi: float = 1e2, per_decade: int = 2) -> tuple[float, ...]:
@@ -88,11 +88,34 @@ def histogram_counts(x: chex.Array, edges: tuple[float, ...]) -> jax.Array:
     x = jnp.asarray(x)
     if jnp.iscomplexobj(x):
         x = jnp.abs(x)
-    flat = x.reshape(-1).astype(jnp.float32)
-    e = jnp.asarray(edges, jnp.float32)
-    idx = jnp.searchsorted(e, flat, side='right')
-    weight = jnp.where(jnp.isnan(flat), 0, 1).astype(jnp.int32)
-    return jax.ops.segment_sum(weight, idx, num_segments=len(edges) + 1)
+    xf = x.astype(jnp.float32)  # in its own shape: a sharded leaf is counted where it lies
+    k = len(edges) + 1
+    # the bin of each value: how many edges lie at or below it (fused compares);
+    # NaN is past the last bin and dropped
+    idx = sum((xf >= np.float32(e)).astype(jnp.int32) for e in edges)
+    idx = jnp.where(jnp.isnan(xf), k, idx)
+
+    def scatter(idx: jax.Array) -> jax.Array:
+        return jnp.zeros(k, jnp.int32).at[idx].add(1, mode='drop')
+
+    return on_auto_axes(scatter, idx)
+
+
+def on_auto_axes(fn: Any, x: jax.Array) -> jax.Array:
+    """``fn(x)`` with ``x``'s Explicit mesh axes (``jax.make_mesh``) made Auto,
+    so that XLA partitions ``fn`` (a scatter, a segment sum) as on a ``Mesh``;
+    the result is replicated (small: counts)."""
+    mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
+    types = getattr(mesh, 'axis_types', ())
+    explicit = (
+        tuple(a for a, t in zip(mesh.axis_names, types) if t == jax.sharding.AxisType.Explicit)
+        if mesh is not None
+        else ()
+    )
+    if not explicit:
+        return fn(x)
+    with jax.sharding.use_abstract_mesh(mesh):
+        return jax.sharding.auto_axes(fn, axes=explicit, out_sharding=jax.P())(x)
 
 
 def tensorboard_histogram(
@@ -104,7 +127,8 @@ def tensorboard_histogram(
     float64). ``min``/``max`` are the tightest bounds the row holds (the table
     keeps max |g|, not the signed extremes): within ``[-max|g|, max|g|]`` and
     within the first and last non-empty bins, so gradients that are all
-    positive show no negative range.
+    positive show no negative range. A row holding NaN or Inf (``max|g|`` not
+    finite) gets the finite edges of its first and last non-empty bins.
 
     Example:
       >>> kw = tensorboard_histogram((0.0, 1.0), [0, 2, 1], 3, 1.0, 2.0, 1.5)
@@ -115,7 +139,12 @@ def tensorboard_histogram(
     c = np.asarray(counts)
     full = np.flatnonzero(c)
     lo, hi = -float(amax), float(amax)
-    if full.size:  # bin i spans [e[i-1], e[i]), with e[-1] = -inf and e[K] = +inf
+    if not math.isfinite(hi):  # a row holding NaN or Inf: the bins' finite bounds
+        lo, hi = (e[0], e[-1]) if full.size else (0.0, 0.0)
+        if full.size:
+            lo = ([e[0], *e])[full[0]]
+            hi = ([*e, e[-1]])[full[-1]]
+    elif full.size:  # bin i spans [e[i-1], e[i]), with e[-1] = -inf and e[K] = +inf
         lo = max(lo, ([-math.inf, *e])[full[0]])
         hi = min(hi, ([*e, math.inf])[full[-1]])
     limits = [*e, float(np.finfo(np.float64).max)]

@@ -12,8 +12,14 @@ import jax
 import numpy as np
 
 from ._keys import describe
-from ._leaves import dtype_info, is_array, is_key_array, is_plain, type_str
-from ._moments import STAT_NAMES
+from ._leaves import (
+    dtype_info,
+    is_array,
+    is_key_array,
+    is_plain,
+    type_str,
+)
+from ._moments import STAT_NAMES, Partial, merge, scale_of
 
 __all__ = ['Row', 'combine_rows', 'is_state_path', 'parameter_count']
 
@@ -146,8 +152,10 @@ def make_row(fields: dict[str, Any]) -> Row:
 def combine_rows(path: str, rows: Sequence[Row]) -> Row:
     """One row for a group: sums, pooled mean/std, min/max, root-sum-square L2.
 
-    The pooled variance is ``sum(n_i * (var_i + (mean_i - mean)**2)) / N``
-    computed in float64, the exact variance of all the group's elements.
+    Pooled by the one scaled merge of ``_moments`` (Chan's update, every row
+    in units of a power of two at least its largest ``|value|``), so that
+    leaves of ``+1e200`` and ``-1e200`` (or values near ``1e-200``) pool to
+    the exact variance and L2 norm of all the group's elements.
     """
     size = sum(r.size for r in rows)
     dtypes = {r.dtype for r in rows if r.shape is not None}
@@ -170,17 +178,35 @@ def combine_rows(path: str, rows: Sequence[Row]) -> Row:
     ]
     if not cols:
         return row
-    n, means, stds, mins, maxs, l2s, zfs, _ = np.array(cols, np.float64).T
+    n, means, stds, mins, maxs, l2s, zfs, nf = np.array(cols, np.float64).T
     with np.errstate(all='ignore'):
-        total = n.sum()
-        mean = float(np.sum(n * means) / total)
-        var = float(np.sum(n * (stds**2 + (means - mean) ** 2)) / total)
-        l2 = float(np.sqrt(np.sum(l2s**2)))
-        zeros = float(np.sum(n * zfs) / total)
+        # the one scaled merge of _moments: every row in units of a power of two
+        # at least its largest |value| (no square overflows near 1e200 or
+        # underflows near 1e-200), pooled by Chan's update
+        amax = np.fmax(
+            np.abs(np.where(np.isfinite(mins), mins, 0)),
+            np.abs(np.where(np.isfinite(maxs), maxs, 0)),
+        )
+        scale = scale_of(np.where(amax > 0, amax, 1.0), np, -1020, 1020)
+        fin = np.isfinite(means) & np.isfinite(stds)
+        m2 = np.where(fin, n * np.square(np.where(fin, stds, 0) / scale), 0)
+        parts = Partial(
+            n, np.where(fin, means, 0) / scale, m2, scale, mins, maxs, n * zfs, nf, nf * 0
+        )
+        merged = merge(parts, np)
+        mean = float(merged.mean * merged.scale)
+        std = float(np.sqrt(merged.m2 / merged.n) * merged.scale)
+        top = np.max(np.where(np.isfinite(l2s), l2s, 0), initial=0.0)
+        unit = top if top > 0 else 1.0
+        l2 = float(np.sqrt(np.sum(np.square(l2s / unit))) * unit)
+        zeros = float(merged.zeros / merged.n)
+    if not fin.all():  # a row with NaN or Inf: the plain pooled formulas give the rule's value
+        mean = float(np.sum(n * means) / np.sum(n))
+        std = float('nan')
     return dataclasses.replace(
         row,
         mean=mean,
-        std=math.sqrt(var) if var == var else float('nan'),
+        std=std,
         min=float(np.min(mins)),
         max=float(np.max(maxs)),
         l2=l2,

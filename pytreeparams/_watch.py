@@ -49,6 +49,7 @@ def watch(
     every: int = 1,
     stacked: Mapping[str, int] | str | None = None,
     histogram: Sequence[float] | None = None,
+    norms_only: bool = False,
 ) -> optax.GradientTransformation:
     """Wraps ``tx`` so that its state keeps per-layer statistics of every update.
 
@@ -64,16 +65,25 @@ def watch(
       tx: The transformation to wrap (default: ``optax.identity()``, for a
         place in a chain: ``optax.chain(watch(), clip, adamw)``).
       depth: Group the statistics by the first ``depth`` keys (per module).
-      extras: Also the mean, zero fraction and non-finite count (as in
-        :func:`grad_stats`).
+      extras: Also the mean and zero fraction (as in :func:`grad_stats`).
       every: Compute the statistics on every ``every``-th update only (the
-        first, then each ``every``); the other updates keep the last ones and
-        pay for one ``lax.cond``.
+        first, then each ``every``); the other updates keep the last ones.
+        The statistics run in a ``lax.cond`` that recomputes ``tx``'s update
+        from its inputs, so the skipped steps keep ``tx``'s update fused.
       stacked: ``{subtree glob: layer axis}``: one row per stacked (scanned)
         layer, as in :func:`grad_stats` (or the partition name of flax's scan
         metadata).
       histogram: Bin edges (``ptp.log_bins()``): also per-row histograms of
         the gradients, as in :func:`grad_stats`, computed on the same steps.
+      norms_only: The cheapest tier of :func:`grad_stats`: the norms, RMS and
+        ratios only, one ``sum(x * x)`` per leaf and tree.
+
+    Checkpoints: the statistics live in the optimizer state (so that they
+    travel through ``jit``, ``optax.chain`` and ``nnx.Optimizer`` with no
+    callback); the wrapped state is ``WatchState.inner``. To resume a run
+    saved without ``watch``:
+    ``watch(tx).init(params)._replace(inner=ptp.load(path, like=tx.init(params)))``;
+    one saved with it, without: ``ptp.load(path, like=watch(tx).init(params)).inner``.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`WatchState`;
@@ -96,7 +106,8 @@ def watch(
       >>> float(ptp.watched(state).global_norm)  # before clipping
       5.0
     """
-    inner_tx = tx if tx is not None else optax.identity()
+    base = tx if tx is not None else optax.identity()
+    inner_tx = optax.with_extra_args_support(base)  # extra arguments reach tx if it takes them
     if not isinstance(every, int) or every < 1:
         raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
     edges = check_edges(histogram) if histogram is not None else None
@@ -110,6 +121,7 @@ def watch(
             extras=extras,
             stacked=stacked,
             histogram=edges,
+            norms_only=norms_only,
         )
 
     def init(params: PyTree) -> WatchState:
@@ -122,21 +134,21 @@ def watch(
     ) -> tuple[PyTree, WatchState]:
         if params is not None:  # our StructureError, before the inner one's raw jax error
             _check_structure(updates, params)
-        if extra_args:  # optax's extra arguments (value=, grad=, value_fn=) for its own
-            new, inner = inner_tx.update(updates, state.inner, params, **extra_args)
-        else:
-            new, inner = inner_tx.update(updates, state.inner, params)
+        new, inner = inner_tx.update(updates, state.inner, params, **extra_args)
         if every == 1:
             stats = stats_of(updates, params, new)
         else:
-            stats = jax.lax.cond(
-                state.count % every == 0,
-                lambda: stats_of(updates, params, new),
-                lambda: state.stats,
-            )
+            # the branch recomputes the inner updates from its own inputs, so
+            # that the skipped steps keep the inner update fused into the
+            # step (the outgoing updates are no operand of the conditional)
+            def compute() -> GradStats:
+                again, _ = inner_tx.update(updates, state.inner, params, **extra_args)
+                return stats_of(updates, params, again)
+
+            stats = jax.lax.cond(state.count % every == 0, compute, lambda: state.stats)
         return new, WatchState(inner, stats, state.count + 1)
 
-    if isinstance(inner_tx, optax.GradientTransformationExtraArgs):
+    if isinstance(base, optax.GradientTransformationExtraArgs):
         return optax.GradientTransformationExtraArgs(init, update)
     return optax.GradientTransformation(init, update)
 

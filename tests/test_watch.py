@@ -133,3 +133,69 @@ def test_watch_keeps_histograms_of_the_gradients():
     assert list(got.histograms()) == ['grad_hist/b', 'grad_hist/enc/w']
     with pytest.raises(ValueError, match='strictly increasing'):
         ptp.watch(histogram=[0.0, float('nan')])
+
+
+def test_watch_passes_extra_args_and_every_n_recomputes_in_its_branch():
+    """watch is a GradientTransformationExtraArgs: extra keyword arguments of
+    update (optax.contrib.reduce_on_plateau's value=) reach the wrapped
+    transformation, also inside the every=N branch, whose statistics are those
+    of the outgoing updates."""
+    import jax.numpy as jnp
+    import optax
+
+    import pytreeparams as ptp
+
+    def scale_by_factor():
+        def update(updates, state, params=None, *, factor=1.0, **_):
+            return jax.tree.map(lambda g: g * factor, updates), state
+
+        return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+    params = {'w': jnp.ones(3)}
+    for every in (1, 3):
+        tx = ptp.watch(scale_by_factor(), every=every)
+        assert isinstance(tx, optax.GradientTransformationExtraArgs)
+        state = tx.init(params)
+        g = {'w': jnp.array([3.0, 4.0, 0.0])}
+        updates, state = jax.jit(tx.update)(g, state, params, factor=2.0)
+        assert updates['w'].tolist() == [6.0, 8.0, 0.0]
+        assert float(ptp.watched(state)['update_norm'][0]) == 10.0
+
+
+def test_watch_norms_only_tier():
+    import jax.numpy as jnp
+    import optax
+
+    import pytreeparams as ptp
+
+    tx = ptp.watch(optax.sgd(1.0), norms_only=True)
+    params = {'w': jnp.ones(2)}
+    _, state = jax.jit(tx.update)({'w': jnp.array([3.0, 4.0])}, tx.init(params), params)
+    gs = ptp.watched(state)
+    assert float(gs['grad_norm'][0]) == 5.0 and float(gs['update_norm'][0]) == 5.0
+    assert np.isnan(float(gs['grad_max'][0])) and np.isnan(float(gs['grad_nonfinite'][0]))
+
+
+def test_resume_across_adding_and_removing_watch(tmp_path):
+    """A run saved without watch resumes with it (and the reverse) by the
+    recipe of watch's docstring: the wrapped state is WatchState.inner."""
+    import jax.numpy as jnp
+    import optax
+
+    import pytreeparams as ptp
+
+    params = {'w': jnp.ones(3)}
+    adam = optax.adam(1e-2)
+    state = adam.init(params)
+    _, state = adam.update({'w': jnp.array([1.0, 2.0, 3.0])}, state, params)
+    path = str(tmp_path / 'plain.safetensors')
+    ptp.save(path, state)
+    tx = ptp.watch(adam)
+    resumed = tx.init(params)._replace(inner=ptp.load(path, like=adam.init(params)))
+    chex.assert_trees_all_close(resumed.inner, state)
+    updates, resumed = tx.update({'w': jnp.ones(3)}, resumed, params)
+    assert int(resumed.inner[0].count) == 2
+    path2 = str(tmp_path / 'watched.safetensors')
+    ptp.save(path2, resumed)
+    back = ptp.load(path2, like=tx.init(params)).inner
+    chex.assert_trees_all_close(back, resumed.inner)

@@ -15,26 +15,40 @@ from ._global import fetch_replicated as fetch_replicated
 from ._global import is_global as is_global
 from ._global import not_addressable_message as not_addressable_message
 from ._global import on_auto_axes as on_auto_axes
+from ._jax_moments import GradSums as GradSums
+from ._jax_moments import finish_grads as finish_grads
+from ._jax_moments import grad_sums as grad_sums
 from ._jax_moments import jax_grad_partials as jax_grad_partials
+from ._jax_moments import jax_norm as jax_norm
 from ._jax_moments import jax_partials as jax_partials
 from ._moments import STAT_NAMES as STAT_NAMES
+from ._moments import Partial as Partial
 from ._moments import finalize as finalize
+from ._moments import merge as merge
+from ._moments import scale_of as scale_of
 
 __all__ = [
     'STATS_CALL',
     'STAT_NAMES',
     'DeviceWork',
+    'GradSums',
+    'Partial',
     'as_auto',
     'clear_programs',
     'count_device_work',
     'fetch_replicated',
     'finalize',
+    'finish_grads',
     'force_device_path',
+    'grad_sums',
     'is_global',
     'jax_grad_partials',
+    'jax_norm',
     'jax_partials',
     'leaf_rows',
+    'merge',
     'not_addressable_message',
     'on_auto_axes',
+    'scale_of',
     'wait_compiled',
 ]

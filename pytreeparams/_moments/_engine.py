@@ -277,8 +277,14 @@ def size_class(n: int) -> int:
     return top  # pragma: no cover - top is always a multiple of JAX_BLOCK here
 
 
+def _packed_dtype(dtype: Any) -> Any:
+    """The dtype the kernel reads: sub-byte integers as int8 (a packed int4
+    array's layout differs between programs: passing one fails)."""
+    return np.dtype(np.int8) if dtype in (jnp.int4, jnp.uint4) else dtype
+
+
 def _pack_impl(x: jax.Array, size: int) -> jax.Array:
-    flat = x.reshape(-1)
+    flat = x.reshape(-1).astype(_packed_dtype(x.dtype))
     return jnp.pad(flat, (0, size - flat.shape[0]), mode='edge')
 
 
@@ -410,7 +416,7 @@ def _device_partials(pieces: list[jax.Array]) -> list[Partial]:
             size = size_class(math.prod(x.shape))
             keys = (
                 PackKey(x.shape, x.dtype, size, device),
-                KernelKey(size, x.dtype, rows, table_dtype, device),
+                KernelKey(size, _packed_dtype(x.dtype), rows, table_dtype, device),
             )
             with _LOCK:
                 ready = all(k in _PROGRAMS for k in keys)

@@ -26,7 +26,8 @@ Two implementations of steps 1-2 share steps 3-4 from this module:
 ``_host_moments`` in NumPy (float64 accumulation, blocks of 65,536 elements,
 small leaves of one size stacked) and ``_jax_moments``, traceable (float32
 accumulation, float64 for float64 leaves under x64; bfloat16 and float16
-widened exactly; blocks of up to 128 elements).
+widened exactly; the leaf reduced in its own shape by XLA's tree reductions,
+deviations taken from a pivot, the first estimate of the mean).
 
 Non-finite values, on every path:
 
