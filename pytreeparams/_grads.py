@@ -415,7 +415,7 @@ def _replicated(small: jax.Array) -> jax.Array:
     which the segment sums over rows cannot take."""
     sharding = getattr(jax.typeof(small), 'sharding', None)
     spec = getattr(sharding, 'spec', None)
-    if spec is None or all(s is None for s in spec):
+    if sharding is None or spec is None or all(s is None for s in spec):
         return small
     with jax.sharding.use_abstract_mesh(sharding.mesh):
         return jax.sharding.reshard(small, jax.P())

@@ -112,7 +112,7 @@ def on_auto_axes(fn: Any, x: jax.Array) -> jax.Array:
         if mesh is not None
         else ()
     )
-    if not explicit:
+    if mesh is None or not explicit:
         return fn(x)
     with jax.sharding.use_abstract_mesh(mesh):
         return jax.sharding.auto_axes(fn, axes=explicit, out_sharding=jax.P())(x)
