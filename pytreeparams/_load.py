@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import StructureError
-from ._files import load, own_copy
+from ._files import load, own_copy, place
 from ._flatten import flatten_with_paths
 from ._keys import describe, jax_changes_dtype, rebox, same_dtype, torch_as_numpy, unbox
 from ._messages import deprecated, joined_list, path_differences
@@ -225,7 +225,9 @@ def load_into(
             continue
         loaded.append(p)
         if from_file and isinstance(src, np.ndarray):
-            src = own_copy(src)  # the process's own copy, not a view of the file
+            # tgt's slices on this process's devices (each read once) where it has a
+            # sharding, else the process's own copy: never a view of the file
+            src = own_copy(place(src, tgt, cast))
         out.append(rebox(x, _put_like(src, tgt)))
     known = set(t_paths)
     unexpected = [origin[p] for p in provided if p not in known]

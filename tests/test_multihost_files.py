@@ -1,6 +1,7 @@
 """Files from a real 2-process jax.distributed job (issue 25.4, 25.6): global
 arrays saved to single files (refused, or gathered and written by process 0),
-and sharded checkpoints read slice by slice into global arrays."""
+and sharded checkpoints and single safetensors files read slice by slice into
+global arrays."""
 
 from __future__ import annotations
 
@@ -55,6 +56,17 @@ for m, mesh in enumerate((explicit, auto)):
         np.testing.assert_array_equal(np.asarray(s.data), w[s.index])
     params, report = ptp.load_into(os.path.join(folder, f'{m}_hf'), like=like)
     assert report.ok and params['w'].sharding == sharding
+    # a single safetensors file too, by load and load_into: this process's rows only
+    for how in ('load', 'load_into'):
+        copied.clear()
+        _shards.read_slice = lambda t, i: copied.append(real(t, i).nbytes) or real(t, i)
+        single = os.path.join(folder, f'{m}_p.safetensors')
+        out = ptp.load(single, like=like) if how == 'load' else ptp.load_into(single, like=like)[0]
+        _shards.read_slice = real
+        assert out['w'].sharding == sharding and out['step'] == 3, (how, out)
+        assert sum(copied) == w.nbytes // 2 + 32, (how, copied)
+        for s in out['w'].addressable_shards:
+            np.testing.assert_array_equal(np.asarray(s.data), w[s.index])
 # a failure on process 0 (its folder is missing) raises on every process, no hang
 try:
     ptp.save(os.path.join(folder, 'missing', 'p.safetensors'), tree, gather=True)

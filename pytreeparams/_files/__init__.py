@@ -11,12 +11,14 @@ from ._io import read_state_dict as read_state_dict
 from ._io import save as save
 from ._orbax import abstract_orbax as abstract_orbax
 from ._safetensors import own_copy as own_copy
+from ._shards import place as place
 
 __all__ = [
     'abstract_orbax',
     'format_of',
     'load',
     'own_copy',
+    'place',
     'read_state_dict',
     'save',
     'scheme_of',

@@ -50,7 +50,14 @@ from ._safetensors import (
     read_npz,
     save_safetensors,
 )
-from ._shards import load_shards, read_state_dict, save_shards, shards_meta, writes_shards
+from ._shards import (
+    load_shards,
+    place_like,
+    read_state_dict,
+    save_shards,
+    shards_meta,
+    writes_shards,
+)
 
 __all__ = ['load', 'read_state_dict', 'save']
 
@@ -488,6 +495,8 @@ def _load_once(
         tree = load_orbax(path, like, cast, meta, select)
     elif fmt == 'shards':  # only the shards select= needs; like's slices per process
         tree = load_shards(path, like, cast, select)
+    elif fmt == 'safetensors' and like is not None:  # like's slices per process, as shards
+        tree = place_like(tree, like, cast)
     keep = None
     if select is not None:
         tree, keep = _select(tree, select, ties)

@@ -390,9 +390,9 @@ class Stored(dict):
     tree: Any = None
 
 
-def _orbax_arrays(ckptr: Any, path: str) -> Stored:
+def _orbax_arrays(handler: Any, path: str) -> Stored:
     """The leaves of an Orbax checkpoint, from its metadata (nothing else is read)."""
-    meta = ckptr.metadata(path)
+    meta = handler.metadata(_epath(path))
     tree = getattr(meta, 'tree', None)
     if tree is None:
         tree = getattr(getattr(meta, 'item_metadata', None), 'tree', meta)
@@ -413,11 +413,16 @@ def stored_leaves(path: str) -> Stored:
     """The checkpoint's ``{path: (shape, dtype, kind)}``, read from its metadata."""
     import orbax.checkpoint as ocp
 
+    # the item's metadata from its handler: a Checkpointer's metadata() also reads
+    # the step's, which a CheckpointManager keeps one folder up (its absl warning
+    # "Metadata file does not exist" on every load of a manager folder)
+    handler = ocp.StandardCheckpointHandler()
     try:
-        with ocp.StandardCheckpointer() as ckptr:
-            return _orbax_arrays(ckptr, path)
+        return _orbax_arrays(handler, path)
     except Exception as e:
         raise FormatError(f'{path!r} is not a readable Orbax checkpoint: {e}') from e
+    finally:
+        handler.close()
 
 
 def nnx_names(stored: Any, meta: dict[str, Any]) -> dict[str, str]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._errors import FormatError
 from .._flatten import flatten_with_paths
-from .._keys import unbox
+from .._keys import jax_changes_dtype, unbox
 from .._patterns import map_with_path, match_flags
 from .._typing import PyTree
 from ._atomic import atomic_write, atomic_write_path
@@ -251,7 +251,9 @@ def place(tensor: np.ndarray, target: Any, cast: bool) -> Any:
     dtype = np.dtype(target.dtype) if hasattr(target, 'dtype') else None
     if (
         not isinstance(sharding, jax.sharding.Sharding)
+        or isinstance(target, jax.core.Tracer)
         or dtype is None
+        or jax_changes_dtype(dtype)  # 64-bit without x64: left to load (it keeps NumPy)
         or not isinstance(tensor, np.ndarray)
         or tuple(target.shape) != tensor.shape
         or (dtype != tensor.dtype and not cast)
@@ -284,8 +286,13 @@ def load_shards(path: str, like: PyTree | None, cast: bool, select: Any) -> PyTr
             raise FormatError(f'{path!r}: {e}') from e
         except (KeyError, TypeError, ValueError, RecursionError, AttributeError) as e:
             raise FormatError(f'{path!r}: its structure metadata is corrupt ({e!r})') from e
-    if like is None:
-        return tree
+    return tree if like is None else place_like(tree, like, cast)
+
+
+def place_like(tree: PyTree, like: PyTree, cast: bool) -> PyTree:
+    """``tree`` with each memory-mapped tensor at a path of ``like`` :func:`place`-d
+    with that leaf's sharding (this process's slices only); the rest as it is. The
+    route of ``like=`` for sharded checkpoints and single safetensors files alike."""
     leaves, _, paths = flatten_with_paths(like)
     targets = {p: unbox(x) for p, x in zip(paths, leaves)}
     return map_with_path(tree, lambda p, x: place(x, targets[p], cast) if p in targets else x)

@@ -190,7 +190,10 @@ def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
     if level == 'norms':
         return jnp.sum(xf * xf), jnp.ones((), xf.dtype)
     scale = _scale(jnp.max(jnp.abs(xf)))
-    y = xf * (1 / scale)
+    # a division, not xf * (1 / scale): XLA rewrites (x * c) * (x * c) as
+    # (x * x) * (c * c), and c * c overflows for a small max|x|; a leaf XLA
+    # knows to be zero (an unused parameter's gradient under jit) read 0 * inf
+    y = xf / scale
     return jnp.sum(y * y), scale
 
 
@@ -229,7 +232,7 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
         return GradSums(z, z + 1, z, z, z, z)
     amax = jnp.max(jnp.abs(xf))
     scale = _scale(amax)
-    y = xf * (1 / scale)
+    y = xf / scale  # not xf * (1 / scale): see jax_norm
     ss = jnp.sum(y * y)
     nonfinite = _count_rows(~jnp.isfinite(xf)).astype(dtype)
     if not extras:
