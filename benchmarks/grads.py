@@ -187,6 +187,7 @@ def sharded_costs() -> None:
     import numpy as np
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
+
     from pytreeparams._moments import jax_partials
 
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ('data', 'model'))

@@ -384,7 +384,8 @@ def _table(
     n, *sums, pss, pscale, uss, uscale = raw.T
     ss, scale, mean, amax, zeros, nonfinite = finish_grads(GradSums(*sums), n)
     raw = jnp.stack([n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale], 1)
-    top = jnp.max(scale, initial=1.0)  # every leaf brought to the largest scale
+    top = jnp.max(scale, initial=0.0)  # every leaf brought to the largest scale
+    top = jnp.where(top > 0, top, 1.0)  # (tiny gradients keep theirs: no underflow)
     global_norm = jnp.sqrt(jnp.sum(ss * jnp.square(scale / top))) * top
     if depth is not None:
         n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = _grouped(raw, names, depth)

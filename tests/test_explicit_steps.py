@@ -113,3 +113,15 @@ def test_norms_of_leaves_known_at_compile_time(value):
     tx = ptp.watch(optax.sgd(0.1))
     _, state = jax.jit(lambda: tx.update({'g': jnp.asarray(leaf)}, tx.init({'g': leaf})))()
     chex.assert_trees_all_close(ptp.watched(state).table[0, 0], np.float32(want), rtol=1e-6)
+
+
+@pytest.mark.parametrize('jit', [False, True])
+@pytest.mark.parametrize('size', [1e-20, 1e-30, 1e20])
+def test_global_norm_of_tiny_and_huge_gradients(jit, size):
+    """The global norm pools the leaves at the largest leaf's scale, not at a
+    scale of at least 1: gradients of 1e-20 gave a global norm of 0."""
+    g = {'a': jnp.full((4,), size, jnp.float32), 'b': jnp.full((9,), 2 * size, jnp.float32)}
+    fn = jax.jit(ptp.grad_stats) if jit else ptp.grad_stats
+    want = np.sqrt(4 * size**2 + 9 * (2 * size) ** 2)
+    got = float(fn(g).global_norm)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
