@@ -142,6 +142,15 @@ _KEY_ATTR = {
 }
 
 
+WATCH_KEY = 'ptp_watch'  # where ptp.watch's statistics sit in an optimizer state
+
+
+def is_watch_path(path: str) -> bool:
+    """Whether ``path`` lies under ``WATCH_KEY`` (``'ptp_watch'``, or ``'ptp_watch_1'``...
+    of a nested ``watch``): state that a resumed run may add or drop."""
+    return any(k == WATCH_KEY or k.startswith(WATCH_KEY + '_') for k in path.split('/'))
+
+
 def key_str(entry: Any) -> str:  # a jax key entry's key, or a plain key, as a string
     attr = _KEY_ATTR.get(type(entry))
     if attr is None:

@@ -15,7 +15,15 @@ import numpy as np
 from ._errors import StructureError
 from ._files import load, own_copy
 from ._flatten import flatten_with_paths
-from ._keys import describe, jax_changes_dtype, rebox, same_dtype, torch_as_numpy, unbox
+from ._keys import (
+    describe,
+    is_watch_path,
+    jax_changes_dtype,
+    rebox,
+    same_dtype,
+    torch_as_numpy,
+    unbox,
+)
 from ._messages import deprecated, joined_list, path_differences
 from ._patterns import capture_pattern, compile_pattern
 from ._typing import Pattern, PyTree
@@ -136,6 +144,14 @@ def _with_target_dtype(src: Any, tgt: Any, cast: bool) -> Any:
     return src
 
 
+def _other_watch(src: Any, tgt: Any) -> bool:
+    """Whether ``watch`` statistics in the source differ in shape or dtype from the target's."""
+    if tuple(np.shape(src)) != tuple(np.shape(tgt)):
+        return True
+    t_dtype, s_dtype = getattr(tgt, 'dtype', None), getattr(src, 'dtype', None)
+    return t_dtype is not None and s_dtype is not None and not same_dtype(t_dtype, s_dtype)
+
+
 def load_into(
     source: PyTree,
     *old: PyTree,
@@ -157,7 +173,10 @@ def load_into(
         warns and still works for one release).
       like: The target: a freshly initialized (or abstract) tree; its
         structure, containers, boxes and shardings are kept, and its values
-        stay where the source has nothing that fits.
+        stay where the source has nothing that fits. ``ptp.watch``'s
+        statistics (paths under ``'ptp_watch'``) are optional on both sides:
+        kept from ``like`` when the source lacks them, ignored in the source
+        when ``like`` lacks them (a run resumes across adding ``watch``).
       rename: Ordered ``(pattern, replacement)`` pairs applied to source paths
         (first match wins, ``None`` drops the entry). A pattern is a glob whose
         wildcards are groups (``('backbone/**', r'body/\\1')``) or a compiled
@@ -210,10 +229,14 @@ def load_into(
             out.append(x)
             continue
         if p not in provided:
-            missing.append(p)
+            if not is_watch_path(p):  # watch's statistics: kept when the source lacks them
+                missing.append(p)
             out.append(x)
             continue
         src = provided[p]
+        if is_watch_path(p) and _other_watch(src, tgt):
+            out.append(x)  # statistics of another watch(...) setup: the target's kept
+            continue
         if tuple(np.shape(src)) != tuple(np.shape(tgt)):
             shape_mm[p] = (describe(tgt), describe(src))
             out.append(x)
@@ -228,7 +251,7 @@ def load_into(
             src = own_copy(src)  # the process's own copy, not a view of the file
         out.append(rebox(x, _put_like(src, tgt)))
     known = set(t_paths)
-    unexpected = [origin[p] for p in provided if p not in known]
+    unexpected = [origin[p] for p in provided if p not in known and not is_watch_path(p)]
     report = LoadReport(
         loaded=tuple(loaded),
         missing=tuple(missing),

@@ -24,7 +24,7 @@ from flax.core import FrozenDict
 
 from .._errors import FormatError, PathError, StructureError
 from .._flatten import flatten, flatten_with_paths, unflatten
-from .._keys import describe, jax_changes_dtype, unbox
+from .._keys import describe, is_watch_path, jax_changes_dtype, unbox
 from .._leaves import is_key_dtype
 from .._messages import like_mismatch, no_match_message
 from .._paths import get
@@ -38,10 +38,12 @@ from ._msgpack import load_msgpack, save_msgpack
 from ._orbax import (
     CheckpointChanged,
     load_orbax,
+    nnx_names,
     orbax_item,
     orbax_meta,
     save_in_flight,
     save_orbax,
+    stored_leaves,
 )
 from ._safetensors import (
     load_safetensors,
@@ -51,6 +53,7 @@ from ._safetensors import (
     save_safetensors,
 )
 from ._shards import load_shards, read_state_dict, save_shards, shards_meta, writes_shards
+from ._structure import array_keys
 
 __all__ = ['load', 'read_state_dict', 'save']
 
@@ -291,11 +294,70 @@ def _ties_within(ties: Ties, keep: set[str]) -> Ties:
     )
 
 
+def _fits(x: Any, shape: Any, dtype: Any) -> bool:
+    return tuple(np.shape(x)) == tuple(shape) and np.dtype(x.dtype) == np.dtype(dtype)
+
+
+def _watch_plan(
+    like_flat: Mapping[str, Any], stored: Mapping[str, tuple[Any, Any]]
+) -> tuple[set[str], set[str]]:
+    """``(fill, drop)`` for the statistics of ``ptp.watch`` (paths under ``'ptp_watch'``),
+    which a resumed run may add or drop: ``like``'s paths the file lacks or holds in
+    another shape or dtype (they keep ``like``'s values), and the file's paths that
+    ``like`` lacks or holds otherwise (not read into the result)."""
+    fill = {
+        p
+        for p, x in like_flat.items()
+        if is_watch_path(p)
+        and (p not in stored or (hasattr(x, 'dtype') and not _fits(x, *stored[p])))
+    }
+    drop = {p for p in stored if is_watch_path(p) and (p not in like_flat or p in fill)}
+    return fill, drop
+
+
+def _orbax_like(path: str, like: PyTree, meta: Mapping[str, Any]) -> PyTree:
+    """``like`` for an Orbax partial restore, watch's statistics matched to the
+    folder's (``_watch_plan``): those the folder lacks left out, those ``like``
+    lacks read as stored (and dropped by ``_check_like``)."""
+    flat = flatten(like)
+    spec = meta.get('structure')
+    if spec is not None and not any(is_watch_path(p) for p in flat):  # ptp's own folder
+        if not any(is_watch_path('/'.join(k)) for k in array_keys(spec)):
+            return like  # no statistics on either side: nothing more to read
+    stored = stored_leaves(path)
+    names = nnx_names(stored, meta)
+    kinds = {p: stored[n] for p, n in names.items()}
+    if not any(is_watch_path(p) for p in (*flat, *kinds)):
+        return like
+    fill, drop = _watch_plan(flat, {p: k[:2] for p, k in kinds.items()})
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    out = {p: x for p, x in flat.items() if p not in fill and p not in drop}
+    for p in drop:
+        shape, dtype, kind = kinds[p]
+        out[p] = jax.ShapeDtypeStruct(shape, dtype, sharding=None if kind == 'host' else device)
+    return unflatten(out)
+
+
+def _fill_value(x: Any) -> Any:
+    """``like``'s value for a path the file does not give (zeros for an abstract leaf)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        zeros = np.zeros(x.shape, x.dtype)
+        return zeros if x.sharding is None else jax.device_put(zeros, x.sharding)
+    return x
+
+
 def _check_like(
     loaded: PyTree, like: PyTree, path: str, cast: bool = False, hint: bool | str = True
 ) -> PyTree:
     flat = flatten(loaded)
     like_leaves, _, like_paths = flatten_with_paths(like)
+    fill: set[str] = set()
+    if any(is_watch_path(p) for p in (*like_paths, *flat)):  # watch added or removed
+        like_flat = {p: unbox(x) for p, x in zip(like_paths, like_leaves)}
+        stored = {p: (np.shape(y), getattr(y, 'dtype', None)) for p, y in flat.items()}
+        fill, drop = _watch_plan(like_flat, stored)
+        flat = {p: y for p, y in flat.items() if p not in drop}
+        flat.update({p: _fill_value(like_flat[p]) for p in fill})
     missing = [p for p in like_paths if p not in flat]
     known = set(like_paths)
     unexpected = [p for p in flat if p not in known]
@@ -316,6 +378,9 @@ def _check_like(
     for p, x in zip(like_paths, like_leaves):
         y = flat[p]
         target = unbox(x)
+        if p in fill:
+            out[p] = y
+            continue
         if cast and hasattr(y, 'dtype') and hasattr(target, 'dtype'):
             y = y.astype(target.dtype)
         sharding = getattr(target, 'sharding', None)
@@ -384,6 +449,10 @@ def load(
       like: Optional tree (concrete, or ``jax.ShapeDtypeStruct`` leaves, with
         shardings): the result takes its structure and container types, each
         shape and dtype is checked, and arrays are placed with its shardings.
+        ``ptp.watch``'s statistics (paths under ``'ptp_watch'``) are optional:
+        ``like``'s values (zeros where abstract) when the checkpoint lacks them
+        or holds them in another shape or dtype, and the checkpoint's left out
+        when ``like`` has none, so a run resumes across adding or removing ``watch``.
       cast: Convert each array to the dtype of ``like`` instead of raising on
         a dtype mismatch (the same rule for every format).
       step: For an Orbax ``CheckpointManager`` folder, the step to read (an
@@ -485,7 +554,8 @@ def _load_once(
         like = _like_key_data(like, impls)
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
-        tree = load_orbax(path, like, cast, meta, select)
+        read = _orbax_like(path, like, meta) if like is not None else None
+        tree = load_orbax(path, read, cast, meta, select)
     elif fmt == 'shards':  # only the shards select= needs; like's slices per process
         tree = load_shards(path, like, cast, select)
     keep = None
