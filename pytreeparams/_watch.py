@@ -3,7 +3,7 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -66,7 +66,7 @@ def _flatten_watch_state(state: WatchState) -> tuple[list[tuple[Any, Any]], Any]
     return [*keyed, (jax.tree_util.DictKey(name), own)], (treedef, name)
 
 
-def _unflatten_watch_state(aux: tuple[Any, str], kids: list[Any]) -> WatchState:
+def _unflatten_watch_state(aux: tuple[Any, str], kids: Iterable[Any]) -> WatchState:
     treedef, _ = aux
     *inner, own = kids
     return WatchState(jax.tree_util.tree_unflatten(treedef, inner), own['stats'], own['count'])

@@ -315,7 +315,7 @@ def _watch_plan(
     return fill, drop
 
 
-def _orbax_like(path: str, like: PyTree, meta: Mapping[str, Any]) -> PyTree:
+def _orbax_like(path: str, like: PyTree, meta: dict[str, Any]) -> PyTree:
     """``like`` for an Orbax partial restore, watch's statistics matched to the
     folder's (``_watch_plan``): those the folder lacks left out, those ``like``
     lacks read as stored (and dropped by ``_check_like``)."""
