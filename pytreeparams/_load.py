@@ -17,12 +17,12 @@ from ._files import load, own_copy
 from ._flatten import flatten_with_paths
 from ._keys import (
     describe,
-    is_watch_path,
     jax_changes_dtype,
     rebox,
     same_dtype,
     torch_as_numpy,
     unbox,
+    watch_plan,
 )
 from ._messages import deprecated, joined_list, path_differences
 from ._patterns import capture_pattern, compile_pattern
@@ -144,14 +144,6 @@ def _with_target_dtype(src: Any, tgt: Any, cast: bool) -> Any:
     return src
 
 
-def _other_watch(src: Any, tgt: Any) -> bool:
-    """Whether ``watch`` statistics in the source differ in shape or dtype from the target's."""
-    if tuple(np.shape(src)) != tuple(np.shape(tgt)):
-        return True
-    t_dtype, s_dtype = getattr(tgt, 'dtype', None), getattr(src, 'dtype', None)
-    return t_dtype is not None and s_dtype is not None and not same_dtype(t_dtype, s_dtype)
-
-
 def load_into(
     source: PyTree,
     *old: PyTree,
@@ -219,6 +211,10 @@ def load_into(
     s_leaves, _, s_paths = flatten_with_paths(source)
     provided, origin, renamed, dropped = _renamed_source(s_paths, s_leaves, list(rename))
     skip_pred = compile_pattern(skip) if skip else (lambda _: False)
+    fill, drop = watch_plan(
+        {p: unbox(x) for p, x in zip(t_paths, t_leaves)},
+        {p: (np.shape(x), getattr(x, 'dtype', None)) for p, x in provided.items()},
+    )
     out, loaded, missing, skipped = [], [], [], []
     shape_mm: dict[str, tuple[str, str]] = {}
     dtype_mm: dict[str, tuple[str, str]] = {}
@@ -228,15 +224,14 @@ def load_into(
             skipped.append(p)
             out.append(x)
             continue
+        if p in fill:  # watch's statistics the source lacks or holds for another setup
+            out.append(x)
+            continue
         if p not in provided:
-            if not is_watch_path(p):  # watch's statistics: kept when the source lacks them
-                missing.append(p)
+            missing.append(p)
             out.append(x)
             continue
         src = provided[p]
-        if is_watch_path(p) and _other_watch(src, tgt):
-            out.append(x)  # statistics of another watch(...) setup: the target's kept
-            continue
         if tuple(np.shape(src)) != tuple(np.shape(tgt)):
             shape_mm[p] = (describe(tgt), describe(src))
             out.append(x)
@@ -251,7 +246,7 @@ def load_into(
             src = own_copy(src)  # the process's own copy, not a view of the file
         out.append(rebox(x, _put_like(src, tgt)))
     known = set(t_paths)
-    unexpected = [origin[p] for p in provided if p not in known and not is_watch_path(p)]
+    unexpected = [origin[p] for p in provided if p not in known and p not in drop]
     report = LoadReport(
         loaded=tuple(loaded),
         missing=tuple(missing),

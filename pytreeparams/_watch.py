@@ -119,8 +119,9 @@ def watch(
     (``'0/mu/w'``, as ``tx.init`` gives them) and its statistics and count under
     ``'ptp_watch'``; ``ptp.load(path, like=...)`` and ``ptp.load_into(path,
     like=...)`` (every format) take those from ``like`` (zeros) when the
-    checkpoint lacks them, or holds them in another shape (other ``depth=``,
-    ``histogram=``), and leave the checkpoint's out when ``like`` has none.
+    checkpoint lacks them or holds them for other options (``depth=``,
+    ``histogram=``: other paths or shapes), and leave the checkpoint's out
+    when ``like`` has none.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`WatchState`;

@@ -227,3 +227,19 @@ def test_resume_keeps_other_mismatches_errors(tmp_path):
     ptp.save(path, optax.sgd(0.1, momentum=0.9).init(PARAMS))
     with pytest.raises(ptp.StructureError, match=r"missing .*'0/mu/b'"):
         ptp.load(path, like=ptp.watch(optax.adam(1e-2)).init(PARAMS))
+
+
+@pytest.mark.parametrize('name', ['w.safetensors', 'w.msgpack', 'orbax'])
+def test_resume_across_changing_watch_options(tmp_path, name):
+    """Statistics of another watch(...) setup (depth=, histogram=: other shapes, a
+    leaf more) start afresh from like's zeros, count included, all of them, not a
+    mixture; the inner state loads as saved."""
+    adam = optax.adam(1e-2)
+    saved = _trained(ptp.watch(adam))
+    path = str(tmp_path / name)
+    ptp.save(path, saved)
+    other = ptp.watch(adam, depth=0, histogram=(0.0,))
+    like = other.init(PARAMS)
+    for got in (ptp.load(path, like=like), ptp.load_into(path, like=like)[0]):
+        chex.assert_trees_all_equal(got.inner, saved.inner)
+        chex.assert_trees_all_equal((got.stats, got.count), (like.stats, like.count))

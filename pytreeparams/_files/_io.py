@@ -24,7 +24,7 @@ from flax.core import FrozenDict
 
 from .._errors import FormatError, PathError, StructureError
 from .._flatten import flatten, flatten_with_paths, unflatten
-from .._keys import describe, is_watch_path, jax_changes_dtype, unbox
+from .._keys import describe, is_watch_path, jax_changes_dtype, unbox, watch_plan
 from .._leaves import is_key_dtype
 from .._messages import like_mismatch, no_match_message
 from .._paths import get
@@ -294,30 +294,9 @@ def _ties_within(ties: Ties, keep: set[str]) -> Ties:
     )
 
 
-def _fits(x: Any, shape: Any, dtype: Any) -> bool:
-    return tuple(np.shape(x)) == tuple(shape) and np.dtype(x.dtype) == np.dtype(dtype)
-
-
-def _watch_plan(
-    like_flat: Mapping[str, Any], stored: Mapping[str, tuple[Any, Any]]
-) -> tuple[set[str], set[str]]:
-    """``(fill, drop)`` for the statistics of ``ptp.watch`` (paths under ``'ptp_watch'``),
-    which a resumed run may add or drop: ``like``'s paths the file lacks or holds in
-    another shape or dtype (they keep ``like``'s values), and the file's paths that
-    ``like`` lacks or holds otherwise (not read into the result)."""
-    fill = {
-        p
-        for p, x in like_flat.items()
-        if is_watch_path(p)
-        and (p not in stored or (hasattr(x, 'dtype') and not _fits(x, *stored[p])))
-    }
-    drop = {p for p in stored if is_watch_path(p) and (p not in like_flat or p in fill)}
-    return fill, drop
-
-
 def _orbax_like(path: str, like: PyTree, meta: dict[str, Any]) -> PyTree:
     """``like`` for an Orbax partial restore, watch's statistics matched to the
-    folder's (``_watch_plan``): those the folder lacks left out, those ``like``
+    folder's (``watch_plan``): those the folder lacks left out, those ``like``
     lacks read as stored (and dropped by ``_check_like``)."""
     flat = flatten(like)
     spec = meta.get('structure')
@@ -329,7 +308,7 @@ def _orbax_like(path: str, like: PyTree, meta: dict[str, Any]) -> PyTree:
     kinds = {p: stored[n] for p, n in names.items()}
     if not any(is_watch_path(p) for p in (*flat, *kinds)):
         return like
-    fill, drop = _watch_plan(flat, {p: k[:2] for p, k in kinds.items()})
+    fill, drop = watch_plan(flat, {p: k[:2] for p, k in kinds.items()})
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     out = {p: x for p, x in flat.items() if p not in fill and p not in drop}
     for p in drop:
@@ -355,7 +334,7 @@ def _check_like(
     if any(is_watch_path(p) for p in (*like_paths, *flat)):  # watch added or removed
         like_flat = {p: unbox(x) for p, x in zip(like_paths, like_leaves)}
         stored = {p: (np.shape(y), getattr(y, 'dtype', None)) for p, y in flat.items()}
-        fill, drop = _watch_plan(like_flat, stored)
+        fill, drop = watch_plan(like_flat, stored)
         flat = {p: y for p, y in flat.items() if p not in drop}
         flat.update({p: _fill_value(like_flat[p]) for p in fill})
     missing = [p for p in like_paths if p not in flat]
@@ -451,7 +430,7 @@ def load(
         shape and dtype is checked, and arrays are placed with its shardings.
         ``ptp.watch``'s statistics (paths under ``'ptp_watch'``) are optional:
         ``like``'s values (zeros where abstract) when the checkpoint lacks them
-        or holds them in another shape or dtype, and the checkpoint's left out
+        or holds them for other ``watch`` options, and the checkpoint's left out
         when ``like`` has none, so a run resumes across adding or removing ``watch``.
       cast: Convert each array to the dtype of ``like`` instead of raising on
         a dtype mismatch (the same rule for every format).
