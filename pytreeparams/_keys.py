@@ -142,6 +142,49 @@ _KEY_ATTR = {
 }
 
 
+WATCH_KEY = 'ptp_watch'  # where ptp.watch's statistics sit in an optimizer state
+
+
+def is_watch_path(path: str) -> bool:
+    """Whether ``path`` lies under ``WATCH_KEY`` (``'ptp_watch'``, or ``'ptp_watch_1'``...
+    of a nested ``watch``): state that a resumed run may add or drop."""
+    return any(k == WATCH_KEY or k.startswith(WATCH_KEY + '_') for k in path.split('/'))
+
+
+def _watch_group(path: str) -> str:
+    keys = path.split('/')
+    i = next(i for i, k in enumerate(keys) if k == WATCH_KEY or k.startswith(WATCH_KEY + '_'))
+    return '/'.join(keys[: i + 1])
+
+
+def watch_plan(
+    like: dict[str, Any], stored: dict[str, tuple[Any, Any]]
+) -> tuple[set[str], set[str]]:
+    """``(fill, drop)`` for the statistics of ``ptp.watch`` when ``stored`` (a
+    checkpoint's ``{path: (shape, dtype)}``) is read into ``like`` (``{path: leaf}``).
+
+    A run may add or remove ``watch``, or change its options: each ``watch``'s
+    statistics (the paths under one ``'ptp_watch'`` key) are read only when the
+    checkpoint holds the same paths, shapes and dtypes; else ``like``'s paths there
+    are in ``fill`` (they keep ``like``'s values) and the checkpoint's in ``drop``
+    (not read into the result)."""
+
+    def fits(p: str) -> bool:
+        x = like[p]
+        if p not in stored or not hasattr(x, 'dtype'):
+            return p in stored
+        shape, dtype = stored[p]
+        return tuple(np.shape(x)) == tuple(shape) and same_dtype(x.dtype, dtype)
+
+    theirs = [p for p in stored if is_watch_path(p)]
+    ours = [p for p in like if is_watch_path(p)]
+    stale = {_watch_group(p) for p in ours if not fits(p)}
+    stale |= {_watch_group(p) for p in theirs if p not in like}
+    fill = {p for p in ours if _watch_group(p) in stale}
+    drop = {p for p in theirs if _watch_group(p) in stale}
+    return fill, drop
+
+
 def key_str(entry: Any) -> str:  # a jax key entry's key, or a plain key, as a string
     attr = _KEY_ATTR.get(type(entry))
     if attr is None:

@@ -15,7 +15,15 @@ import numpy as np
 from ._errors import StructureError
 from ._files import load, own_copy, place
 from ._flatten import flatten_with_paths
-from ._keys import describe, jax_changes_dtype, rebox, same_dtype, torch_as_numpy, unbox
+from ._keys import (
+    describe,
+    jax_changes_dtype,
+    rebox,
+    same_dtype,
+    torch_as_numpy,
+    unbox,
+    watch_plan,
+)
 from ._messages import deprecated, joined_list, path_differences
 from ._patterns import capture_pattern, compile_pattern
 from ._typing import Pattern, PyTree
@@ -157,7 +165,10 @@ def load_into(
         warns and still works for one release).
       like: The target: a freshly initialized (or abstract) tree; its
         structure, containers, boxes and shardings are kept, and its values
-        stay where the source has nothing that fits.
+        stay where the source has nothing that fits. ``ptp.watch``'s
+        statistics (paths under ``'ptp_watch'``) are optional on both sides:
+        kept from ``like`` when the source lacks them, ignored in the source
+        when ``like`` lacks them (a run resumes across adding ``watch``).
       rename: Ordered ``(pattern, replacement)`` pairs applied to source paths
         (first match wins, ``None`` drops the entry). A pattern is a glob whose
         wildcards are groups (``('backbone/**', r'body/\\1')``) or a compiled
@@ -200,6 +211,10 @@ def load_into(
     s_leaves, _, s_paths = flatten_with_paths(source)
     provided, origin, renamed, dropped = _renamed_source(s_paths, s_leaves, list(rename))
     skip_pred = compile_pattern(skip) if skip else (lambda _: False)
+    fill, drop = watch_plan(
+        {p: unbox(x) for p, x in zip(t_paths, t_leaves)},
+        {p: (np.shape(x), getattr(x, 'dtype', None)) for p, x in provided.items()},
+    )
     out, loaded, missing, skipped = [], [], [], []
     shape_mm: dict[str, tuple[str, str]] = {}
     dtype_mm: dict[str, tuple[str, str]] = {}
@@ -207,6 +222,9 @@ def load_into(
         tgt = unbox(x)
         if skip_pred(p):
             skipped.append(p)
+            out.append(x)
+            continue
+        if p in fill:  # watch's statistics the source lacks or holds for another setup
             out.append(x)
             continue
         if p not in provided:
@@ -230,7 +248,7 @@ def load_into(
             src = own_copy(place(src, tgt, cast))
         out.append(rebox(x, _put_like(src, tgt)))
     known = set(t_paths)
-    unexpected = [origin[p] for p in provided if p not in known]
+    unexpected = [origin[p] for p in provided if p not in known and p not in drop]
     report = LoadReport(
         loaded=tuple(loaded),
         missing=tuple(missing),

@@ -3,7 +3,7 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -14,7 +14,7 @@ from ._errors import StructureError
 from ._flatten import flatten_with_paths
 from ._grads import GradStats, grad_stats
 from ._histogram import check_edges
-from ._keys import unbox
+from ._keys import WATCH_KEY, key_str, unbox
 from ._messages import structure_mismatch_message
 from ._typing import PyTree
 
@@ -23,6 +23,11 @@ __all__ = ['WatchState', 'watch', 'watched']
 
 class WatchState(NamedTuple):
     """The state of :func:`watch`: the wrapped transformation's, and the statistics.
+
+    As a pytree, ``inner``'s children keep their own keys and ``stats`` and
+    ``count`` sit under ``'ptp_watch'`` (``ptp.paths`` gives ``'0/mu/w'``...,
+    ``'ptp_watch/count'``), so a checkpoint saved with or without :func:`watch`
+    loads into the other (see :func:`watch`).
 
     Attributes:
       inner: The wrapped transformation's state.
@@ -39,6 +44,35 @@ class WatchState(NamedTuple):
     inner: optax.OptState
     stats: GradStats
     count: jax.Array  # type: ignore[assignment]  # a field, as optax states name it (tuple.count)
+
+
+def _flatten_watch_state(state: WatchState) -> tuple[list[tuple[Any, Any]], Any]:
+    """The children of ``inner`` under their own keys, then the statistics under
+    ``'ptp_watch'``: the wrapped state keeps the paths it has without ``watch``
+    (``'0/mu/w'``, not ``'inner/0/mu/w'``), so a checkpoint of either loads into
+    the other. Every key is a ``DictKey`` of a string (Orbax sorts the names)."""
+    inner = state.inner
+    kids, treedef = jax.tree_util.tree_flatten_with_path(inner, is_leaf=lambda x: x is not inner)
+    if kids and kids[0][0] == ():  # a leaf state has no keys of its own
+        keyed = [(jax.tree_util.DictKey('inner'), kids[0][1])]
+    else:
+        keyed = [(jax.tree_util.DictKey(key_str(kp[0])), x) for kp, x in kids]
+    taken = {k.key for k, _ in keyed}
+    name, n = WATCH_KEY, 0
+    while name in taken:  # watch(watch(tx)): the outer statistics beside the inner ones
+        n += 1
+        name = f'{WATCH_KEY}_{n}'
+    own = {'stats': state.stats, 'count': state.count}
+    return [*keyed, (jax.tree_util.DictKey(name), own)], (treedef, name)
+
+
+def _unflatten_watch_state(aux: tuple[Any, str], kids: Iterable[Any]) -> WatchState:
+    treedef, _ = aux
+    *inner, own = kids
+    return WatchState(jax.tree_util.tree_unflatten(treedef, inner), own['stats'], own['count'])
+
+
+jax.tree_util.register_pytree_with_keys(WatchState, _flatten_watch_state, _unflatten_watch_state)
 
 
 def watch(
@@ -80,10 +114,14 @@ def watch(
 
     Checkpoints: the statistics live in the optimizer state (so that they
     travel through ``jit``, ``optax.chain`` and ``nnx.Optimizer`` with no
-    callback); the wrapped state is ``WatchState.inner``. To resume a run
-    saved without ``watch``:
-    ``watch(tx).init(params)._replace(inner=ptp.load(path, like=tx.init(params)))``;
-    one saved with it, without: ``ptp.load(path, like=watch(tx).init(params)).inner``.
+    callback), yet adding or removing ``watch`` does not stop a run from
+    resuming. A :class:`WatchState` flattens to the wrapped state's own paths
+    (``'0/mu/w'``, as ``tx.init`` gives them) and its statistics and count under
+    ``'ptp_watch'``; ``ptp.load(path, like=...)`` and ``ptp.load_into(path,
+    like=...)`` (every format) take those from ``like`` (zeros) when the
+    checkpoint lacks them or holds them for other options (``depth=``,
+    ``histogram=``: other paths or shapes), and leave the checkpoint's out
+    when ``like`` has none.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`WatchState`;

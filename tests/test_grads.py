@@ -350,3 +350,22 @@ def test_sharded_step_with_statistics_gathers_nothing_and_has_no_conditional(mes
     histograms and stacked rows work on both kinds of mesh (issue 25.5)."""
     out = run_on_8_devices(SHARDED_STEP, mesh)
     assert 'OK' in out, out
+
+
+@pytest.mark.parametrize('wrap', [lambda f: f, jax.jit])
+def test_histograms_of_a_row_holding_nan_or_inf_have_finite_min_and_max(wrap):
+    """A row whose max|g| is NaN or Inf gets the finite edges of its first and last
+    non-empty bins as min/max (tensorboardX refuses NaN), and 0 for an empty row."""
+    g = {
+        'a': jnp.array([jnp.nan, 0.5, 2.0]),
+        'b': jnp.array([-jnp.inf, -0.5]),
+        'c': jnp.array([jnp.nan, jnp.nan]),
+    }
+    stats = wrap(lambda g: ptp.grad_stats(g, histogram=(-1.0, 0.0, 1.0)))(g)
+    hists = stats.histograms('')
+    got = {p: (h['min'], h['max'], h['bucket_counts']) for p, h in hists.items()}
+    assert got == {
+        'a': (0.0, 1.0, [0.0, 0.0, 1.0, 1.0]),
+        'b': (-1.0, 0.0, [1.0, 1.0, 0.0, 0.0]),
+        'c': (0.0, 0.0, [0.0, 0.0, 0.0, 0.0]),
+    }

@@ -402,6 +402,38 @@ def test_complex_leaves_count_nan_and_inf_on_traced_routes(maybe_jit):
     assert float(row[3]) == np.inf and float(row[5]) == 0.0
 
 
+def test_complex_leaves_agree_on_host_jit_and_device_routes():
+    """Issue 23.11: the host route (NumPy) counts NaN and Inf of a complex leaf from
+    its parts, as jax.jit(ptp.stats) and the device route do: an overflowing
+    modulus reads max=inf with no non-finite value; small and blocked leaves."""
+    nan, inf = np.nan, np.inf
+    mixed = [1 + 2j, complex(nan, 1), complex(inf, 0), complex(inf, nan), 3e38 + 3e38j, 0j]
+    huge = (np.arange(70_000, dtype=np.float32) * (1 - 2j)).astype(np.complex64)
+    huge[[3, 60_000, 69_999]] = [complex(0, inf), 3e38 + 3e38j, complex(-inf, 2)]
+    tree = {
+        'over': np.array([3e38 + 3e38j], np.complex64),
+        'over_big': np.full(5000, 3e38 - 3e38j, np.complex64),
+        'mixed': np.array(mixed, np.complex64),
+        'inf': np.array([1 + 2j, complex(0, -inf), 3 - 4j], np.complex64),
+        'huge': huge,
+    }
+    stats = ptp.stats(tree)
+    host = np.asarray(stats.table)
+    rows = dict(zip(stats.paths, host))
+    assert rows['over'][3] == np.inf and rows['over'][5] == 0.0  # nothing non-finite
+    assert {p: float(r[5]) for p, r in rows.items()} == {
+        'over': 0.0,
+        'over_big': 0.0,
+        'mixed': 3.0,
+        'inf': 1.0,
+        'huge': 2.0,
+    }
+    on_device = jax.tree.map(jnp.asarray, tree)
+    chex.assert_trees_all_equal(np.asarray(jax.jit(ptp.stats)(on_device).table), host)
+    with force_device_path():
+        chex.assert_trees_all_equal(np.asarray(ptp.stats(on_device).table), host)
+
+
 def test_int4_on_the_device_route_and_int32_extremes():
     """Issue 23.15: int4 over 65,536 elements on the device route (was a layout
     error); int32 min/max compared as integers."""

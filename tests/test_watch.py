@@ -176,26 +176,70 @@ def test_watch_norms_only_tier():
     assert np.isnan(float(gs['grad_max'][0])) and np.isnan(float(gs['grad_nonfinite'][0]))
 
 
-def test_resume_across_adding_and_removing_watch(tmp_path):
-    """A run saved without watch resumes with it (and the reverse) by the
-    recipe of watch's docstring: the wrapped state is WatchState.inner."""
-    import jax.numpy as jnp
-    import optax
+def _trained(tx, steps=2):
+    state = tx.init(PARAMS)
+    for k in range(steps):
+        grads = jax.tree.map(lambda g, k=k: g * (k + 1) - 0.5, GRADS)
+        _, state = tx.update(grads, state, PARAMS)
+    return state
 
-    import pytreeparams as ptp
 
-    params = {'w': jnp.ones(3)}
+@pytest.mark.parametrize('name', ['state.safetensors', 'state.msgpack', 'orbax'])
+def test_resume_across_adding_and_removing_watch(tmp_path, name):
+    """A plain adam state resumes into watch(adam) (statistics from zeros), and a
+    watch(adam) state into plain adam, by ptp.load(like=) and ptp.load_into in
+    every format, the inner state bit-exact; the wrapped state keeps its paths."""
     adam = optax.adam(1e-2)
-    state = adam.init(params)
-    _, state = adam.update({'w': jnp.array([1.0, 2.0, 3.0])}, state, params)
-    path = str(tmp_path / 'plain.safetensors')
-    ptp.save(path, state)
-    tx = ptp.watch(adam)
-    resumed = tx.init(params)._replace(inner=ptp.load(path, like=adam.init(params)))
-    chex.assert_trees_all_close(resumed.inner, state)
-    updates, resumed = tx.update({'w': jnp.ones(3)}, resumed, params)
-    assert int(resumed.inner[0].count) == 2
-    path2 = str(tmp_path / 'watched.safetensors')
-    ptp.save(path2, resumed)
-    back = ptp.load(path2, like=tx.init(params)).inner
-    chex.assert_trees_all_close(back, resumed.inner)
+    tx = ptp.watch(adam, histogram=ptp.log_bins(1e-8, 1.0))
+    assert ptp.paths(tx.init(PARAMS))[: len(ptp.paths(adam.init(PARAMS)))] == ptp.paths(
+        adam.init(PARAMS)
+    )
+    plain, watched_state = _trained(adam), _trained(tx)
+    zeros = tx.init(PARAMS)
+    for i, (saved, like, inner_of, want) in enumerate(
+        [
+            (plain, tx.init(PARAMS), lambda s: s.inner, plain),  # watch added
+            (watched_state, adam.init(PARAMS), lambda s: s, watched_state.inner),  # removed
+            (watched_state, tx.init(PARAMS), lambda s: s, watched_state),  # kept
+        ]
+    ):
+        path = str(tmp_path / f'{i}{name}')
+        ptp.save(path, saved)
+        abstract = jax.eval_shape(lambda like=like: like)
+        for got in (
+            ptp.load(path, like=like),
+            ptp.load(path, like=abstract),
+            ptp.load_into(path, like=like)[0],
+        ):
+            assert type(got) is type(like)
+            chex.assert_trees_all_equal(inner_of(got), want)
+            if saved is plain:  # the statistics start from zeros
+                chex.assert_trees_all_equal((got.stats, got.count), (zeros.stats, zeros.count))
+    resumed = ptp.load(str(tmp_path / f'0{name}'), like=tx.init(PARAMS))
+    _, resumed = tx.update(GRADS, resumed, PARAMS)
+    assert int(resumed.inner[0].count) == 3 and int(resumed.count) == 1
+    assert float(ptp.watched(resumed).global_norm) > 0
+
+
+def test_resume_keeps_other_mismatches_errors(tmp_path):
+    """Only watch's statistics are optional: another missing leaf is still an error."""
+    path = str(tmp_path / 'sgd.safetensors')
+    ptp.save(path, optax.sgd(0.1, momentum=0.9).init(PARAMS))
+    with pytest.raises(ptp.StructureError, match=r"missing .*'0/mu/b'"):
+        ptp.load(path, like=ptp.watch(optax.adam(1e-2)).init(PARAMS))
+
+
+@pytest.mark.parametrize('name', ['w.safetensors', 'w.msgpack', 'orbax'])
+def test_resume_across_changing_watch_options(tmp_path, name):
+    """Statistics of another watch(...) setup (depth=, histogram=: other shapes, a
+    leaf more) start afresh from like's zeros, count included, all of them, not a
+    mixture; the inner state loads as saved."""
+    adam = optax.adam(1e-2)
+    saved = _trained(ptp.watch(adam))
+    path = str(tmp_path / name)
+    ptp.save(path, saved)
+    other = ptp.watch(adam, depth=0, histogram=(0.0,))
+    like = other.init(PARAMS)
+    for got in (ptp.load(path, like=like), ptp.load_into(path, like=like)[0]):
+        chex.assert_trees_all_equal(got.inner, saved.inner)
+        chex.assert_trees_all_equal((got.stats, got.count), (like.stats, like.count))

@@ -24,7 +24,7 @@ from flax.core import FrozenDict
 
 from .._errors import FormatError, PathError, StructureError
 from .._flatten import flatten, flatten_with_paths, unflatten
-from .._keys import describe, jax_changes_dtype, unbox
+from .._keys import describe, is_watch_path, jax_changes_dtype, unbox, watch_plan
 from .._leaves import is_key_dtype
 from .._messages import like_mismatch, no_match_message
 from .._paths import get
@@ -38,10 +38,12 @@ from ._msgpack import load_msgpack, save_msgpack
 from ._orbax import (
     CheckpointChanged,
     load_orbax,
+    nnx_names,
     orbax_item,
     orbax_meta,
     save_in_flight,
     save_orbax,
+    stored_leaves,
 )
 from ._safetensors import (
     load_safetensors,
@@ -58,6 +60,7 @@ from ._shards import (
     shards_meta,
     writes_shards,
 )
+from ._structure import array_keys
 
 __all__ = ['load', 'read_state_dict', 'save']
 
@@ -298,11 +301,49 @@ def _ties_within(ties: Ties, keep: set[str]) -> Ties:
     )
 
 
+def _orbax_like(path: str, like: PyTree, meta: dict[str, Any]) -> PyTree:
+    """``like`` for an Orbax partial restore, watch's statistics matched to the
+    folder's (``watch_plan``): those the folder lacks left out, those ``like``
+    lacks read as stored (and dropped by ``_check_like``)."""
+    flat = flatten(like)
+    spec = meta.get('structure')
+    if spec is not None and not any(is_watch_path(p) for p in flat):  # ptp's own folder
+        if not any(is_watch_path('/'.join(k)) for k in array_keys(spec)):
+            return like  # no statistics on either side: nothing more to read
+    stored = stored_leaves(path)
+    names = nnx_names(stored, meta)
+    kinds = {p: stored[n] for p, n in names.items()}
+    if not any(is_watch_path(p) for p in (*flat, *kinds)):
+        return like
+    fill, drop = watch_plan(flat, {p: k[:2] for p, k in kinds.items()})
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    out = {p: x for p, x in flat.items() if p not in fill and p not in drop}
+    for p in drop:
+        shape, dtype, kind = kinds[p]
+        out[p] = jax.ShapeDtypeStruct(shape, dtype, sharding=None if kind == 'host' else device)
+    return unflatten(out)
+
+
+def _fill_value(x: Any) -> Any:
+    """``like``'s value for a path the file does not give (zeros for an abstract leaf)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        zeros = np.zeros(x.shape, x.dtype)
+        return zeros if x.sharding is None else jax.device_put(zeros, x.sharding)
+    return x
+
+
 def _check_like(
     loaded: PyTree, like: PyTree, path: str, cast: bool = False, hint: bool | str = True
 ) -> PyTree:
     flat = flatten(loaded)
     like_leaves, _, like_paths = flatten_with_paths(like)
+    fill: set[str] = set()
+    if any(is_watch_path(p) for p in (*like_paths, *flat)):  # watch added or removed
+        like_flat = {p: unbox(x) for p, x in zip(like_paths, like_leaves)}
+        stored = {p: (np.shape(y), getattr(y, 'dtype', None)) for p, y in flat.items()}
+        fill, drop = watch_plan(like_flat, stored)
+        flat = {p: y for p, y in flat.items() if p not in drop}
+        flat.update({p: _fill_value(like_flat[p]) for p in fill})
     missing = [p for p in like_paths if p not in flat]
     known = set(like_paths)
     unexpected = [p for p in flat if p not in known]
@@ -323,6 +364,9 @@ def _check_like(
     for p, x in zip(like_paths, like_leaves):
         y = flat[p]
         target = unbox(x)
+        if p in fill:
+            out[p] = y
+            continue
         if cast and hasattr(y, 'dtype') and hasattr(target, 'dtype'):
             y = y.astype(target.dtype)
         sharding = getattr(target, 'sharding', None)
@@ -391,6 +435,10 @@ def load(
       like: Optional tree (concrete, or ``jax.ShapeDtypeStruct`` leaves, with
         shardings): the result takes its structure and container types, each
         shape and dtype is checked, and arrays are placed with its shardings.
+        ``ptp.watch``'s statistics (paths under ``'ptp_watch'``) are optional:
+        ``like``'s values (zeros where abstract) when the checkpoint lacks them
+        or holds them for other ``watch`` options, and the checkpoint's left out
+        when ``like`` has none, so a run resumes across adding or removing ``watch``.
       cast: Convert each array to the dtype of ``like`` instead of raising on
         a dtype mismatch (the same rule for every format).
       step: For an Orbax ``CheckpointManager`` folder, the step to read (an
@@ -492,7 +540,8 @@ def _load_once(
         like = _like_key_data(like, impls)
     if fmt == 'orbax':
         # Restored straight into like's shardings: no array is gathered.
-        tree = load_orbax(path, like, cast, meta, select)
+        read = _orbax_like(path, like, meta) if like is not None else None
+        tree = load_orbax(path, read, cast, meta, select)
     elif fmt == 'shards':  # only the shards select= needs; like's slices per process
         tree = load_shards(path, like, cast, select)
     elif fmt == 'safetensors' and like is not None:  # like's slices per process, as shards

@@ -345,4 +345,24 @@ def host_table(xs: list[Any]) -> np.ndarray:
         per_leaf.setdefault(i, []).append(t if isinstance(t, np.ndarray) else t.result())
     for i, tables in per_leaf.items():
         table[i] = _merge_rows(np.concatenate(tables))
+    for i, x in enumerate(xs):
+        if arrays[i].size and np.asarray(x).dtype.kind == 'c':
+            table[i, _NONFINITE : _NANS + 1] = _complex_counts(x)
     return table
+
+
+_NONFINITE, _NANS = Partial._fields.index('nonfinite'), Partial._fields.index('nans')
+
+
+def _complex_counts(x: Any) -> tuple[int, int]:
+    """``(nonfinite, nans)`` of a complex leaf, from its real and imaginary parts
+    (as the traced route counts them): a modulus that overflows to Inf is no
+    non-finite value, and a NaN beside an Inf part is a NaN."""
+    a = np.asarray(x).reshape(-1)
+    nonfinite = nans = 0
+    for lo in range(0, a.size, HOST_BLOCK):  # block by block: no copy of a large leaf
+        re, im = a[lo : lo + HOST_BLOCK].real, a[lo : lo + HOST_BLOCK].imag
+        nan = np.isnan(re) | np.isnan(im)
+        nonfinite += int(np.count_nonzero(nan | np.isinf(re) | np.isinf(im)))
+        nans += int(np.count_nonzero(nan))
+    return nonfinite, nans
