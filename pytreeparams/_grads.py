@@ -26,7 +26,7 @@ from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._messages import did_you_mean, structure_mismatch_message
 from ._moments import GradSums, finish_grads, grad_sums, jax_norm
-from ._render import fmt_float, html_table, stats_text, treescope_repr
+from ._render import fmt_float, html_table, metrics, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._typing import PyTree
 
@@ -130,13 +130,12 @@ class GradStats:
           (5.0, False, 5.0)
         """
         table, gn = jax.device_get((self.table, self.global_norm))
-        out = {}
-        for i, p in enumerate(self.paths):
-            for j, s in enumerate(GRAD_STAT_NAMES):
-                v = float(table[i, j])
-                if drop_nan and not math.isfinite(v):
-                    continue
-                out[prefix + (f'{s}/{p}' if stat_first else f'{p}/{s}')] = v
+        cells = (
+            (p, s, float(table[i, j]))
+            for i, p in enumerate(self.paths)
+            for j, s in enumerate(GRAD_STAT_NAMES)
+        )
+        out = metrics(cells, prefix, stat_first, drop_nan)
         out[prefix + 'global_norm'] = float(gn)
         return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -19,6 +19,7 @@ __all__ = [
     'fmt_int',
     'html_table',
     'json_safe',
+    'metrics',
     'rich_table',
     'stats_text',
     'text_table',
@@ -91,6 +92,27 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def metrics(
+    cells: Iterable[tuple[str, str, float]],
+    prefix: str = '',
+    stat_first: bool = False,
+    drop_nan: bool = False,
+) -> dict[str, float]:
+    """The one key rule of every ``to_dict``: ``(path, statistic, value)`` cells
+    as ``{prefix + 'path/stat': value}`` (``'stat/path'`` with ``stat_first``),
+    non-finite values left out with ``drop_nan``.
+
+    Example:
+      >>> metrics([('w', 'mean', 1.0), ('w', 'std', float('nan'))], 'train/', True, True)
+      {'train/mean/w': 1.0}
+    """
+    return {
+        prefix + (f'{s}/{p}' if stat_first else f'{p}/{s}'): v
+        for p, s, v in cells
+        if not (drop_nan and not math.isfinite(v))
+    }
 
 
 def fmt_float(v: float | None) -> str:

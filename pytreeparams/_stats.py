@@ -8,8 +8,6 @@ arrays). Under ``jit`` the traceable form runs in the traced program.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +18,7 @@ from ._keys import unbox
 from ._leaves import is_array, readable
 from ._messages import did_you_mean, quote_list
 from ._moments import STAT_NAMES, finalize, jax_partials, leaf_rows, on_auto_axes
-from ._render import stats_text
+from ._render import metrics, stats_text
 from ._typing import PyTree
 
 __all__ = ['STAT_NAMES', 'Stats', 'stats']
@@ -103,13 +101,12 @@ class Stats:
           False
         """
         t = np.asarray(jax.device_get(self.table))
-        out = {}
-        for i, p in enumerate(self.paths):
-            for j, s in enumerate(STAT_NAMES):
-                v = float(t[i, j])
-                if not (drop_nan and not math.isfinite(v)):
-                    out[prefix + (f'{s}/{p}' if stat_first else f'{p}/{s}')] = v
-        return out
+        cells = (
+            (p, s, float(t[i, j]))
+            for i, p in enumerate(self.paths)
+            for j, s in enumerate(STAT_NAMES)
+        )
+        return metrics(cells, prefix, stat_first, drop_nan)
 
 
 def stats(tree: PyTree, *, local: bool = False) -> Stats:

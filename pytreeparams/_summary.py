@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -31,6 +31,7 @@ from ._render import (
     fmt_float,
     fmt_int,
     html_table,
+    metrics,
     rich_table,
     text_table,
     treescope_repr,
@@ -238,12 +239,6 @@ class Summary:
           >>> d['size/w'], d['nonfinite/total'], 'mean/w' in d
           (2.0, 1.0, False)
         """
-        out: dict[str, float] = {}
-
-        def put(path: str, stat: str, v: float) -> None:
-            if not (drop_nan and not math.isfinite(v)):
-                out[prefix + (f'{stat}/{path}' if stat_first else f'{path}/{stat}')] = v
-
         body = self.groups if self.depth is not None else self.rows
         total = 'total'
         while any(r.path == total or r.path.startswith(total + '/') for r in body):
@@ -252,18 +247,25 @@ class Summary:
         state = (
             () if self.state is None else (dataclasses.replace(self.state, path=f'{total}_state'),)
         )
-        for r in (*body, totals, *state):
-            put(r.path, 'size', float(r.size))
-            put(r.path, 'nbytes', float(r.nbytes))
-            if r.device_bytes is not None:
-                put(r.path, 'device_bytes', float(r.device_bytes))
-            if self.has_stats and r.mean is not None:
-                for k, v in r.stats().items():
-                    put(r.path, k, float('nan') if v is None else float(v))
-            for k, v in r.extra:
-                if v is not None:
-                    put(r.path, k, float(v))
-        return out
+        return metrics(
+            (cell for r in (*body, totals, *state) for cell in self._cells(r)),
+            prefix,
+            stat_first,
+            drop_nan,
+        )
+
+    def _cells(self, r: Row) -> Iterator[tuple[str, str, float]]:
+        """``(path, statistic, value)`` of one row for :meth:`to_dict`."""
+        yield r.path, 'size', float(r.size)
+        yield r.path, 'nbytes', float(r.nbytes)
+        if r.device_bytes is not None:
+            yield r.path, 'device_bytes', float(r.device_bytes)
+        if self.has_stats and r.mean is not None:
+            for k, v in r.stats().items():
+                yield r.path, k, float('nan') if v is None else float(v)
+        for k, v in r.extra:
+            if v is not None:
+                yield r.path, k, float(v)
 
 
 def _split_layers(

@@ -54,34 +54,9 @@ ST_SUPPORTED = set(_ST_DTYPES.values())
 
 
 def read_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, np.ndarray]:
-    """The flat ``{name: array}`` of a ``.safetensors`` or ``.npz`` file, names as stored.
-
-    This is the PyTorch route: ``ptp.from_torch_state_dict(path, like=v)``
-    reads the file's dotted names (``'0.weight'``) without nesting them.
-
-    Args:
-      path: A ``.safetensors`` or ``.npz`` file.
-      mmap: Return read-only views of the memory-mapped safetensors file
-        instead of copies: nothing is read until used, but the arrays change
-        if the file is overwritten in place, and reading them after the file
-        was truncated kills the process (``SIGBUS``). By default every array
-        is the process's own copy, whatever later happens to the file.
-
-    Returns:
-      ``{name: array}``, NumPy arrays.
-
-    Raises:
-      FileNotFoundError: If ``path`` does not exist.
-      FormatError: For a corrupt file, a pickle file (.pt/.pth/.bin: with how
-        to convert it safely), another format, or not a regular file.
-
-    Example:
-      >>> import os, tempfile, numpy as np, pytreeparams as ptp
-      >>> path = os.path.join(tempfile.mkdtemp(), 'sd.npz')
-      >>> np.savez(path, **{'0.weight': np.ones((2, 3)), '0.bias': np.zeros(2)})
-      >>> sorted(ptp.read_state_dict(path))
-      ['0.bias', '0.weight']
-    """
+    """The flat ``{name: array}`` of one ``.safetensors`` or ``.npz`` file: the
+    single-file part of the public ``ptp.read_state_dict`` (``_shards``), whose
+    docstring says what ``mmap`` and the errors mean."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f'no such file: {path!r}')
