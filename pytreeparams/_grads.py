@@ -25,7 +25,7 @@ from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._messages import did_you_mean, structure_mismatch_message
-from ._moments import GradSums, finish_grads, grad_sums, jax_norm
+from ._moments import GradSums, finish_grads, grad_sums, jax_norm, small_grad_sums
 from ._render import fmt_float, html_table, metrics, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._typing import PyTree
@@ -197,13 +197,16 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
     return jnp.sqrt(total) * top
 
 
-def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> jax.Array:
+def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> tuple[jax.Array, ...]:
     """One leaf's raw column (finished over all leaves at once in ``_table``):
     n, the ``GradSums`` of the gradient, and the parameter and update sums of
     squares with their scales (NaN when absent)."""
     nan = jnp.array(jnp.nan, jnp.float32)
     one = jnp.ones((), jnp.float32)
     n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
+    small = small_grad_sums(g, p, u, extras, level)
+    if small is not None:
+        return tuple(jnp.asarray(v, jnp.float32) for v in (n, *small[0], *small[1:]))
     if level == 'norms':
         ss, scale = jax_norm(g, level)
         sums = GradSums(ss, scale, nan, nan, nan, nan)
@@ -212,7 +215,9 @@ def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> jax.Array:
     pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
     uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
     parts = [n, *sums, pss, pscale, uss, uscale]
-    return jnp.stack([jnp.asarray(v, jnp.float32) for v in parts])
+    # a tuple, not a stack per leaf: XLA:CPU compiles each small stack as a
+    # kernel of its own; the columns are stacked once over all leaves
+    return tuple(jnp.asarray(v, jnp.float32) for v in parts)
 
 
 def _groups(names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], list[int]]:
@@ -265,22 +270,23 @@ def grad_stats(
     Cost inside a jitted step: no conditional and no copy of a leaf; each
     leaf is reduced in its own shape, so a sharded leaf is reduced where it
     lies (XLA exchanges scalars, never the leaf). Per gradient leaf five
-    reductions that fuse (``max|g|``, then scaled sums of squares and values,
-    and two integer counts); per parameter and update leaf two (``max|x|``,
-    then the scaled sum of squares). ``norms_only=True`` is one ``sum(x * x)``
-    per leaf and tree, the cost of per-leaf norms. Zeros are exact zeros;
-    XLA:CPU flushes subnormal values to zero, so there they count as zeros;
-    a leaf holding NaN reads a NaN zero fraction (its count is
-    ``sum(1 - |sign(g)|)``, the one that fuses without a copy).
+    reductions that fuse (``max|g|``, then the sum of squares of
+    ``g / max|g|``, the sum, and the integer counts of non-finite values and
+    of zeros); per parameter and update leaf two (``max|x|``, then the sum of
+    squares of ``x / max|x|``); a leaf of fewer than 4096 values takes the
+    same terms stacked, in two reductions. ``norms_only=True`` is one
+    ``sum(x * x)`` per leaf and tree, the cost of per-leaf norms. Counts are
+    exact, NaN or not; XLA:CPU flushes subnormal values to zero, so there
+    they count as zeros.
 
     Args:
       grads: The gradient tree.
       params: Optional parameters of the same structure.
       updates: Optional optimizer updates of the same structure.
       depth: Optional grouping depth.
-      extras: Also compute the mean and the zero fraction (two more
-        reductions per gradient leaf); False keeps the norms, RMS, max |g|,
-        ratios and non-finite counts (NaN mean and zero fraction).
+      extras: Also compute the mean (one more reduction per gradient
+        leaf); False keeps the norms, RMS, max |g|, ratios, zero fractions
+        and non-finite counts (NaN mean).
       stacked: ``{subtree glob: layer axis}`` for layers stacked on an axis
         (``nn.scan``, ``nnx.scan``): each leaf under such a subtree gives one
         row per layer, named with the index after the subtree
@@ -379,14 +385,19 @@ def _table(
         )
         for i, g in enumerate(g_leaves)
     ]
-    raw = _replicated(jnp.concatenate(cols) if cols else jnp.zeros((0, 11), jnp.float32))
-    n, *sums, pss, pscale, uss, uscale = raw.T
+    # column by column (no (leaves, 11) table to transpose and slice: each
+    # such step is one more kernel for XLA:CPU to compile)
+    empty = jnp.zeros((0,), jnp.float32)
+    columns = [
+        _replicated(jnp.concatenate([c[j] for c in cols])) if cols else empty for j in range(11)
+    ]
+    n, *sums, pss, pscale, uss, uscale = columns
     ss, scale, mean, amax, zeros, nonfinite = finish_grads(GradSums(*sums), n)
-    raw = jnp.stack([n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale], 1)
     top = jnp.max(scale, initial=0.0)  # every leaf brought to the largest scale
     top = jnp.where(top > 0, top, 1.0)  # (tiny gradients keep theirs: no underflow)
     global_norm = jnp.sqrt(jnp.sum(ss * jnp.square(scale / top))) * top
     if depth is not None:
+        raw = jnp.stack([n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale], 1)
         n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = _grouped(raw, names, depth)
     else:
         gnorm, pnorm, unorm = jnp.sqrt(ss) * scale, jnp.sqrt(pss) * pscale, jnp.sqrt(uss) * uscale
@@ -421,11 +432,11 @@ def _replicated(small: jax.Array) -> jax.Array:
         return jax.sharding.reshard(small, jax.P())
 
 
-def _per_layer(fn: Callable[..., jax.Array], axis: int | None, *xs: Any) -> jax.Array:
+def _per_layer(fn: Callable[..., Any], axis: int | None, *xs: Any) -> Any:
     """``fn`` of a leaf as one row, or of a stacked leaf as one row per layer
     (vectorized over ``axis``); ``None`` arguments pass through."""
     if axis is None:
-        return fn(*xs)[None]
+        return jax.tree.map(lambda a: a[None], fn(*xs))
     return jax.vmap(fn, in_axes=tuple(None if x is None else axis for x in xs))(*xs)
 
 

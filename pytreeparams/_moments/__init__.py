@@ -21,6 +21,7 @@ from ._jax_moments import grad_sums as grad_sums
 from ._jax_moments import jax_grad_partials as jax_grad_partials
 from ._jax_moments import jax_norm as jax_norm
 from ._jax_moments import jax_partials as jax_partials
+from ._jax_moments import small_grad_sums as small_grad_sums
 from ._moments import STAT_NAMES as STAT_NAMES
 from ._moments import Partial as Partial
 from ._moments import finalize as finalize
@@ -44,6 +45,7 @@ __all__ = [
     'is_global',
     'jax_grad_partials',
     'jax_norm',
+    'small_grad_sums',
     'jax_partials',
     'leaf_rows',
     'merge',

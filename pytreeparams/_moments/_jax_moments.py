@@ -15,9 +15,11 @@ inside ``jit`` (``ptp.stats``), as the size-class kernel of the device route
 (``_engine``), and on sharded arrays.
 
 ``jax_grad_partials`` is the cheap form for gradient statistics (no standard
-deviation): ``max|x|``, then the sums of ``(x / scale)**2`` and ``x / scale``
-and two integer counts that fuse into their reductions; no conditional, no
-copy. ``level='norms'`` is one ``sum(x * x)`` per leaf (a norm's cost).
+deviation): ``max|x|``, then the sum of ``(x / scale)**2`` with ``scale``
+that maximum, the sum of ``x`` and two exact integer counts that fuse into
+their reductions; no conditional, no copy. ``small_grad_sums`` takes the same
+terms of a small leaf stacked. ``level='norms'`` is one ``sum(x * x)`` per
+leaf (a norm's cost).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ __all__ = [
     'JAX_BLOCK',
     'GradPartial',
     'GradSums',
+    'SMALL',
     'finish_grads',
     'grad_sums',
     'jax_grad_partials',
     'jax_norm',
     'jax_partials',
+    'small_grad_sums',
     'widen',
 ]
 
@@ -158,7 +162,7 @@ class GradPartial(NamedTuple):
     """One leaf's gradient sums: scaled sum of squares and the extras."""
 
     ss: Any  # sum of squares in units of scale**2
-    scale: Any  # a power of two
+    scale: Any  # the divisor of the sums (_scale)
     mean: Any  # the mean of the values (NaN without extras)
     amax: Any  # max |x| (NaN without extras)
     zeros: Any
@@ -166,23 +170,25 @@ class GradPartial(NamedTuple):
 
 
 def _scale(amax: jax.Array) -> jax.Array:
-    """A power of two above ``amax`` from its exponent bits (a few scalar ops,
-    where ``frexp``/``ldexp`` take dozens per leaf), at most ``2**125`` (so
-    that ``1 / scale`` is a normal number); 1 for non-finite ``amax``."""
-    if amax.dtype == jnp.float64:
-        utype, mask, one, top = jnp.uint64, 0x7FF0000000000000, 1 << 52, 2.0**1020
-    else:
-        utype, mask, one, top = jnp.uint32, 0x7F800000, 1 << 23, 2.0**125
-    bits = lax.bitcast_convert_type(amax, utype)
-    up = lax.bitcast_convert_type((bits & np.array(mask, utype)) + np.array(one, utype), amax.dtype)
-    return lax.stop_gradient(jnp.where(amax < np.inf, jnp.minimum(up, top), 1).astype(amax.dtype))
+    """The divisor of a leaf's scaled sums: ``max|x|`` clipped to the dtype's
+    range whose reciprocal is normal too, ``[tiny, 1 / tiny]`` (one scalar op
+    per leaf; the power of two of the exponent bits took five, and XLA:CPU
+    compiles each leaf's scalar ops as a kernel of its own; XLA may divide
+    by multiplying with the reciprocal, which must not be flushed to zero).
+    ``x / scale`` lies in [-4, 4] for finite ``x``: its squares neither
+    overflow nor lose the leaf's largest values (1e-30 or 3e38); an all-zero
+    leaf divides by ``tiny`` (0, not 0 / 0); an infinite one reads inf; NaN
+    stays NaN."""
+    tiny = jnp.finfo(amax.dtype).tiny
+    return lax.stop_gradient(jnp.clip(amax, tiny, 1 / tiny))
 
 
 def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
     """``(sum of squares in units of scale**2, scale)`` of one leaf. Traceable.
 
-    ``level='full'``: ``max|x|`` first, then ``sum((x / scale)**2)``: right for
-    every float32 value (1e-30 or 1e30). ``level='norms'``: ``sum(x * x)`` and
+    ``level='full'``: ``max|x|`` first, then ``sum((x / scale)**2)`` with
+    ``scale`` that maximum (clipped to the normal range): right for every
+    float32 value (1e-30 or 1e30). ``level='norms'``: ``sum(x * x)`` and
     scale 1, one reduction: squares leave float32's range for ``|x|`` above
     about 1.8e19 (the norm reads inf) or when every value is below about 1e-19.
     """
@@ -190,28 +196,51 @@ def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
     if level == 'norms':
         return jnp.sum(xf * xf), jnp.ones((), xf.dtype)
     scale = _scale(jnp.max(jnp.abs(xf)))
-    # a division, not xf * (1 / scale): XLA rewrites (x * c) * (x * c) as
-    # (x * x) * (c * c), and c * c overflows for a small max|x|; a leaf XLA
-    # knows to be zero (an unused parameter's gradient under jit) read 0 * inf
     y = xf / scale
     return jnp.sum(y * y), scale
 
 
-def _count_rows(c: jax.Array) -> jax.Array:
-    """The number of true values of ``c``, exact: float32 counts along the last
-    axis (exact below 2**24 per row; a float reduction fuses on XLA:CPU, an
-    integer one holds a copy of the leaf), then the rows' counts as int32."""
-    if c.ndim < 2 or c.size < 2**24:  # one reduction: float32 counts are exact below 2**24
-        return jnp.sum(c, dtype=jnp.float32).astype(jnp.int32)
-    return jnp.sum(jnp.sum(c, axis=-1, dtype=jnp.float32).astype(jnp.int32))
+def _reduce_counts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(non-finite count, zero count)`` as int32 in one variadic reduction:
+    on XLA:CPU the only form of a count whose comparison fuses into the loop
+    (a single reduction of a comparison there first stores the comparison,
+    a copy of the leaf). XLA's SPMD partitioner exchanges the per-shard
+    partial counts of a sharded leaf as an all-gather of scalars."""
+    z = jnp.zeros((), jnp.int32)
+    ops = ((~jnp.isfinite(x)).astype(jnp.int32), (x == 0).astype(jnp.int32))
+    return lax.reduce(ops, (z, z), lambda a, b: (a[0] + b[0], a[1] + b[1]), tuple(range(x.ndim)))
+
+
+def _sum_counts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(non-finite count, zero count)`` as int32, two reductions of a
+    comparison (fused into the reduction on GPU and TPU; all-reduced when
+    the leaf is sharded)."""
+    return jnp.sum(~jnp.isfinite(x), dtype=jnp.int32), jnp.sum(x == 0, dtype=jnp.int32)
+
+
+def one_cpu() -> bool:
+    """Whether programs run on one CPU device (where :func:`counts` takes its
+    variadic form)."""
+    return jax.device_count() == 1 and jax.default_backend() == 'cpu'
+
+
+def counts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The exact numbers of non-finite values and of zeros of ``x`` (widened),
+    as int32: reductions of comparisons, which GPUs and TPUs fuse and which a
+    sharded leaf all-reduces; in a process whose one device is a CPU, one
+    variadic reduction, the one form that holds no copy of the leaf on
+    XLA:CPU (no leaf can be sharded there, so no partial counts are
+    exchanged). With several CPU devices the comparisons stay (a copy of a
+    shard on XLA:CPU) rather than exchange partial counts by all-gathers."""
+    return _reduce_counts(x) if one_cpu() else _sum_counts(x)
 
 
 class GradSums(NamedTuple):
     """The raw reductions of one gradient leaf (finished by :func:`finish_grads`)."""
 
     ss: Any  # sum((x / scale)**2)
-    scale: Any  # a power of two above max|x|
-    half: Any  # sum(x / (2 * scale)) (NaN without extras)
+    scale: Any  # max|x| clipped to the normal range (_scale)
+    total: Any  # sum(x), unscaled (NaN without extras)
     amax: Any  # max|x| (a vectorized max may drop NaN: finish_grads restores it)
     zeros: Any  # count of exact zeros (NaN without extras)
     nonfinite: Any  # count of NaN and +-Inf values
@@ -232,53 +261,99 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
         return GradSums(z, z + 1, z, z, z, z)
     amax = jnp.max(jnp.abs(xf))
     scale = _scale(amax)
-    y = xf / scale  # not xf * (1 / scale): see jax_norm
+    y = xf / scale
     ss = jnp.sum(y * y)
-    nonfinite = _count_rows(~jnp.isfinite(xf)).astype(dtype)
-    if not extras:
-        return GradSums(ss, scale, nan, amax, nan, nonfinite)
-    half = jnp.sum(xf * (0.5 / scale))  # a scalar of its own: XLA keeps one fusion per sum
-    # 1 - |sign(x)| fuses on XLA:CPU where a comparison holds a copy of the
-    # leaf; a NaN makes the count NaN (the leaf's zero fraction reads NaN)
-    zeros = _sum_rows(1 - jnp.abs(jnp.sign(xf))).astype(dtype)
-    return GradSums(ss, scale, half, amax, zeros, nonfinite)
+    nonfinite, zeros = (c.astype(dtype) for c in counts(xf))
+    if not extras:  # the zero count stays: on XLA:CPU it shares one loop with the other
+        return GradSums(ss, scale, nan, amax, zeros, nonfinite)
+    # unscaled: a second sum of x / scale would make XLA store x / scale (a
+    # copy of the leaf) for both; sum(x) leaves float32's range only past 3e38
+    total = jnp.sum(xf)
+    return GradSums(ss, scale, total, amax, zeros, nonfinite)
+
+
+SMALL = 4096  # below this many values a leaf's sums are taken together (small_grad_sums)
+
+
+def small_grad_sums(
+    g: jax.Array, p: Any, u: Any, extras: bool = True, level: str = 'full'
+) -> tuple[GradSums, Any, Any, Any, Any] | None:
+    """:func:`grad_sums` of ``g`` and :func:`jax_norm` of ``p`` and ``u`` (None
+    for absent trees) for a leaf of fewer than ``SMALL`` values, the same
+    expressions reduced together: one max over ``|g|, |p|, |u|`` stacked,
+    then one sum over all the scaled terms stacked. XLA:CPU compiles each
+    reduction of a small array as three kernels, so that one reduction per
+    pass, not one per statistic, is what keeps small leaves (biases, norm
+    scales) cheap to compile; the stacked copy is at most a few ``SMALL``
+    values. Returns None where the leaf is not small (or is empty, or the
+    trees' accumulation dtypes differ): take the leaf's own reductions.
+
+    Returns:
+      ``(GradSums of g, p's sum of squares, its scale, u's, u's scale)``.
+    """
+    xs = [jnp.asarray(v) for v in (g, p, u) if v is not None]
+    xs = [v.astype(jnp.int8) if v.dtype in (jnp.int4, jnp.uint4) else v for v in xs]
+    xs = [widen(v) for v in xs]
+    if not 0 < xs[0].size < SMALL or len({v.dtype for v in xs}) > 1:
+        return None
+    if any(np.shape(v) != np.shape(xs[0]) for v in xs):
+        return None
+    dtype = xs[0].dtype
+    nan = jnp.asarray(jnp.nan, dtype)
+    one = jnp.ones((), dtype)
+    a = jnp.stack(xs)
+    axes = tuple(range(1, a.ndim))
+    bcast = (-1,) + (1,) * (a.ndim - 1)
+    k = len(xs)
+    if level == 'norms':
+        ss, scale = jnp.sum(a * a, axis=axes), jnp.ones((k,), dtype)
+        sums = GradSums(ss[0], one, nan, nan, nan, nan)
+    else:
+        amax = jnp.max(jnp.abs(a), axis=axes)
+        scale = _scale(amax)
+        y = a / scale.reshape(bcast)
+        gx = xs[0]
+        terms = [y * y, (~jnp.isfinite(gx)).astype(dtype)[None], (gx == 0).astype(dtype)[None]]
+        if extras:  # the counts are exact below SMALL values
+            terms.append(gx[None])
+        total = jnp.sum(jnp.concatenate(terms), axis=axes)
+        ss = total[:k]
+        nonfinite, zeros = total[k], total[k + 1]
+        sum_ = total[k + 2] if extras else nan
+        sums = GradSums(ss[0], scale[0], sum_, amax[0], zeros, nonfinite)
+    at = 1  # p and u follow g in the stack, where given
+    pss = uss = nan
+    pscale = uscale = one
+    if p is not None:
+        pss, pscale, at = ss[at], scale[at], at + 1
+    if u is not None:
+        uss, uscale = ss[at], scale[at]
+    return sums, pss, pscale, uss, uscale
 
 
 def finish_grads(s: GradSums, n: Any) -> GradPartial:
     """:class:`GradPartial` from :class:`GradSums` of leaves of ``n`` values,
     vectorized (scalars or one entry per leaf)."""
     n = jnp.asarray(n, s.ss.dtype)
-    mean = 2 * s.half * s.scale / jnp.maximum(n, 1)
+    mean = s.total / jnp.maximum(n, 1)
     has_nan = jnp.isnan(s.ss)  # a sum keeps NaN (a vectorized max may drop it)
     amax = jnp.where(has_nan, jnp.nan, s.amax)
-    zeros = jnp.where(has_nan, jnp.nan, s.zeros)
-    return GradPartial(s.ss, s.scale, mean, amax, zeros, s.nonfinite)
-
-
-def _sum_rows(v: jax.Array) -> jax.Array:
-    """An exact count from 0/1 float values: float32 sums along the last axis
-    (exact below 2**24 per row), then the rows' sums as int32 (a NaN row
-    counts 0: ``finish_grads`` makes the count NaN, from the sum of squares)."""
-    if v.ndim < 2 or v.size < 2**24:
-        return jnp.sum(v)
-    return jnp.sum(jnp.sum(v, axis=-1).astype(jnp.int32)).astype(v.dtype)
+    return GradPartial(s.ss, s.scale, mean, amax, s.zeros, s.nonfinite)
 
 
 def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
     """Gradient sums of one leaf, in its own shape, without a branch. Traceable.
 
     Five reductions that fuse with their elementwise expressions:
-    ``max|x|``; ``sum((x / s)**2)`` and ``sum(x / 2s)`` with ``s`` a power of
-    two above ``max|x|`` (no overflow, no underflow); the counts of zeros and
-    of non-finite values, in float32 along the last axis, then as integers.
-    Zeros are ``sum(1 - |sign(x)|)`` (it fuses on XLA:CPU): exact, but NaN for
-    a leaf holding NaN; XLA:CPU flushes subnormals, so there they count as
-    zeros.
+    ``max|x|``; ``sum((x / s)**2)`` with ``s`` that maximum clipped to the
+    normal range (no overflow, no underflow); ``sum(x)``; the int32 counts of
+    non-finite values and of zeros (:func:`counts`), exact also beside NaN;
+    XLA:CPU flushes subnormals, so there they count as zeros.
 
     Args:
       x: An array.
-      extras: Also the mean and the zero count (else NaN); max |x| and the
-        non-finite count are always computed (the scale needs max |x|).
+      extras: Also the mean (else NaN); max |x| and the counts are always
+        computed (the scale needs max |x|).
 
     Returns:
       A :class:`GradPartial` of float32 (float64 under x64) scalars; an empty
