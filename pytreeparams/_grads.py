@@ -25,7 +25,7 @@ from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._messages import did_you_mean, structure_mismatch_message
-from ._moments import GradSums, finish_grads, grad_sums, jax_norm, small_grad_sums
+from ._moments import GradSums, finish_grads, grad_scale, grad_sums, jax_norm, small_grad_sums
 from ._render import fmt_float, html_table, metrics, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._typing import PyTree
@@ -206,14 +206,18 @@ def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> tuple[jax.
     n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
     small = small_grad_sums(g, p, u, extras, level)
     if small is not None:
-        return tuple(jnp.asarray(v, jnp.float32) for v in (n, *small[0], *small[1:]))
-    if level == 'norms':
+        sums, pss, pscale, uss, uscale = small
+    elif level == 'norms':
         ss, scale = jax_norm(g, level)
         sums = GradSums(ss, scale, nan, nan, nan, nan)
     else:
         sums = grad_sums(g, extras)
-    pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
-    uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
+    if small is None:
+        pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
+        uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
+    if level != 'norms':  # the scale as the max it is clipped from (_table clips it
+        # again: a second output of the clip is one more kernel per leaf on XLA:CPU)
+        sums = sums._replace(scale=sums.amax)
     parts = [n, *sums, pss, pscale, uss, uscale]
     # a tuple, not a stack per leaf: XLA:CPU compiles each small stack as a
     # kernel of its own; the columns are stacked once over all leaves
@@ -392,6 +396,7 @@ def _table(
         _replicated(jnp.concatenate([c[j] for c in cols])) if cols else empty for j in range(11)
     ]
     n, *sums, pss, pscale, uss, uscale = columns
+    sums[1], pscale, uscale = (grad_scale(c) for c in (sums[1], pscale, uscale))
     ss, scale, mean, amax, zeros, nonfinite = finish_grads(GradSums(*sums), n)
     top = jnp.max(scale, initial=0.0)  # every leaf brought to the largest scale
     top = jnp.where(top > 0, top, 1.0)  # (tiny gradients keep theirs: no underflow)

@@ -17,6 +17,7 @@ from ._global import not_addressable_message as not_addressable_message
 from ._global import on_auto_axes as on_auto_axes
 from ._jax_moments import GradSums as GradSums
 from ._jax_moments import finish_grads as finish_grads
+from ._jax_moments import grad_scale as grad_scale
 from ._jax_moments import grad_sums as grad_sums
 from ._jax_moments import jax_grad_partials as jax_grad_partials
 from ._jax_moments import jax_norm as jax_norm
@@ -41,6 +42,7 @@ __all__ = [
     'finalize',
     'finish_grads',
     'force_device_path',
+    'grad_scale',
     'grad_sums',
     'is_global',
     'jax_grad_partials',

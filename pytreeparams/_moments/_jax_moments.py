@@ -39,6 +39,7 @@ __all__ = [
     'GradSums',
     'SMALL',
     'finish_grads',
+    'grad_scale',
     'grad_sums',
     'jax_grad_partials',
     'jax_norm',
@@ -162,14 +163,14 @@ class GradPartial(NamedTuple):
     """One leaf's gradient sums: scaled sum of squares and the extras."""
 
     ss: Any  # sum of squares in units of scale**2
-    scale: Any  # the divisor of the sums (_scale)
+    scale: Any  # the divisor of the sums (grad_scale)
     mean: Any  # the mean of the values (NaN without extras)
     amax: Any  # max |x| (NaN without extras)
     zeros: Any
     nonfinite: Any
 
 
-def _scale(amax: jax.Array) -> jax.Array:
+def grad_scale(amax: jax.Array) -> jax.Array:
     """The divisor of a leaf's scaled sums: ``max|x|`` clipped to the dtype's
     range whose reciprocal is normal too, ``[tiny, 1 / tiny]`` (one scalar op
     per leaf; the power of two of the exponent bits took five, and XLA:CPU
@@ -184,7 +185,8 @@ def _scale(amax: jax.Array) -> jax.Array:
 
 
 def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
-    """``(sum of squares in units of scale**2, scale)`` of one leaf. Traceable.
+    """``(sum of squares in units of scale**2, max|x|)`` of one leaf, ``scale``
+    being ``grad_scale(max|x|)`` (1 and 1 for ``level='norms'``). Traceable.
 
     ``level='full'``: ``max|x|`` first, then ``sum((x / scale)**2)`` with
     ``scale`` that maximum (clipped to the normal range): right for every
@@ -195,9 +197,9 @@ def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
     xf = widen(jnp.asarray(x))
     if level == 'norms':
         return jnp.sum(xf * xf), jnp.ones((), xf.dtype)
-    scale = _scale(jnp.max(jnp.abs(xf)))
-    y = xf / scale
-    return jnp.sum(y * y), scale
+    amax = jnp.max(jnp.abs(xf))
+    y = xf / grad_scale(amax)
+    return jnp.sum(y * y), amax
 
 
 def _reduce_counts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -239,7 +241,7 @@ class GradSums(NamedTuple):
     """The raw reductions of one gradient leaf (finished by :func:`finish_grads`)."""
 
     ss: Any  # sum((x / scale)**2)
-    scale: Any  # max|x| clipped to the normal range (_scale)
+    scale: Any  # max|x| clipped to the normal range (grad_scale)
     total: Any  # sum(x), unscaled (NaN without extras)
     amax: Any  # max|x| (a vectorized max may drop NaN: finish_grads restores it)
     zeros: Any  # count of exact zeros (NaN without extras)
@@ -260,7 +262,7 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
         z = jnp.zeros((), dtype)
         return GradSums(z, z + 1, z, z, z, z)
     amax = jnp.max(jnp.abs(xf))
-    scale = _scale(amax)
+    scale = grad_scale(amax)
     y = xf / scale
     ss = jnp.sum(y * y)
     nonfinite, zeros = (c.astype(dtype) for c in counts(xf))
@@ -289,7 +291,8 @@ def small_grad_sums(
     trees' accumulation dtypes differ): take the leaf's own reductions.
 
     Returns:
-      ``(GradSums of g, p's sum of squares, its scale, u's, u's scale)``.
+      ``(GradSums of g, p's sum of squares, its max|p|, u's, max|u|)``, as
+      :func:`jax_norm` gives them (1 for the max with ``level='norms'``).
     """
     xs = [jnp.asarray(v) for v in (g, p, u) if v is not None]
     xs = [v.astype(jnp.int8) if v.dtype in (jnp.int4, jnp.uint4) else v for v in xs]
@@ -306,11 +309,11 @@ def small_grad_sums(
     bcast = (-1,) + (1,) * (a.ndim - 1)
     k = len(xs)
     if level == 'norms':
-        ss, scale = jnp.sum(a * a, axis=axes), jnp.ones((k,), dtype)
+        ss, amax = jnp.sum(a * a, axis=axes), jnp.ones((k,), dtype)  # (scale 1)
         sums = GradSums(ss[0], one, nan, nan, nan, nan)
     else:
         amax = jnp.max(jnp.abs(a), axis=axes)
-        scale = _scale(amax)
+        scale = grad_scale(amax)
         y = a / scale.reshape(bcast)
         gx = xs[0]
         terms = [y * y, (~jnp.isfinite(gx)).astype(dtype)[None], (gx == 0).astype(dtype)[None]]
@@ -324,10 +327,10 @@ def small_grad_sums(
     at = 1  # p and u follow g in the stack, where given
     pss = uss = nan
     pscale = uscale = one
-    if p is not None:
-        pss, pscale, at = ss[at], scale[at], at + 1
+    if p is not None:  # as jax_norm: the max|x| of p and u (1 for norms)
+        pss, pscale, at = ss[at], amax[at], at + 1
     if u is not None:
-        uss, uscale = ss[at], scale[at]
+        uss, uscale = ss[at], amax[at]
     return sums, pss, pscale, uss, uscale
 
 
