@@ -329,6 +329,37 @@ def grad_stats(
       >>> gs.paths, float(gs['grad_norm'][0]), float(gs['grad_to_param'][0])
       (('a',), 5.0, 5.0)
     """
+    return _grad_stats(
+        grads,
+        params,
+        updates,
+        depth=depth,
+        extras=extras,
+        stacked=stacked,
+        histogram=histogram,
+        is_leaf=is_leaf,
+        norms_only=norms_only,
+    )
+
+
+def _grad_stats(
+    grads: PyTree,
+    params: PyTree | None,
+    updates: PyTree | None,
+    *,
+    depth: int | None = None,
+    extras: bool = True,
+    stacked: Mapping[str, int] | str | None = None,
+    histogram: Sequence[float] | None = None,
+    is_leaf: Callable[[Any], bool] | None = None,
+    norms_only: bool = False,
+    gate: jax.Array | None = None,
+) -> GradStats:
+    """:func:`grad_stats`, with each leaf's reductions in a ``lax.cond`` on
+    ``gate`` where given (``watch(every=N)``: a skipped step reads no leaf,
+    and each gradient leaf dies after its own conditional, not after one for
+    the whole tree). Rows of a false gate hold zeros: the caller keeps its
+    last statistics."""
     g_leaves, paths_ = _leaf_lists(grads, 'grads', None, is_leaf)
     if isinstance(stacked, str):  # the partition name of flax's scan metadata
         stacked = resolve_stacked(stacked, paths_, flatten_with_paths(grads, is_leaf)[0])
@@ -349,6 +380,7 @@ def grad_stats(
         [g_leaves[i] for i in keep],
         [p_leaves[i] for i in keep] if p_leaves is not None else None,
         [u_leaves[i] for i in keep] if u_leaves is not None else None,
+        gate,
         names=names,
         depth=depth,
         extras=extras,
@@ -367,6 +399,7 @@ def _table(
     g_leaves: list[Any],
     p_leaves: list[Any] | None,
     u_leaves: list[Any] | None,
+    gate: jax.Array | None = None,
     *,
     names: tuple[str, ...],
     depth: int | None,
@@ -380,9 +413,9 @@ def _table(
     inside a jitted step it is inlined."""
     column = functools.partial(_leaf_column, extras=extras, level=level)
     cols = [
-        _per_layer(
-            column,
-            axes[i] if axes else None,
+        _gated(
+            gate,
+            functools.partial(_per_layer, column, axes[i] if axes else None),
             g,
             p_leaves[i] if p_leaves is not None else None,
             u_leaves[i] if u_leaves is not None else None,
@@ -422,7 +455,7 @@ def _table(
         ],
         axis=1,
     )
-    return table, global_norm, _histograms(g_leaves, axes, names, depth, edges)
+    return table, global_norm, _histograms(g_leaves, axes, names, depth, edges, gate)
 
 
 def _replicated(small: jax.Array) -> jax.Array:
@@ -435,6 +468,17 @@ def _replicated(small: jax.Array) -> jax.Array:
         return small
     with jax.sharding.use_abstract_mesh(sharding.mesh):
         return jax.sharding.reshard(small, jax.P())
+
+
+def _gated(gate: jax.Array | None, fn: Callable[..., Any], *xs: Any) -> Any:
+    """``fn(*xs)``, or under ``lax.cond(gate, ...)`` with zeros of its shapes
+    in the other branch."""
+    if gate is None:
+        return fn(*xs)
+    shapes = jax.eval_shape(fn, *xs)
+    return jax.lax.cond(
+        gate, fn, lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), *xs
+    )
 
 
 def _per_layer(fn: Callable[..., Any], axis: int | None, *xs: Any) -> Any:
@@ -451,12 +495,16 @@ def _histograms(
     names: tuple[str, ...],
     depth: int | None,
     edges: tuple[float, ...] | None,
+    gate: jax.Array | None = None,
 ) -> jax.Array | None:
     """The histogram rows: per leaf (per layer of a stacked leaf), summed per group."""
     if edges is None:
         return None
     count = functools.partial(histogram_counts, edges=edges)
-    rows = [_per_layer(count, axes[i] if axes else None, g) for i, g in enumerate(g_leaves)]
+    rows = [
+        _gated(gate, functools.partial(_per_layer, count, axes[i] if axes else None), g)
+        for i, g in enumerate(g_leaves)
+    ]
     hist = _replicated(jnp.concatenate(rows) if rows else jnp.zeros((0, len(edges) + 1), jnp.int32))
     if depth is not None:
         groups, seg = _groups(names, depth)

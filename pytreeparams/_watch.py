@@ -12,7 +12,7 @@ import optax
 
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
-from ._grads import GradStats, grad_stats
+from ._grads import GradStats, _grad_stats
 from ._histogram import check_edges
 from ._keys import WATCH_KEY, key_str, unbox
 from ._messages import structure_mismatch_message
@@ -102,8 +102,10 @@ def watch(
       extras: Also the mean and zero fraction (as in :func:`grad_stats`).
       every: Compute the statistics on every ``every``-th update only (the
         first, then each ``every``); the other updates keep the last ones.
-        The statistics run in a ``lax.cond`` that recomputes ``tx``'s update
-        from its inputs, so the skipped steps keep ``tx``'s update fused.
+        Each leaf's reductions run in a ``lax.cond`` of their own, so that a
+        skipped step reads no leaf and keeps no gradient alive longer than
+        the plain step (the outgoing updates are stored once, as operands of
+        the conditionals).
       stacked: ``{subtree glob: layer axis}``: one row per stacked (scanned)
         layer, as in :func:`grad_stats` (or the partition name of flax's scan
         metadata).
@@ -150,8 +152,10 @@ def watch(
         raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
     edges = check_edges(histogram) if histogram is not None else None
 
-    def stats_of(grads: PyTree, params: PyTree | None, updates: PyTree) -> GradStats:
-        return grad_stats(
+    def stats_of(
+        grads: PyTree, params: PyTree | None, updates: PyTree, gate: Any = None
+    ) -> GradStats:
+        return _grad_stats(
             grads,
             params,
             updates,
@@ -160,6 +164,7 @@ def watch(
             stacked=stacked,
             histogram=edges,
             norms_only=norms_only,
+            gate=gate,
         )
 
     def init(params: PyTree) -> WatchState:
@@ -176,14 +181,13 @@ def watch(
         if every == 1:
             stats = stats_of(updates, params, new)
         else:
-            # the branch recomputes the inner updates from its own inputs, so
-            # that the skipped steps keep the inner update fused into the
-            # step (the outgoing updates are no operand of the conditional)
-            def compute() -> GradStats:
-                again, _ = inner_tx.update(updates, state.inner, params, **extra_args)
-                return stats_of(updates, params, again)
-
-            stats = jax.lax.cond(state.count % every == 0, compute, lambda: state.stats)
+            # one conditional per leaf: a skipped step reads no leaf, and each
+            # gradient dies after its own conditional (one conditional for
+            # the tree kept every gradient alive to its end: about twice the
+            # parameter bytes of temporary memory on every step)
+            take = state.count % every == 0
+            fresh = stats_of(updates, params, new, take)
+            stats = jax.tree.map(lambda a, b: jnp.where(take, a, b), fresh, state.stats)
         return new, WatchState(inner, stats, state.count + 1)
 
     if isinstance(base, optax.GradientTransformationExtraArgs):

@@ -135,11 +135,11 @@ def test_watch_keeps_histograms_of_the_gradients():
         ptp.watch(histogram=[0.0, float('nan')])
 
 
-def test_watch_passes_extra_args_and_every_n_recomputes_in_its_branch():
+def test_watch_passes_extra_args_and_every_n_reads_the_outgoing_updates():
     """watch is a GradientTransformationExtraArgs: extra keyword arguments of
     update (optax.contrib.reduce_on_plateau's value=) reach the wrapped
-    transformation, also inside the every=N branch, whose statistics are those
-    of the outgoing updates."""
+    transformation, also with every=N, whose statistics are those of the
+    outgoing updates."""
     import jax.numpy as jnp
     import optax
 
@@ -243,3 +243,39 @@ def test_resume_across_changing_watch_options(tmp_path, name):
     for got in (ptp.load(path, like=like), ptp.load_into(path, like=like)[0]):
         chex.assert_trees_all_equal(got.inner, saved.inner)
         chex.assert_trees_all_equal((got.stats, got.count), (like.stats, like.count))
+
+
+def test_watch_every_n_keeps_no_gradient_alive_on_the_steps_it_skips():
+    """watch(every=10) around adam, compiled for a jitted step: the temporary
+    memory stays below the parameter bytes (one conditional per leaf: 0.53x
+    here; one conditional for the whole tree kept every gradient alive to its
+    end: 2.14x, allocated on every step)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    import optax
+
+    import pytreeparams as ptp
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(8):
+                x = nn.tanh(nn.Dense(128)(x))
+            return x
+
+    model = MLP()
+    x = jnp.ones((16, 128))
+    params = model.init(jax.random.key(0), x)
+    nbytes = sum(v.nbytes for v in jax.tree.leaves(params))
+
+    def temp(tx):
+        def step(params, state):
+            grads = jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2))(params)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        compiled = jax.jit(step).lower(params, tx.init(params)).compile()
+        return compiled.memory_analysis().temp_size_in_bytes / nbytes
+
+    skipped = temp(ptp.watch(optax.adam(1e-3), every=10))
+    assert skipped < 1.0, skipped
