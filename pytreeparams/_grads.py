@@ -329,7 +329,7 @@ def grad_stats(
       >>> gs.paths, float(gs['grad_norm'][0]), float(gs['grad_to_param'][0])
       (('a',), 5.0, 5.0)
     """
-    return _grad_stats(
+    return gated_grad_stats(
         grads,
         params,
         updates,
@@ -342,7 +342,7 @@ def grad_stats(
     )
 
 
-def _grad_stats(
+def gated_grad_stats(
     grads: PyTree,
     params: PyTree | None,
     updates: PyTree | None,

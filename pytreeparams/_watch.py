@@ -12,7 +12,7 @@ import optax
 
 from ._errors import StructureError
 from ._flatten import flatten_with_paths
-from ._grads import GradStats, _grad_stats
+from ._grads import GradStats, gated_grad_stats
 from ._histogram import check_edges
 from ._keys import WATCH_KEY, key_str, unbox
 from ._messages import structure_mismatch_message
@@ -155,7 +155,7 @@ def watch(
     def stats_of(
         grads: PyTree, params: PyTree | None, updates: PyTree, gate: Any = None
     ) -> GradStats:
-        return _grad_stats(
+        return gated_grad_stats(
             grads,
             params,
             updates,
