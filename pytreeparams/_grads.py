@@ -200,19 +200,19 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
 def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> tuple[jax.Array, ...]:
     """One leaf's raw column (finished over all leaves at once in ``_table``):
     n, the ``GradSums`` of the gradient, and the parameter and update sums of
-    squares with their scales (NaN when absent)."""
+    squares with their max|x| (NaN and 1 when absent); each scale given as
+    the max it is clipped from (``_table`` applies ``grad_scale``)."""
     nan = jnp.array(jnp.nan, jnp.float32)
     one = jnp.ones((), jnp.float32)
     n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
     small = small_grad_sums(g, p, u, extras, level)
     if small is not None:
         sums, pss, pscale, uss, uscale = small
-    elif level == 'norms':
-        ss, scale = jax_norm(g, level)
-        sums = GradSums(ss, scale, nan, nan, nan, nan)
     else:
-        sums = grad_sums(g, extras)
-    if small is None:
+        if level == 'norms':
+            sums = GradSums(*jax_norm(g, level), nan, nan, nan, nan)
+        else:
+            sums = grad_sums(g, extras)
         pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
         uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
     if level != 'norms':  # the scale as the max it is clipped from (_table clips it

@@ -3,6 +3,7 @@ transformation and keeps the latest :class:`GradStats` in its state."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -152,20 +153,14 @@ def watch(
         raise ValueError(f'watch(every=...) is a positive number of updates, got {every!r}')
     edges = check_edges(histogram) if histogram is not None else None
 
-    def stats_of(
-        grads: PyTree, params: PyTree | None, updates: PyTree, gate: Any = None
-    ) -> GradStats:
-        return gated_grad_stats(
-            grads,
-            params,
-            updates,
-            depth=depth,
-            extras=extras,
-            stacked=stacked,
-            histogram=edges,
-            norms_only=norms_only,
-            gate=gate,
-        )
+    stats_of = functools.partial(
+        gated_grad_stats,
+        depth=depth,
+        extras=extras,
+        stacked=stacked,
+        histogram=edges,
+        norms_only=norms_only,
+    )
 
     def init(params: PyTree) -> WatchState:
         shapes = jax.eval_shape(stats_of, params, params, params)
@@ -186,7 +181,7 @@ def watch(
             # the tree kept every gradient alive to its end: about twice the
             # parameter bytes of temporary memory on every step)
             take = state.count % every == 0
-            fresh = stats_of(updates, params, new, take)
+            fresh = stats_of(updates, params, new, gate=take)
             stats = jax.tree.map(lambda a, b: jnp.where(take, a, b), fresh, state.stats)
         return new, WatchState(inner, stats, state.count + 1)
 

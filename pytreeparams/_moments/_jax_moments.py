@@ -248,17 +248,21 @@ class GradSums(NamedTuple):
     nonfinite: Any  # count of NaN and +-Inf values
 
 
+def _widened(x: Any) -> jax.Array:
+    """``x`` as an array in its accumulation dtype (:func:`widen`), sub-byte
+    integers through int8 (layout-safe)."""
+    x = jnp.asarray(x)
+    return widen(x.astype(jnp.int8) if x.dtype in (jnp.int4, jnp.uint4) else x)
+
+
 def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
     """The reductions of one leaf, in its own shape, without a branch: the
     per-leaf part of :func:`jax_grad_partials` (kept to the reductions and a
     few scalar ops: compile time on XLA:CPU goes by the instructions per leaf)."""
-    x = jnp.asarray(x)
-    if x.dtype in (jnp.int4, jnp.uint4):
-        x = x.astype(jnp.int8)
-    xf = widen(x)
+    xf = _widened(x)
     dtype = xf.dtype
     nan = jnp.asarray(jnp.nan, dtype)
-    if x.size == 0:
+    if xf.size == 0:
         z = jnp.zeros((), dtype)
         return GradSums(z, z + 1, z, z, z, z)
     amax = jnp.max(jnp.abs(xf))
@@ -294,12 +298,8 @@ def small_grad_sums(
       ``(GradSums of g, p's sum of squares, its max|p|, u's, max|u|)``, as
       :func:`jax_norm` gives them (1 for the max with ``level='norms'``).
     """
-    xs = [jnp.asarray(v) for v in (g, p, u) if v is not None]
-    xs = [v.astype(jnp.int8) if v.dtype in (jnp.int4, jnp.uint4) else v for v in xs]
-    xs = [widen(v) for v in xs]
-    if not 0 < xs[0].size < SMALL or len({v.dtype for v in xs}) > 1:
-        return None
-    if any(np.shape(v) != np.shape(xs[0]) for v in xs):
+    xs = [_widened(v) for v in (g, p, u) if v is not None]
+    if not 0 < xs[0].size < SMALL or len({(v.dtype, v.shape) for v in xs}) > 1:
         return None
     dtype = xs[0].dtype
     nan = jnp.asarray(jnp.nan, dtype)
