@@ -498,11 +498,13 @@ def load(
             last = attempt == _READ_TRIES - 1
             if last or not (isinstance(e, CheckpointChanged) or save_in_flight(os.fspath(path))):
                 raise
-            time.sleep(0.01 * (attempt + 1))
+            time.sleep(min(0.01 * 2**attempt, 0.5))
     raise AssertionError('unreachable')  # pragma: no cover
 
 
-_READ_TRIES = 5
+# a reader slower than a writer's saves must outlast them: backoff doubling to
+# 0.5 s, about 15 s in all (5 tries of 10-50 ms lost every race on a busy machine)
+_READ_TRIES = 36
 
 
 def _load_once(
