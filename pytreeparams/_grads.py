@@ -25,7 +25,15 @@ from ._histogram import check_edges, histogram_counts, tensorboard_histogram
 from ._keys import unbox_all
 from ._leaves import is_array, readable
 from ._messages import did_you_mean, structure_mismatch_message
-from ._moments import GradSums, finish_grads, grad_scale, grad_sums, jax_norm, small_grad_sums
+from ._moments import (
+    GradSums,
+    grad_scale,
+    grad_sums,
+    jax_norm,
+    poolable,
+    pooled_grad_sums,
+    small_grad_sums,
+)
 from ._render import fmt_float, html_table, metrics, stats_text, treescope_repr
 from ._stacked import layer_paths, resolve_stacked, stacked_axes
 from ._typing import PyTree
@@ -197,31 +205,73 @@ def _pooled_norm(ss: jax.Array, scale: jax.Array, ids: jax.Array, k: int) -> jax
     return jnp.sqrt(total) * top
 
 
-def _leaf_column(g: Any, p: Any, u: Any, extras: bool, level: str) -> tuple[jax.Array, ...]:
-    """One leaf's raw column (finished over all leaves at once in ``_table``):
-    n, the ``GradSums`` of the gradient, and the parameter and update sums of
-    squares with their max|x| (NaN and 1 when absent); each scale given as
-    the max it is clipped from (``_table`` applies ``grad_scale``)."""
-    nan = jnp.array(jnp.nan, jnp.float32)
-    one = jnp.ones((), jnp.float32)
-    n = jnp.array(float(math.prod(np.shape(g))), jnp.float32)
+def _fields(level: str, extras: bool, has_p: bool, has_u: bool) -> tuple[str, ...]:
+    """The raw columns that are computed (traced) for these options; the
+    others are known before any data is read (``_table`` makes them NumPy
+    constants once for all rows: a constant per leaf is folded by XLA, which
+    takes compile time per leaf)."""
+    full = level != 'norms'
+    fields = ['ss']
+    if full:  # 'scale' is the gradient's max|g|; _table clips it to the scale
+        fields += ['scale', 'zeros', 'nonfinite'] + (['total'] if extras else [])
+    if has_p:
+        fields += ['pss'] + (['pscale'] if full else [])
+    if has_u:
+        fields += ['uss'] + (['uscale'] if full else [])
+    return tuple(fields)
+
+
+def _raw(sums: GradSums, pss: Any, pscale: Any, uss: Any, uscale: Any, fields: tuple[str, ...]):
+    """``{field: value}`` of the computed raw columns: the counts int32 (a
+    conversion per leaf is one more kernel per leaf on XLA:CPU; ``_table``
+    converts the columns), the rest float32."""
+    values = {
+        'ss': sums.ss,
+        'scale': sums.amax,  # the max the scale is clipped from (``_table`` clips once)
+        'total': sums.total,
+        'zeros': sums.zeros,
+        'nonfinite': sums.nonfinite,
+        'pss': pss,
+        'pscale': pscale,
+        'uss': uss,
+        'uscale': uscale,
+    }
+    counts = ('zeros', 'nonfinite')
+    return {f: jnp.asarray(values[f], jnp.int32 if f in counts else jnp.float32) for f in fields}
+
+
+def _leaf_column(
+    g: Any, p: Any, u: Any, fields: tuple[str, ...], extras: bool, level: str
+) -> dict[str, jax.Array]:
+    """One leaf's computed raw columns (``_fields``; finished over all leaves
+    at once in ``_table``): the ``GradSums`` of the gradient, and the
+    parameter and update sums of squares with their max|x|."""
     small = small_grad_sums(g, p, u, extras, level)
     if small is not None:
-        sums, pss, pscale, uss, uscale = small
+        return _raw(*small, fields)
+    none = (None, None)
+    if level == 'norms':
+        sums = GradSums(jax_norm(g, level)[0], *(None,) * 5)
     else:
-        if level == 'norms':
-            sums = GradSums(*jax_norm(g, level), nan, nan, nan, nan)
-        else:
-            sums = grad_sums(g, extras)
-        pss, pscale = jax_norm(p, level) if p is not None else (nan, one)
-        uss, uscale = jax_norm(u, level) if u is not None else (nan, one)
-    if level != 'norms':  # the scale as the max it is clipped from (_table clips it
-        # again: a second output of the clip is one more kernel per leaf on XLA:CPU)
-        sums = sums._replace(scale=sums.amax)
-    parts = [n, *sums, pss, pscale, uss, uscale]
-    # a tuple, not a stack per leaf: XLA:CPU compiles each small stack as a
-    # kernel of its own; the columns are stacked once over all leaves
-    return tuple(jnp.asarray(v, jnp.float32) for v in parts)
+        sums = grad_sums(g, extras)
+    pss, pscale = jax_norm(p, level) if p is not None else none
+    uss, uscale = jax_norm(u, level) if u is not None else none
+    # a dict of scalars, not a stack per leaf: XLA:CPU compiles each small
+    # stack as a kernel of its own; the columns are stacked once over all leaves
+    return _raw(sums, pss, pscale, uss, uscale, fields)
+
+
+def _pooled_column(
+    gs: list[Any],
+    ps: list[Any] | None,
+    us: list[Any] | None,
+    fields: tuple[str, ...],
+    extras: bool,
+    level: str,
+) -> dict[str, jax.Array]:
+    """The computed raw columns of a pool of small leaves
+    (``pooled_grad_sums``), one entry per leaf."""
+    return _raw(*pooled_grad_sums(gs, ps, us, extras, level), fields)
 
 
 def _groups(names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], list[int]]:
@@ -231,13 +281,15 @@ def _groups(names: tuple[str, ...], depth: int) -> tuple[tuple[str, ...], list[i
     return tuple(groups), seg
 
 
-def _grouped(raw: jax.Array, names: tuple[str, ...], depth: int) -> tuple[Any, ...]:
-    """The raw columns pooled by the first ``depth`` keys:
-    (n, mean, grad norm, param norm, update norm, amax, zeros, nonfinite)."""
-    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = raw.T
-    groups, seg = _groups(names, depth)
+def _grouped(raw: Sequence[Any], seg: Sequence[int], k: int) -> tuple[Any, ...]:
+    """The raw columns ``(n, mean, ss, scale, amax, zeros, nonfinite, pss,
+    pscale, uss, uscale)`` pooled into ``k`` groups (``seg``: each row's
+    group): (n, mean, grad norm, param norm, update norm, amax, zeros,
+    nonfinite)."""
+    n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale = (
+        jnp.asarray(c, jnp.float32) for c in raw
+    )
     ids = jnp.asarray(seg, jnp.int32)
-    k = len(groups)
     total = jax.ops.segment_sum(n, ids, num_segments=k)
     return (
         total,
@@ -411,35 +463,71 @@ def _table(
     """The statistics table of the array leaves, as one program: called outside
     ``jit`` it is compiled once per structure (not dispatched op by op), and
     inside a jitted step it is inlined."""
-    column = functools.partial(_leaf_column, extras=extras, level=level)
-    cols = [
-        _gated(
-            gate,
-            functools.partial(_per_layer, column, axes[i] if axes else None),
-            g,
-            p_leaves[i] if p_leaves is not None else None,
-            u_leaves[i] if u_leaves is not None else None,
-        )
+    fields = _fields(level, extras, p_leaves is not None, u_leaves is not None)
+    column = functools.partial(_leaf_column, fields=fields, extras=extras, level=level)
+    pick = lambda leaves, idx: [leaves[i] for i in idx] if leaves is not None else None  # noqa: E731
+    n_rows = [
+        1 if not axes or axes[i] is None else int(np.shape(g)[axes[i]])
         for i, g in enumerate(g_leaves)
     ]
+    first_row = np.cumsum([0, *n_rows])
+    blocks: list[tuple[list[int], Any]] = []  # (leaves, their computed raw columns)
+    pools: dict[Any, list[int]] = {}
+    for i, g in enumerate(g_leaves):
+        p, u = (t[i] if t is not None else None for t in (p_leaves, u_leaves))
+        axis = axes[i] if axes else None
+        pool = poolable(g, p, u) if axis is None else None
+        if pool is not None:
+            pools.setdefault(pool, []).append(i)
+            continue
+        blocks.append(([i], _gated(gate, functools.partial(_per_layer, column, axis), g, p, u)))
+    for idx in pools.values():
+        fn = functools.partial(_pooled_column, fields=fields, extras=extras, level=level)
+        trees = (pick(t, idx) for t in (g_leaves, p_leaves, u_leaves))
+        blocks.append((idx, _gated(gate, fn, *trees)))
+    # the rows in the order of the blocks (pooled leaves last)
+    order = [r for idx, _ in blocks for i in idx for r in range(first_row[i], first_row[i + 1])]
+    rows = len(order)
     # column by column (no (leaves, 11) table to transpose and slice: each
     # such step is one more kernel for XLA:CPU to compile)
-    empty = jnp.zeros((0,), jnp.float32)
-    columns = [
-        _replicated(jnp.concatenate([c[j] for c in cols])) if cols else empty for j in range(11)
-    ]
-    n, *sums, pss, pscale, uss, uscale = columns
-    sums[1], pscale, uscale = (grad_scale(c) for c in (sums[1], pscale, uscale))
-    ss, scale, mean, amax, zeros, nonfinite = finish_grads(GradSums(*sums), n)
-    top = jnp.max(scale, initial=0.0)  # every leaf brought to the largest scale
-    top = jnp.where(top > 0, top, 1.0)  # (tiny gradients keep theirs: no underflow)
-    global_norm = jnp.sqrt(jnp.sum(ss * jnp.square(scale / top))) * top
-    if depth is not None:
-        raw = jnp.stack([n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale], 1)
-        n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = _grouped(raw, names, depth)
+    col = {
+        f: _replicated(jnp.concatenate([c[f] for _, c in blocks]))
+        if blocks
+        else jnp.zeros((0,), jnp.float32)
+        for f in fields
+    }
+    sizes = [math.prod(np.shape(g)) / n_rows[i] for i, g in enumerate(g_leaves)]
+    # what is known before the data is read: NumPy constants (jnp or np below)
+    n: Any = np.asarray([sizes[i] for idx, _ in blocks for i in idx for _ in range(n_rows[i])])
+    n = n.astype(np.float32).reshape(rows)
+    safe: Any = np.maximum(n, 1)
+    nan: Any = np.full(rows, np.nan, np.float32)
+    one: Any = np.ones(rows, np.float32)
+    ss = col['ss']
+    if level == 'norms':  # scale 1: nothing else computed
+        scale, amax, mean, zeros, nonfinite = one, nan, nan, nan, nan
+        global_norm = jnp.sqrt(jnp.sum(ss))
     else:
-        gnorm, pnorm, unorm = jnp.sqrt(ss) * scale, jnp.sqrt(pss) * pscale, jnp.sqrt(uss) * uscale
-    safe = jnp.maximum(n, 1)
+        scale = grad_scale(col['scale'])
+        amax = jnp.where(jnp.isnan(ss), jnp.nan, col['scale'])  # (a vectorized max may drop NaN)
+        zeros, nonfinite = (col[f].astype(jnp.float32) for f in ('zeros', 'nonfinite'))
+        mean = col['total'] / safe if extras else nan
+        top = jnp.max(scale, initial=0.0)  # every leaf brought to the largest scale
+        top = jnp.where(top > 0, top, 1.0)  # (tiny gradients keep theirs: no underflow)
+        global_norm = jnp.sqrt(jnp.sum(ss * jnp.square(scale / top))) * top
+    pss, uss = col.get('pss', nan), col.get('uss', nan)
+    pscale, uscale = (grad_scale(col[f]) if f in col else one for f in ('pscale', 'uscale'))
+    if depth is not None:
+        raw = (n, mean, ss, scale, amax, zeros, nonfinite, pss, pscale, uss, uscale)
+        groups, seg = _groups(names, depth)
+        grouped = _grouped(raw, [seg[r] for r in order], len(groups))
+        n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = grouped
+        safe = jnp.maximum(n, 1)
+        order = list(range(len(groups)))  # the segment sums put groups in order
+    else:
+        gnorm = jnp.sqrt(ss) * scale if level != 'norms' else jnp.sqrt(ss)
+        pnorm = jnp.sqrt(pss) * pscale if 'pss' in col else nan
+        unorm = jnp.sqrt(uss) * uscale if 'uss' in col else nan
     table = jnp.stack(
         [
             gnorm,
@@ -455,6 +543,8 @@ def _table(
         ],
         axis=1,
     )
+    if order != sorted(order):  # back to the leaves' order: one gather
+        table = table[np.argsort(order)]
     return table, global_norm, _histograms(g_leaves, axes, names, depth, edges, gate)
 
 

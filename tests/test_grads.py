@@ -13,6 +13,8 @@ import numpy as np
 import optax
 import pytest
 from conftest import det_mlp, run_on_8_devices
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pytreeparams as ptp
 
@@ -70,6 +72,66 @@ def test_grad_stats_match_numpy(maybe_jit):
                 row['update_to_param'], np.linalg.norm(u) / np.linalg.norm(p), rtol=1e-5
             )
     np.testing.assert_allclose(gs.global_norm, optax.tree.norm(grads), rtol=1e-6)
+
+
+_VALUES = [0.0, -0.0, 1.0, -2.5, 1e-30, 3e38, -1e20, np.nan, np.inf, -np.inf, 7.0, 0.125]
+
+
+@st.composite
+def _small_trees(draw):
+    """Trees of small leaves (pooled in a one-device process: by dtype and
+    padded length) around a big one, values drawn from _VALUES."""
+    dtypes = st.sampled_from([np.float32, jnp.bfloat16, np.float16])
+    sizes = st.one_of(st.integers(1, 40), st.sampled_from([127, 128, 129, 4095]))
+    leaves = {}
+    for i in range(draw(st.integers(1, 6))):
+        n = draw(sizes)
+        vals = draw(st.lists(st.sampled_from(_VALUES), min_size=n, max_size=n))
+        with np.errstate(over='ignore'):
+            leaves[f'm{i % 2}/s{i}'] = np.asarray(vals, np.float64).astype(draw(dtypes))
+    at = draw(st.integers(0, 6))  # the big leaf among them, in the sorted order of keys
+    leaves[f'm{at % 2}/s{at}b'] = np.linspace(-1, 1, 4096, dtype=np.float32).reshape(64, 64)
+    return leaves
+
+
+@pytest.mark.heavy
+@settings(max_examples=max(20, settings().max_examples // 2), deadline=None)
+@given(_small_trees(), st.booleans(), st.booleans())
+def test_pooled_small_leaves_match_numpy(tree, jitted, grouped):
+    """Small leaves of several dtypes and sizes, pooled (one max and one sum per
+    pool, rows put back in the leaves' order), each row as NumPy has it in
+    float64: norms of g, p (2g) and u (-g), max, mean, exact zero and
+    non-finite counts; with depth=1 the groups as the pooled rows combined."""
+    g = {k: jnp.asarray(v) for k, v in tree.items()}
+    p = {k: 2 * v for k, v in g.items()}
+    u = {k: -v for k, v in g.items()}
+    fn = lambda g, p, u: ptp.grad_stats(g, p, u, depth=1 if grouped else None)  # noqa: E731
+    gs = (jax.jit(fn) if jitted else fn)(g, p, u)
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    fp = ptp.flatten(p)
+    for k, v in ptp.flatten(g).items():
+        pair = (np.asarray(v, np.float64).ravel(), np.asarray(fp[k], np.float64).ravel())
+        groups.setdefault(k.split('/')[0] if grouped else k, []).append(pair)
+    assert gs.paths == tuple(groups)
+    for i, pairs in enumerate(groups.values()):
+        a, b = (np.concatenate(xs) for xs in zip(*pairs))
+        row = dict(zip(ptp.GRAD_STAT_NAMES, np.asarray(gs.table[i], np.float64)))
+        with np.errstate(all='ignore'):
+            norm = np.sqrt(np.sum(a * a))
+            want = {
+                'grad_norm': norm,
+                'param_norm': np.sqrt(np.sum(b * b)),
+                'update_norm': norm,
+                'grad_max': np.max(np.abs(a)),
+                'grad_mean': np.mean(a),
+            }
+        for k, v in want.items():
+            if np.isfinite(v) and abs(v) < 3e38:  # (float32 sums overflow past it)
+                assert abs(row[k] - v) <= 1e-5 * abs(v) + 1e-37, (k, row[k], v)
+            else:
+                assert np.isnan(row[k]) == np.isnan(v), (k, row[k], v)
+        assert row['grad_nonfinite'] == np.count_nonzero(~np.isfinite(a))
+        assert abs(row['grad_zero_frac'] * a.size - np.count_nonzero(a == 0)) < 1e-3, row
 
 
 def test_grad_stats_depth_combines_exactly():
@@ -335,6 +397,23 @@ SHARDED_STEP = textwrap.dedent(
     assert st.histogram[:, 2].tolist() == [128] * 4, st.histogram
     st = jax.jit(lambda t: ptp.grad_stats(t, histogram=(0.0, 1.0)))(params)
     assert st.histogram[:, 1].tolist() == [64 * 128, 128 * 64, 64 * 128], st.histogram
+    # small leaves with several devices: each reduced in its own shape (never
+    # pooled: a sharded bias is not flattened or gathered), numbers as NumPy's
+    bias = np.linspace(-1, 1, 64, dtype=np.float32)
+    bias[[0, 1]], bias[5], bias[6] = 0.0, np.nan, np.inf
+    cube = (np.arange(105, dtype=np.float32) - 50).reshape(3, 5, 7)
+    small = {'bias': put(bias, P('model')), 'cube': put(cube, P())}
+    fn = jax.jit(lambda t: ptp.grad_stats(t, t, t))
+    assert not re.findall(r'all-gather(-start)?\\(', fn.lower(small).compile().as_text())
+    row = dict(zip(ptp.GRAD_STAT_NAMES, np.asarray(fn(small).table[1])))
+    norm = float(np.sqrt(np.sum(cube.astype(np.float64) ** 2)))
+    want = {'grad_norm': norm, 'grad_max': 54.0, 'grad_mean': 2.0, 'grad_zero_frac': 1 / 105,
+            'grad_nonfinite': 0.0, 'param_norm': norm, 'update_norm': norm, 'grad_to_param': 1.0}
+    for k, v in want.items():
+        assert abs(row[k] - v) <= 1e-6 * max(1.0, abs(v)), (k, row[k], v)
+    row = dict(zip(ptp.GRAD_STAT_NAMES, np.asarray(fn(small).table[0])))
+    assert row['grad_nonfinite'] == 2 and row['grad_zero_frac'] == 2 / 64, row
+    assert np.isnan(row['grad_norm']) and np.isnan(row['grad_max']), row
     print('OK')
     """
 )

@@ -303,24 +303,27 @@ def test_big_endian_arrays_are_read():
 
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'])
 @pytest.mark.parametrize(
-    ('kwargs', 'per_leaf', 'small'),
+    ('kwargs', 'per_leaf', 'pooled'),
     [
-        ({}, 5 + 2 + 2, {'3': 1, '6': 1}),
-        ({'extras': False}, 4 + 2 + 2, {'3': 1, '5': 1}),
-        ({'norms_only': True}, 1 + 1 + 1, {'3': 1}),
+        ({}, 5 + 2 + 2, ('3', '6')),
+        ({'extras': False}, 4 + 2 + 2, ('3', '5')),
+        ({'norms_only': True}, 1 + 1 + 1, ('3',)),
     ],
     ids=['full', 'extras_false', 'norms_only'],
 )
 def test_accelerator_lowerings_count_reductions_per_leaf_and_have_no_branch(
-    platform, kwargs, per_leaf, small
+    platform, kwargs, per_leaf, pooled
 ):
     """grad_stats(g, p, u) lowered for CUDA and TPU (no device needed): per leaf
     a fixed number of reductions over the data (gradient: max|g|, the scaled
     sum of squares, the sum, two integer counts; parameter and update: max|x|
     and a scaled sum of squares; norms_only: one sum of squares per tree, a
-    norm's cost); a leaf of fewer than SMALL values takes the same terms
-    stacked, one max over g, p, u and one sum over all terms; no conditional,
-    no loop, no reshape of a leaf."""
+    norm's cost), over the leaf in its own shape (never flattened); in a
+    process with one device the leaves of fewer than SMALL values are pooled
+    by padded length (32 and 128 here): each pool's g, p, u rows stacked, one
+    max over them and one sum over all the terms (norms_only: one sum), and no
+    reduction of a small leaf of its own; no conditional, no loop."""
+    assert jax.device_count() == 1  # the pooled form (several devices: tests/test_grads.py)
     big = (128, 64)
     assert math.prod(big) >= _jax_moments.SMALL
     tree = {'a': jnp.ones(big), 'b': jnp.ones(32), 'c': {'d': jnp.ones((3, 5, 7))}}
@@ -336,14 +339,14 @@ def test_accelerator_lowerings_count_reductions_per_leaf_and_have_no_branch(
     assert reads.count('128x64') == per_leaf - (
         _jax_moments.one_cpu() and not kwargs.get('norms_only', False)
     ), reads
-    for shape in ('32', '3x5x7'):  # stacked: k x shape
-        got = {r.split('x')[0]: reads.count(r) for r in reads if r.endswith('x' + shape)}
-        got = {k: v for k, v in got.items() if f'{k}x{shape}' in reads}
-        assert {k: v for k, v in got.items() if k + 'x' + shape != shape} == small, (shape, reads)
-        assert shape not in reads, reads  # no reduction of its own
+    for length in ('32', '128'):  # one pool each: trees (or terms) x 1 leaf x padded length
+        got = sorted(r.split('x')[0] for r in reads if r.endswith('x1x' + length))
+        assert got == sorted(pooled), (length, reads)
+    for shape in ('32', '3x5x7', '105'):
+        assert shape not in reads, reads  # no reduction of a small leaf of its own
     for branch in ('stablehlo.case', 'stablehlo.if', 'stablehlo.while'):
         assert branch not in text
-    assert 'tensor<8192xf32>' not in text and 'tensor<105xf32>' not in text  # never flattened
+    assert 'tensor<8192xf32>' not in text  # the big leaf is never flattened
 
 
 def test_the_package_is_pure_python_and_uses_no_private_jax():

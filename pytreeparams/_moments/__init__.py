@@ -22,6 +22,8 @@ from ._jax_moments import grad_sums as grad_sums
 from ._jax_moments import jax_grad_partials as jax_grad_partials
 from ._jax_moments import jax_norm as jax_norm
 from ._jax_moments import jax_partials as jax_partials
+from ._jax_moments import poolable as poolable
+from ._jax_moments import pooled_grad_sums as pooled_grad_sums
 from ._jax_moments import small_grad_sums as small_grad_sums
 from ._moments import STAT_NAMES as STAT_NAMES
 from ._moments import Partial as Partial
@@ -47,6 +49,8 @@ __all__ = [
     'is_global',
     'jax_grad_partials',
     'jax_norm',
+    'pooled_grad_sums',
+    'poolable',
     'small_grad_sums',
     'jax_partials',
     'leaf_rows',

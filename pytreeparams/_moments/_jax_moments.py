@@ -24,6 +24,8 @@ leaf (a norm's cost).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -44,6 +46,8 @@ __all__ = [
     'jax_grad_partials',
     'jax_norm',
     'jax_partials',
+    'pooled_grad_sums',
+    'poolable',
     'small_grad_sums',
     'widen',
 ]
@@ -207,7 +211,9 @@ def _reduce_counts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     on XLA:CPU the only form of a count whose comparison fuses into the loop
     (a single reduction of a comparison there first stores the comparison,
     a copy of the leaf). XLA's SPMD partitioner exchanges the per-shard
-    partial counts of a sharded leaf as an all-gather of scalars."""
+    partial counts of a sharded leaf as an all-gather of scalars. XLA:CPU
+    compiles this loop per leaf shape (LLVM, about 3-15 ms; leaves of one
+    shape share it)."""
     z = jnp.zeros((), jnp.int32)
     ops = ((~jnp.isfinite(x)).astype(jnp.int32), (x == 0).astype(jnp.int32))
     return lax.reduce(ops, (z, z), lambda a, b: (a[0] + b[0], a[1] + b[1]), tuple(range(x.ndim)))
@@ -244,8 +250,8 @@ class GradSums(NamedTuple):
     scale: Any  # max|x| clipped to the normal range (grad_scale)
     total: Any  # sum(x), unscaled (NaN without extras)
     amax: Any  # max|x| (a vectorized max may drop NaN: finish_grads restores it)
-    zeros: Any  # count of exact zeros (NaN without extras)
-    nonfinite: Any  # count of NaN and +-Inf values
+    zeros: Any  # count of exact zeros (int32 or float)
+    nonfinite: Any  # count of NaN and +-Inf values (int32 or float)
 
 
 def _widened(x: Any) -> jax.Array:
@@ -269,7 +275,7 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
     scale = grad_scale(amax)
     y = xf / scale
     ss = jnp.sum(y * y)
-    nonfinite, zeros = (c.astype(dtype) for c in counts(xf))
+    nonfinite, zeros = counts(xf)  # int32 (converted once per column, not per leaf)
     if not extras:  # the zero count stays: on XLA:CPU it shares one loop with the other
         return GradSums(ss, scale, nan, amax, zeros, nonfinite)
     # unscaled: a second sum of x / scale would make XLA store x / scale (a
@@ -279,6 +285,50 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
 
 
 SMALL = 4096  # below this many values a leaf's sums are taken together (small_grad_sums)
+
+
+def _stacked_sums(
+    a: jax.Array, gx: jax.Array, keep: int, extras: bool, level: str, pad: Any = 0
+) -> tuple[GradSums, Any, Any, Any, Any]:
+    """The sums of ``a`` (g, then p and u where given, stacked on axis 0) over
+    its axes from ``keep`` on (1 for one leaf; 2 for rows of leaves): one
+    max and one sum over all the scaled terms stacked. ``gx`` is the
+    gradient part of ``a`` (axis 0 of length 1); ``pad`` counts the zeros
+    that padding added to each row. Returns as :func:`small_grad_sums`."""
+    dtype = a.dtype
+    nan = jnp.asarray(jnp.nan, dtype)
+    one = jnp.ones((), dtype)
+    k = a.shape[0]
+    axes = tuple(range(keep, a.ndim))
+    if level == 'norms':
+        ss, amax = jnp.sum(a * a, axis=axes), jnp.ones(a.shape[:keep], dtype)  # (scale 1)
+        sums = GradSums(ss[0], one, nan, nan, nan, nan)
+    else:
+        amax = jnp.max(jnp.abs(a), axis=axes)
+        scale = grad_scale(amax)
+        y = a / scale.reshape(scale.shape + (1,) * len(axes))
+        terms = [y * y, (~jnp.isfinite(gx)).astype(dtype), (gx == 0).astype(dtype)]
+        if extras:  # the counts are exact below SMALL values
+            terms.append(gx)
+        total = jnp.sum(jnp.concatenate(terms), axis=axes)
+        ss = total[:k]
+        nonfinite, zeros = total[k], total[k + 1] - pad
+        sum_ = total[k + 2] if extras else nan
+        sums = GradSums(ss[0], scale[0], sum_, amax[0], zeros, nonfinite)
+    return sums, *_norms_of_p_and_u(ss, amax, k, nan, one)
+
+
+def _norms_of_p_and_u(ss: Any, amax: Any, k: int, nan: Any, one: Any) -> tuple[Any, ...]:
+    """``(pss, pscale, uss, uscale)`` from the stacked sums: p and u follow g
+    where given (``k`` trees); NaN and 1 where absent. The scales are the
+    ``max|x|`` they are clipped from (1 for norms), as :func:`jax_norm` gives."""
+    pss = uss = nan
+    pscale = uscale = one
+    if k == 3:
+        pss, pscale, uss, uscale = ss[1], amax[1], ss[2], amax[2]
+    elif k == 2:  # which of p and u is given is the caller's: it is p's slot
+        pss, pscale = ss[1], amax[1]
+    return pss, pscale, uss, uscale
 
 
 def small_grad_sums(
@@ -291,8 +341,9 @@ def small_grad_sums(
     reduction of a small array as three kernels, so that one reduction per
     pass, not one per statistic, is what keeps small leaves (biases, norm
     scales) cheap to compile; the stacked copy is at most a few ``SMALL``
-    values. Returns None where the leaf is not small (or is empty, or the
-    trees' accumulation dtypes differ): take the leaf's own reductions.
+    values. The leaf keeps its shape (a sharded leaf stays sharded). Returns
+    None where the leaf is not small (or is empty, or the trees' accumulation
+    dtypes differ): take the leaf's own reductions.
 
     Returns:
       ``(GradSums of g, p's sum of squares, its max|p|, u's, max|u|)``, as
@@ -301,36 +352,55 @@ def small_grad_sums(
     xs = [_widened(v) for v in (g, p, u) if v is not None]
     if not 0 < xs[0].size < SMALL or len({(v.dtype, v.shape) for v in xs}) > 1:
         return None
-    dtype = xs[0].dtype
-    nan = jnp.asarray(jnp.nan, dtype)
-    one = jnp.ones((), dtype)
-    a = jnp.stack(xs)
-    axes = tuple(range(1, a.ndim))
-    bcast = (-1,) + (1,) * (a.ndim - 1)
-    k = len(xs)
-    if level == 'norms':
-        ss, amax = jnp.sum(a * a, axis=axes), jnp.ones((k,), dtype)  # (scale 1)
-        sums = GradSums(ss[0], one, nan, nan, nan, nan)
-    else:
-        amax = jnp.max(jnp.abs(a), axis=axes)
-        scale = grad_scale(amax)
-        y = a / scale.reshape(bcast)
-        gx = xs[0]
-        terms = [y * y, (~jnp.isfinite(gx)).astype(dtype)[None], (gx == 0).astype(dtype)[None]]
-        if extras:  # the counts are exact below SMALL values
-            terms.append(gx[None])
-        total = jnp.sum(jnp.concatenate(terms), axis=axes)
-        ss = total[:k]
-        nonfinite, zeros = total[k], total[k + 1]
-        sum_ = total[k + 2] if extras else nan
-        sums = GradSums(ss[0], scale[0], sum_, amax[0], zeros, nonfinite)
-    at = 1  # p and u follow g in the stack, where given
-    pss = uss = nan
-    pscale = uscale = one
-    if p is not None:  # as jax_norm: the max|x| of p and u (1 for norms)
-        pss, pscale, at = ss[at], amax[at], at + 1
-    if u is not None:
-        uss, uscale = ss[at], amax[at]
+    sums, pss, pscale, uss, uscale = _stacked_sums(jnp.stack(xs), xs[0][None], 1, extras, level)
+    if p is None:  # u took p's slot
+        pss, pscale, uss, uscale = uss, uscale, pss, pscale
+    return sums, pss, pscale, uss, uscale
+
+
+def poolable(g: Any, p: Any, u: Any) -> tuple[Any, int] | None:
+    """The pool of a leaf for :func:`pooled_grad_sums`: ``(accumulation dtype,
+    padded length)``, or None where the leaf takes its own reductions (not
+    small, empty, the trees' shapes or dtypes differ, or the process has
+    several devices: a leaf that may be sharded is never flattened)."""
+    if jax.device_count() != 1:
+        return None
+    xs = [jax.eval_shape(_widened, v) for v in (g, p, u) if v is not None]
+    size = math.prod(xs[0].shape)
+    if not 0 < size < SMALL or len({(v.dtype, v.shape) for v in xs}) > 1:
+        return None
+    return np.dtype(xs[0].dtype), 1 << (size - 1).bit_length()
+
+
+def pooled_grad_sums(
+    gs: Sequence[Any],
+    ps: Sequence[Any] | None,
+    us: Sequence[Any] | None,
+    extras: bool = True,
+    level: str = 'full',
+) -> tuple[GradSums, Any, Any, Any, Any]:
+    """:func:`small_grad_sums` of many small leaves of one pool
+    (:func:`poolable`) at once: each flattened and padded with zeros to the
+    pool's length, stacked as rows, and reduced along the rows, so that a
+    pool of leaves compiles as one max and one sum (per leaf, XLA:CPU
+    compiled several kernels and one more to take each result apart).
+    Only where the process has one device (nothing is sharded).
+
+    Returns:
+      As :func:`small_grad_sums`, each entry a vector over the leaves.
+    """
+    trees = [t for t in (gs, ps, us) if t is not None]
+    length = max(1 << (int(np.size(x)) - 1).bit_length() for x in gs)
+
+    def row(x: Any) -> jax.Array:
+        v = _widened(x).reshape(-1)
+        return jnp.pad(v, (0, length - v.size))
+
+    a = jnp.stack([jnp.stack([row(x) for x in t]) for t in trees])
+    pad = np.asarray([length - int(np.size(x)) for x in gs], a.dtype)
+    sums, pss, pscale, uss, uscale = _stacked_sums(a, a[:1], 2, extras, level, pad)
+    if ps is None:  # u took p's slot
+        pss, pscale, uss, uscale = uss, uscale, pss, pscale
     return sums, pss, pscale, uss, uscale
 
 
@@ -341,7 +411,8 @@ def finish_grads(s: GradSums, n: Any) -> GradPartial:
     mean = s.total / jnp.maximum(n, 1)
     has_nan = jnp.isnan(s.ss)  # a sum keeps NaN (a vectorized max may drop it)
     amax = jnp.where(has_nan, jnp.nan, s.amax)
-    return GradPartial(s.ss, s.scale, mean, amax, s.zeros, s.nonfinite)
+    zeros, nonfinite = (jnp.asarray(c).astype(s.ss.dtype) for c in (s.zeros, s.nonfinite))
+    return GradPartial(s.ss, s.scale, mean, amax, zeros, nonfinite)
 
 
 def jax_grad_partials(x: jax.Array, extras: bool = True) -> GradPartial:
