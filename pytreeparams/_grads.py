@@ -330,7 +330,9 @@ def grad_stats(
     ``g / max|g|``, the sum, and the integer counts of non-finite values and
     of zeros); per parameter and update leaf two (``max|x|``, then the sum of
     squares of ``x / max|x|``); a leaf of fewer than 4096 values takes the
-    same terms stacked, in two reductions. ``norms_only=True`` is one
+    same terms stacked, in two reductions, and in a process with one device
+    (nothing sharded) the small leaves of one dtype and padded length are
+    pooled: two reductions for all of them. ``norms_only=True`` is one
     ``sum(x * x)`` per leaf and tree, the cost of per-leaf norms. Counts are
     exact, NaN or not; XLA:CPU flushes subnormal values to zero, so there
     they count as zeros.

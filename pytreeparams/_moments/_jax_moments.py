@@ -279,10 +279,8 @@ def grad_sums(x: jax.Array, extras: bool = True) -> GradSums:
     if not extras:  # the zero count stays: on XLA:CPU it shares one loop with the other
         return GradSums(ss, scale, nan, amax, zeros, nonfinite)
     # unscaled: a second sum of x / scale would make XLA store x / scale (a
-    # copy of the leaf) for both; sum(x) leaves float32's range only past 3e38.
-    # Of -x (exact): XLA:CPU splits a plain sum of a matmul's output (a
-    # gradient) into a reduce-window and one more kernel per leaf
-    total = -jnp.sum(-xf)
+    # copy of the leaf) for both; sum(x) leaves float32's range only past 3e38
+    total = jnp.sum(xf)
     return GradSums(ss, scale, total, amax, zeros, nonfinite)
 
 
