@@ -125,8 +125,10 @@ def test_pooled_small_leaves_match_numpy(tree, jitted, grouped):
                 'grad_max': np.max(np.abs(a)),
                 'grad_mean': np.mean(a),
             }
+            fits = {k: np.isfinite(v) and abs(v) < 3e38 for k, v in want.items()}
+            fits['grad_mean'] &= np.sum(np.abs(a)) < 3e38  # an unscaled float32 sum (documented)
         for k, v in want.items():
-            if np.isfinite(v) and abs(v) < 3e38:  # (float32 sums overflow past it)
+            if fits[k]:
                 assert abs(row[k] - v) <= 1e-5 * abs(v) + 1e-37, (k, row[k], v)
             else:
                 assert np.isnan(row[k]) == np.isnan(v), (k, row[k], v)
@@ -459,7 +461,8 @@ def test_statistics_in_a_step_add_little_temporary_memory():
     which stored a comparison for each non-finite count and a second output
     of each scale). What remains is XLA storing an update that two passes
     read (max|u|, then the scaled sum of squares), as many at once as its
-    schedule keeps: 0.12x here, 0.006x on benchmarks/grads.py's MLP."""
+    schedule keeps: 0.126x here, 0.008x on benchmarks/grads.py's MLP; the
+    norms-only tier 0.042x (the pooled small leaves' stacked copies)."""
     import flax.linen as nn
     import optax
 
