@@ -498,7 +498,7 @@ def _table(
         else jnp.zeros((0,), jnp.float32)
         for f in fields
     }
-    sizes = [math.prod(np.shape(g)) / n_rows[i] for i, g in enumerate(g_leaves)]
+    sizes = [math.prod(np.shape(g)) / max(n_rows[i], 1) for i, g in enumerate(g_leaves)]
     # what is known before the data is read: NumPy constants (jnp or np below)
     n: Any = np.asarray([sizes[i] for idx, _ in blocks for i in idx for _ in range(n_rows[i])])
     n = n.astype(np.float32).reshape(rows)

@@ -136,6 +136,29 @@ def test_pooled_small_leaves_match_numpy(tree, jitted, grouped):
         assert abs(row['grad_zero_frac'] * a.size - np.count_nonzero(a == 0)) < 1e-3, row
 
 
+def test_empty_leaves_and_stacked_leaves_of_no_layer(maybe_jit):
+    """An empty leaf gives a row of zeros (NaN ratios) in every tier with the
+    parameters and updates given (jax_norm of an empty leaf took a max with
+    no identity); a stacked leaf of zero layers gives no row (its size per
+    layer divided by zero)."""
+    e = {'a': jnp.ones(3), 'e': jnp.zeros((0,))}
+    for kw in ({}, {'extras': False}, {'norms_only': True}):
+        gs = maybe_jit(lambda g, kw=kw: ptp.grad_stats(g, g, g, **kw))(e)
+        assert gs.paths == ('a', 'e')
+        row = dict(zip(ptp.GRAD_STAT_NAMES, np.asarray(gs.table[1])))
+        assert row['grad_norm'] == row['param_norm'] == row['update_norm'] == 0.0, (kw, row)
+        assert np.isnan(row['grad_to_param']), (kw, row)
+        chex.assert_trees_all_close(gs['grad_norm'][0], np.sqrt(3.0))
+    state = ptp.watch(optax.sgd(0.1), every=2).init(e)
+    for _ in range(3):
+        _, state = jax.jit(ptp.watch(optax.sgd(0.1), every=2).update)(e, state, e)
+    chex.assert_trees_all_close(ptp.watched(state)['grad_norm'], jnp.array([np.sqrt(3.0), 0.0]))
+    g = {'a': jnp.ones(2), 'layers': {'b': jnp.ones((0, 2))}}
+    gs = maybe_jit(lambda g: ptp.grad_stats(g, g, g, stacked={'layers': 0}))(g)
+    assert gs.paths == ('a',)
+    chex.assert_trees_all_close(gs['grad_norm'], jnp.array([np.sqrt(2.0)]))
+
+
 def test_grad_stats_depth_combines_exactly():
     g = {'a': {'w': jnp.array([3.0, 0.0]), 'b': jnp.array([4.0])}, 'c': {'w': jnp.ones(4)}}
     gs = jax.jit(ptp.grad_stats, static_argnames='depth')(g, depth=1)

@@ -199,7 +199,7 @@ def jax_norm(x: jax.Array, level: str = 'full') -> tuple[jax.Array, jax.Array]:
     about 1.8e19 (the norm reads inf) or when every value is below about 1e-19.
     """
     xf = widen(jnp.asarray(x))
-    if level == 'norms':
+    if level == 'norms' or xf.size == 0:  # (an empty leaf: 0, in units of 1)
         return jnp.sum(xf * xf), jnp.ones((), xf.dtype)
     amax = jnp.max(jnp.abs(xf))
     y = xf / grad_scale(amax)
