@@ -525,15 +525,18 @@ def _table(
         grouped = _grouped(raw, [seg[r] for r in order], len(groups))
         n, mean, gnorm, pnorm, unorm, amax, zeros, nonfinite = grouped
         safe = jnp.maximum(n, 1)
+        rms = gnorm / jnp.sqrt(safe)
         order = list(range(len(groups)))  # the segment sums put groups in order
     else:
         gnorm = jnp.sqrt(ss) * scale if level != 'norms' else jnp.sqrt(ss)
+        # the RMS from the scaled sum: finite where the norm overflows (3e38 x sqrt(n))
+        rms = jnp.sqrt(ss / safe) * scale if level != 'norms' else jnp.sqrt(ss / safe)
         pnorm = jnp.sqrt(pss) * pscale if 'pss' in col else nan
         unorm = jnp.sqrt(uss) * uscale if 'uss' in col else nan
     table = jnp.stack(
         [
             gnorm,
-            gnorm / jnp.sqrt(safe),
+            rms,
             amax,
             mean,
             zeros / safe,

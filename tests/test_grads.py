@@ -159,6 +159,15 @@ def test_empty_leaves_and_stacked_leaves_of_no_layer(maybe_jit):
     chex.assert_trees_all_close(gs['grad_norm'], jnp.array([np.sqrt(2.0)]))
 
 
+def test_rms_stays_finite_where_the_norm_overflows(maybe_jit):
+    """Values near 3e38: the norm (3e38 x sqrt(8)) leaves float32's range and
+    reads inf, the RMS (3e38) does not: it comes from the scaled sum of
+    squares, not from the norm divided by sqrt(n)."""
+    gs = maybe_jit(ptp.grad_stats)({'a': jnp.full((8,), 3e38), 'b': jnp.full((2,), 4.0)})
+    assert np.isinf(gs['grad_norm'][0])
+    chex.assert_trees_all_close(gs['grad_rms'], jnp.array([3e38, 4.0]), rtol=1e-6)
+
+
 def test_grad_stats_depth_combines_exactly():
     g = {'a': {'w': jnp.array([3.0, 0.0]), 'b': jnp.array([4.0])}, 'c': {'w': jnp.ones(4)}}
     gs = jax.jit(ptp.grad_stats, static_argnames='depth')(g, depth=1)
