@@ -193,6 +193,19 @@ def run_on_8_devices(code: str, *args: str) -> str:
     return proc.stdout
 
 
+def tanh_mlp(layers: int, width: int) -> nn.Module:
+    """A linen MLP of ``layers`` x (Dense(width), tanh), for compiled-step memory tests."""
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(layers):
+                x = nn.tanh(nn.Dense(width)(x))
+            return x
+
+    return MLP()
+
+
 def det_mlp():
     """A small MLP with deterministic (hand-set) weights."""
     net = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2), nn.relu, nn.Dense(1)])

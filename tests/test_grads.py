@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import det_mlp, run_on_8_devices
+from conftest import det_mlp, run_on_8_devices, tanh_mlp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -495,18 +495,10 @@ def test_statistics_in_a_step_add_little_temporary_memory():
     read (max|u|, then the scaled sum of squares), as many at once as its
     schedule keeps: 0.126x here, 0.008x on benchmarks/grads.py's MLP; the
     norms-only tier 0.042x (the pooled small leaves' stacked copies)."""
-    import flax.linen as nn
     import optax
 
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            for _ in range(24):
-                x = nn.tanh(nn.Dense(512)(x))
-            return x
-
     KW = {'full': {}, 'extras=False': {'extras': False}, 'norms_only': {'norms_only': True}}
-    model = MLP()
+    model = tanh_mlp(24, 512)
     x = jnp.ones((64, 512))
     params = model.init(jax.random.key(0), x)
     nbytes = sum(v.nbytes for v in jax.tree.leaves(params))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import run_on_8_devices
+from conftest import run_on_8_devices, tanh_mlp
 from flax import nnx
 
 import pytreeparams as ptp
@@ -250,20 +250,12 @@ def test_watch_every_n_keeps_no_gradient_alive_on_the_steps_it_skips():
     memory stays below the parameter bytes (one conditional per leaf: 0.53x
     here; one conditional for the whole tree kept every gradient alive to its
     end: 2.14x, allocated on every step)."""
-    import flax.linen as nn
     import jax.numpy as jnp
     import optax
 
     import pytreeparams as ptp
 
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            for _ in range(8):
-                x = nn.tanh(nn.Dense(128)(x))
-            return x
-
-    model = MLP()
+    model = tanh_mlp(8, 128)
     x = jnp.ones((16, 128))
     params = model.init(jax.random.key(0), x)
     nbytes = sum(v.nbytes for v in jax.tree.leaves(params))

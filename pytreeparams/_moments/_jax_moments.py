@@ -288,13 +288,20 @@ SMALL = 4096  # below this many values a leaf's sums are taken together (small_g
 
 
 def _stacked_sums(
-    a: jax.Array, gx: jax.Array, keep: int, extras: bool, level: str, pad: Any = 0
+    a: jax.Array,
+    gx: jax.Array,
+    keep: int,
+    extras: bool,
+    level: str,
+    has_p: bool,
+    pad: Any = 0,
 ) -> tuple[GradSums, Any, Any, Any, Any]:
     """The sums of ``a`` (g, then p and u where given, stacked on axis 0) over
     its axes from ``keep`` on (1 for one leaf; 2 for rows of leaves): one
     max and one sum over all the scaled terms stacked. ``gx`` is the
     gradient part of ``a`` (axis 0 of length 1); ``pad`` counts the zeros
-    that padding added to each row. Returns as :func:`small_grad_sums`."""
+    that padding added to each row; ``has_p``: p follows g (else u does, where
+    ``a`` holds two trees). Returns as :func:`small_grad_sums`."""
     dtype = a.dtype
     nan = jnp.asarray(jnp.nan, dtype)
     one = jnp.ones((), dtype)
@@ -315,19 +322,24 @@ def _stacked_sums(
         nonfinite, zeros = total[k], total[k + 1] - pad
         sum_ = total[k + 2] if extras else nan
         sums = GradSums(ss[0], scale[0], sum_, amax[0], zeros, nonfinite)
-    return sums, *_norms_of_p_and_u(ss, amax, k, nan, one)
+    return sums, *_norms_of_p_and_u(ss, amax, k, has_p, nan, one)
 
 
-def _norms_of_p_and_u(ss: Any, amax: Any, k: int, nan: Any, one: Any) -> tuple[Any, ...]:
+def _norms_of_p_and_u(
+    ss: Any, amax: Any, k: int, has_p: bool, nan: Any, one: Any
+) -> tuple[Any, ...]:
     """``(pss, pscale, uss, uscale)`` from the stacked sums: p and u follow g
-    where given (``k`` trees); NaN and 1 where absent. The scales are the
-    ``max|x|`` they are clipped from (1 for norms), as :func:`jax_norm` gives."""
+    where given (``k`` trees; with two, ``has_p`` says which); NaN and 1 where
+    absent. The scales are the ``max|x|`` they are clipped from (1 for norms),
+    as :func:`jax_norm` gives."""
     pss = uss = nan
     pscale = uscale = one
     if k == 3:
         pss, pscale, uss, uscale = ss[1], amax[1], ss[2], amax[2]
-    elif k == 2:  # which of p and u is given is the caller's: it is p's slot
+    elif k == 2 and has_p:
         pss, pscale = ss[1], amax[1]
+    elif k == 2:
+        uss, uscale = ss[1], amax[1]
     return pss, pscale, uss, uscale
 
 
@@ -352,10 +364,7 @@ def small_grad_sums(
     xs = [_widened(v) for v in (g, p, u) if v is not None]
     if not 0 < xs[0].size < SMALL or len({(v.dtype, v.shape) for v in xs}) > 1:
         return None
-    sums, pss, pscale, uss, uscale = _stacked_sums(jnp.stack(xs), xs[0][None], 1, extras, level)
-    if p is None:  # u took p's slot
-        pss, pscale, uss, uscale = uss, uscale, pss, pscale
-    return sums, pss, pscale, uss, uscale
+    return _stacked_sums(jnp.stack(xs), xs[0][None], 1, extras, level, p is not None)
 
 
 def poolable(g: Any, p: Any, u: Any) -> tuple[Any, int] | None:
@@ -398,10 +407,7 @@ def pooled_grad_sums(
 
     a = jnp.stack([jnp.stack([row(x) for x in t]) for t in trees])
     pad = np.asarray([length - int(np.size(x)) for x in gs], a.dtype)
-    sums, pss, pscale, uss, uscale = _stacked_sums(a, a[:1], 2, extras, level, pad)
-    if ps is None:  # u took p's slot
-        pss, pscale, uss, uscale = uss, uscale, pss, pscale
-    return sums, pss, pscale, uss, uscale
+    return _stacked_sums(a, a[:1], 2, extras, level, ps is not None, pad)
 
 
 def finish_grads(s: GradSums, n: Any) -> GradPartial:
